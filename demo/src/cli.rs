@@ -1,0 +1,104 @@
+//! The binary's flags; each can also come from the environment.
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// The demo counter service with diag mounted.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "demo", version, about)]
+pub struct Args {
+    /// Address of the service.
+    #[arg(long, env = "DEMO_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Address of diag's own listener (loopback by default), or the word `main` to mount
+    /// diag on the service's listener instead.
+    #[arg(long, env = "DEMO_DIAG_LISTEN", default_value = "127.0.0.1:6060")]
+    pub diag_listen: DiagListen,
+
+    /// How long requests in flight may take to finish after a shutdown signal, e.g. `10s`,
+    /// `500ms`, `2m`.
+    #[arg(long, env = "DEMO_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+
+    /// How long `/readyz` answers 503 while still accepting, before the listener closes
+    /// (set it to the readiness probe's period behind a load balancer).
+    #[arg(long, env = "DEMO_DRAIN_DELAY", default_value = "0s", value_parser = parse_duration)]
+    pub drain_delay: Duration,
+
+    /// Log format.
+    #[arg(long, env = "DEMO_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
+    pub log_format: LogFormat,
+}
+
+/// Where diag is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiagListen {
+    /// On the service's own listener, under `/debug/pprof`.
+    Main,
+    /// On a listener of its own at this address.
+    Sidecar(SocketAddr),
+}
+
+impl FromStr for DiagListen {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "main" {
+            return Ok(Self::Main);
+        }
+        s.parse()
+            .map(Self::Sidecar)
+            .map_err(|_| format!("{s:?} is neither `main` nor an address such as 127.0.0.1:6060"))
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line, with the request's span (and its request id).
+    Json,
+}
+
+/// Parses `250ms`, `10s`, `2m` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration such as 500ms, 10s or 2m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!(
+            "{s:?} has an unknown unit {unit:?}; use ms, s or m (e.g. 10s)"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("10h").is_err());
+        assert!(parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn diag_listen() {
+        assert_eq!("main".parse::<DiagListen>(), Ok(DiagListen::Main));
+        assert!(matches!("127.0.0.1:0".parse(), Ok(DiagListen::Sidecar(_))));
+        assert!("nowhere".parse::<DiagListen>().is_err());
+    }
+}

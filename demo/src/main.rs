@@ -1,0 +1,124 @@
+//! `demo`: the counter service with diag mounted. `demo --help` lists the flags.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use demo::{AppState, Args, DiagListen, LogFormat};
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Pretty => builder.init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging(args.log_format);
+    match run(args).await {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<ExitCode, String> {
+    let stop = diag::Shutdown::new();
+    let cfg = diag::Config::default()
+        .with_default_env()
+        .with_shutdown(stop.clone());
+    let state = AppState::new();
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| format!("no local address: {e}"))?;
+
+    let (app, sidecar, diag_addr) = match args.diag_listen {
+        DiagListen::Main => (demo::app(state.clone(), Some(cfg)), None, addr),
+        DiagListen::Sidecar(at) => {
+            let sidecar = diag::serve(cfg, at)
+                .await
+                .map_err(|e| format!("cannot listen for diag on {at}: {e}"))?;
+            let diag_addr = sidecar.local_addr();
+            (demo::app(state.clone(), None), Some(sidecar), diag_addr)
+        }
+    };
+
+    let server = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.triggered().await })
+                .await
+        })
+    };
+    state.set_ready(true);
+    tracing::info!(
+        addr = %addr,
+        diag = %format!("http://{diag_addr}/debug/pprof/"),
+        profile = %format!("go tool pprof -top http://{diag_addr}/debug/pprof/profile?seconds=30"),
+        flamegraph = %format!("curl -o flamegraph.svg http://{diag_addr}/debug/pprof/flamegraph?seconds=30"),
+        "listening"
+    );
+
+    let signal = shutdown_signal().await?;
+    state.set_ready(false);
+    tracing::info!(
+        signal,
+        drain_delay_ms = args.drain_delay.as_millis() as u64,
+        timeout_ms = args.shutdown_timeout.as_millis() as u64,
+        "shutting down: readiness is 503, requests in flight may finish"
+    );
+    tokio::time::sleep(args.drain_delay).await;
+    stop.trigger();
+
+    let drained = tokio::time::timeout(args.shutdown_timeout, async {
+        let app = server.await;
+        let diag = match sidecar {
+            Some(s) => s.wait().await,
+            None => Ok(()),
+        };
+        (app, diag)
+    })
+    .await;
+    match drained {
+        Ok((Ok(Ok(())), Ok(()))) => {
+            tracing::info!("stopped cleanly");
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok((app, diag)) => Err(format!("stopped with errors: app {app:?}, diag {diag:?}")),
+        Err(_) => {
+            tracing::error!(
+                timeout_ms = args.shutdown_timeout.as_millis() as u64,
+                "requests still in flight when the shutdown timeout ran out; exiting anyway"
+            );
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// Waits for SIGTERM, SIGINT or SIGHUP and names the one that came.
+async fn shutdown_signal() -> Result<&'static str, String> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+        _ = hup.recv() => "SIGHUP",
+    })
+}

@@ -1,0 +1,219 @@
+//! Endpoints that give the profiles something to show: CPU burnt in `spin_cpu`, memory
+//! held by `hold_memory`, and time spent waiting.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+
+use crate::{AppState, text};
+
+/// The most `n` a `/work` request may ask for.
+pub const MAX_ITERATIONS: u64 = 10_000_000_000;
+/// The most `ms` a `/work` request may spin for.
+pub const MAX_WORK_MS: u64 = 5_000;
+/// The most `ms` a `/sleep` request may wait.
+pub const MAX_SLEEP_MS: u64 = 60_000;
+/// The most memory `/hold` keeps in all, in MiB.
+pub const MAX_HELD_MB: usize = 1024;
+
+const MIB: usize = 1 << 20;
+
+/// Runs `n` iterations of the same loop as `burn` in the Go peer, so both do identical
+/// work per request. Never inlined, so it shows in every profile under its own name.
+#[inline(never)]
+pub fn spin_cpu(n: u64) -> u64 {
+    let n = std::hint::black_box(n);
+    let mut x: u64 = 0;
+    for i in 0..n {
+        x = x.wrapping_mul(31).wrapping_add(i ^ (x >> 3));
+    }
+    x
+}
+
+/// Spins in [`spin_cpu`] for about `duration`.
+#[inline(never)]
+pub fn spin_for(duration: Duration) -> u64 {
+    let start = Instant::now();
+    let mut x = 0;
+    while start.elapsed() < duration {
+        x ^= spin_cpu(50_000);
+    }
+    x
+}
+
+/// Allocates `mb` MiB in 1 MiB blocks and touches every page, so the memory is resident and
+/// heap profiles attribute it here. Never inlined.
+#[inline(never)]
+pub fn hold_memory(mb: usize) -> Vec<Box<[u8]>> {
+    (0..mb)
+        .map(|i| vec![(i % 251) as u8 + 1; MIB].into_boxed_slice())
+        .collect()
+}
+
+/// Memory kept by `/hold`.
+#[derive(Debug, Default)]
+pub(crate) struct Held {
+    blocks: Mutex<Vec<Box<[u8]>>>,
+}
+
+impl Held {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Box<[u8]>>> {
+        self.blocks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn mb(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+fn bad(name: &str, value: &str, allowed: &str) -> Response {
+    text(
+        StatusCode::BAD_REQUEST,
+        format!("invalid value for {name:?}: {value:?}; allowed: {allowed}\n"),
+    )
+}
+
+fn int_param(q: &HashMap<String, String>, name: &str, max: u64) -> Result<Option<u64>, Response> {
+    match q.get(name) {
+        None => Ok(None),
+        Some(raw) => match raw.parse::<u64>() {
+            Ok(v) if (1..=max).contains(&v) => Ok(Some(v)),
+            _ => Err(bad(name, raw, &format!("an integer from 1 to {max}"))),
+        },
+    }
+}
+
+/// `GET /work?n=ITER` runs `spin_cpu(ITER)`; `GET /work?ms=N` spins for about N ms.
+pub(crate) async fn work(Query(q): Query<HashMap<String, String>>) -> Response {
+    let n = match int_param(&q, "n", MAX_ITERATIONS) {
+        Ok(n) => n,
+        Err(res) => return res,
+    };
+    let ms = match int_param(&q, "ms", MAX_WORK_MS) {
+        Ok(ms) => ms,
+        Err(res) => return res,
+    };
+    let job = match (n, ms) {
+        (Some(n), None) => tokio::task::spawn_blocking(move || spin_cpu(n)),
+        (None, Some(ms)) => {
+            tokio::task::spawn_blocking(move || spin_for(Duration::from_millis(ms)))
+        }
+        _ => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "exactly one of \"n\" (an integer from 1 to {MAX_ITERATIONS}: fixed work) \
+                     or \"ms\" (an integer from 1 to {MAX_WORK_MS}: about that long) is required\n"
+                ),
+            );
+        }
+    };
+    tracing::debug!(?n, ?ms, "spinning");
+    match job.await {
+        Ok(x) => text(StatusCode::OK, format!("{x}\n")),
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("work failed: {e}\n"),
+        ),
+    }
+}
+
+/// `POST /hold?mb=N` allocates N MiB more and keeps it (at most 1024 MiB in all).
+pub(crate) async fn hold(
+    State(state): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let mb = match int_param(&q, "mb", MAX_HELD_MB as u64) {
+        Ok(Some(mb)) => mb as usize,
+        Ok(None) => return bad("mb", "", &format!("an integer from 1 to {MAX_HELD_MB}")),
+        Err(res) => return res,
+    };
+    let held = &state.inner.held;
+    // Allocate outside the lock, then check the cap again under it.
+    let before = held.mb();
+    if before + mb > MAX_HELD_MB {
+        return bad(
+            "mb",
+            &mb.to_string(),
+            &format!(
+                "at most {MAX_HELD_MB} MiB held in all; {before} MiB are held, so at most {} more",
+                MAX_HELD_MB - before
+            ),
+        );
+    }
+    let blocks = tokio::task::spawn_blocking(move || hold_memory(mb)).await;
+    let Ok(blocks) = blocks else {
+        return text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "allocation failed\n".to_owned(),
+        );
+    };
+    let total = {
+        let mut all = held.lock();
+        if all.len() + mb > MAX_HELD_MB {
+            let now = all.len();
+            drop(all);
+            return bad(
+                "mb",
+                &mb.to_string(),
+                &format!("at most {MAX_HELD_MB} MiB held in all; {now} MiB are held now"),
+            );
+        }
+        all.extend(blocks);
+        all.len()
+    };
+    state.metrics().set_held(total);
+    tracing::info!(mb, total_mb = total, "holding memory");
+    text(
+        StatusCode::OK,
+        format!("held {mb} MiB, {total} MiB in all\n"),
+    )
+}
+
+/// `DELETE /hold` frees everything `/hold` keeps.
+pub(crate) async fn release(State(state): State<AppState>) -> Response {
+    let freed = std::mem::take(&mut *state.inner.held.lock());
+    let mb = freed.len();
+    drop(freed);
+    state.metrics().set_held(0);
+    tracing::info!(mb, "released memory");
+    text(StatusCode::OK, format!("freed {mb} MiB\n"))
+}
+
+/// `GET /sleep?ms=N` waits N ms without holding a thread.
+pub(crate) async fn sleep(Query(q): Query<HashMap<String, String>>) -> Response {
+    let ms = match int_param(&q, "ms", MAX_SLEEP_MS) {
+        Ok(Some(ms)) => ms,
+        Ok(None) => return bad("ms", "", &format!("an integer from 1 to {MAX_SLEEP_MS}")),
+        Err(res) => return res,
+    };
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    text(StatusCode::OK, format!("slept {ms} ms\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spin_cpu_matches_the_go_peer() {
+        // burn(10) in ../shared/peers/go-counter computes the same value.
+        let mut x: u64 = 0;
+        for i in 0..10u64 {
+            x = x.wrapping_mul(31).wrapping_add(i ^ (x >> 3));
+        }
+        assert_eq!(spin_cpu(10), x);
+        assert_ne!(spin_cpu(1000), 0);
+    }
+
+    #[test]
+    fn held_memory_is_touched() {
+        let blocks = hold_memory(2);
+        assert_eq!(blocks.len(), 2);
+        assert!(blocks.iter().all(|b| b.len() == MIB && b[MIB - 1] != 0));
+    }
+}

@@ -1,0 +1,200 @@
+//! Configuration: where diag answers, who may ask, and how much it may cost.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::shutdown::Shutdown;
+
+/// Environment variable read by [`Config::with_default_env`] for the access token.
+pub const TOKEN_ENV: &str = "DIAG_TOKEN";
+
+/// How diag is mounted and what it allows.
+///
+/// A consuming builder: start from [`Config::default`] (or [`Config::new`]) and chain the
+/// `with_*` methods. Every limit has a `DEFAULT_*` constant.
+///
+/// ```
+/// use std::time::Duration;
+/// let cfg = diag::Config::new()
+///     .with_prefix("/internal/pprof")
+///     .with_max_seconds(120)
+///     .with_max_concurrent(2)
+///     .with_token("s3cret");
+/// assert_eq!(cfg.prefix(), "/internal/pprof");
+/// ```
+#[derive(Clone)]
+pub struct Config {
+    pub(crate) prefix: String,
+    pub(crate) token: Option<String>,
+    pub(crate) max_seconds: u64,
+    pub(crate) max_concurrent: usize,
+    pub(crate) retry_after: Duration,
+    pub(crate) shutdown: Shutdown,
+    pub(crate) console_addr: Option<String>,
+}
+
+impl Config {
+    /// Where the endpoints live unless told otherwise, as in Go.
+    pub const DEFAULT_PREFIX: &'static str = "/debug/pprof";
+    /// The longest `seconds` a request may ask for.
+    pub const DEFAULT_MAX_SECONDS: u64 = 300;
+    /// How many heavy operations (profiles, dumps) may run at once.
+    pub const DEFAULT_MAX_CONCURRENT: usize = 4;
+    /// The `Retry-After` given with a 429 when the heavy-operation cap is reached.
+    pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+    /// The defaults: prefix `/debug/pprof`, no token, `seconds` capped at 300, at most 4
+    /// heavy operations at once.
+    pub fn new() -> Self {
+        Self {
+            prefix: Self::DEFAULT_PREFIX.to_owned(),
+            token: None,
+            max_seconds: Self::DEFAULT_MAX_SECONDS,
+            max_concurrent: Self::DEFAULT_MAX_CONCURRENT,
+            retry_after: Self::DEFAULT_RETRY_AFTER,
+            shutdown: Shutdown::new(),
+            console_addr: None,
+        }
+    }
+
+    /// Reads the token from the `DIAG_TOKEN` environment variable when it is set and not
+    /// empty. A token already set with [`Config::with_token`] is replaced.
+    pub fn with_default_env(mut self) -> Self {
+        if let Ok(token) = std::env::var(TOKEN_ENV) {
+            if !token.is_empty() {
+                self.token = Some(token);
+            }
+        }
+        self
+    }
+
+    /// Serves the endpoints under `prefix` instead of `/debug/pprof`.
+    ///
+    /// A leading `/` is added when missing and trailing ones are dropped; `"/"` and `""`
+    /// are kept as the root.
+    pub fn with_prefix(mut self, prefix: impl AsRef<str>) -> Self {
+        let trimmed = prefix.as_ref().trim_end_matches('/');
+        self.prefix = if trimmed.is_empty() {
+            String::new()
+        } else if trimmed.starts_with('/') {
+            trimmed.to_owned()
+        } else {
+            format!("/{trimmed}")
+        };
+        self
+    }
+
+    /// Requires this token on every request: as `Authorization: Bearer TOKEN`, or as the
+    /// password of Basic auth (what `go tool pprof http://:TOKEN@host/...` sends).
+    /// An empty token turns the check off.
+    pub fn with_token(mut self, token: impl Into<String>) -> Self {
+        let token = token.into();
+        self.token = (!token.is_empty()).then_some(token);
+        self
+    }
+
+    /// Caps the `seconds` parameter of every timed endpoint (at least 1).
+    pub fn with_max_seconds(mut self, max_seconds: u64) -> Self {
+        self.max_seconds = max_seconds.max(1);
+        self
+    }
+
+    /// Caps how many heavy operations run at once (at least 1); beyond it requests get
+    /// `429 Too Many Requests` with `Retry-After`.
+    pub fn with_max_concurrent(mut self, max_concurrent: usize) -> Self {
+        self.max_concurrent = max_concurrent.max(1);
+        self
+    }
+
+    /// Ties diag to the application's shutdown: once `shutdown` is triggered, a profile
+    /// in flight ends early and answers with what it has, and new ones are refused.
+    pub fn with_shutdown(mut self, shutdown: Shutdown) -> Self {
+        self.shutdown = shutdown;
+        self
+    }
+
+    /// Tells the index page that a tokio-console server listens at `addr`, so that it can
+    /// show the command to attach.
+    pub fn with_console_addr(mut self, addr: impl Into<String>) -> Self {
+        self.console_addr = Some(addr.into());
+        self
+    }
+
+    /// The prefix the endpoints are served under (`""` for the root).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The cap on `seconds`.
+    pub fn max_seconds(&self) -> u64 {
+        self.max_seconds
+    }
+
+    /// The cap on concurrent heavy operations.
+    pub fn max_concurrent(&self) -> usize {
+        self.max_concurrent
+    }
+
+    /// Whether a token is required.
+    pub fn has_token(&self) -> bool {
+        self.token.is_some()
+    }
+
+    /// The shutdown signal diag watches.
+    pub fn shutdown(&self) -> &Shutdown {
+        &self.shutdown
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print the token itself.
+        f.debug_struct("Config")
+            .field("prefix", &self.prefix)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("max_seconds", &self.max_seconds)
+            .field("max_concurrent", &self.max_concurrent)
+            .field("retry_after", &self.retry_after)
+            .field("console_addr", &self.console_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_is_normalised() {
+        assert_eq!(Config::new().with_prefix("x/y/").prefix(), "/x/y");
+        assert_eq!(Config::new().with_prefix("/x").prefix(), "/x");
+        assert_eq!(Config::new().with_prefix("/").prefix(), "");
+        assert_eq!(Config::new().prefix(), "/debug/pprof");
+    }
+
+    #[test]
+    fn limits_have_floors() {
+        let cfg = Config::new().with_max_seconds(0).with_max_concurrent(0);
+        assert_eq!(cfg.max_seconds(), 1);
+        assert_eq!(cfg.max_concurrent(), 1);
+    }
+
+    #[test]
+    fn debug_redacts_token() {
+        let text = format!("{:?}", Config::new().with_token("hunter2"));
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("redacted"), "{text}");
+    }
+
+    #[test]
+    fn empty_token_means_no_check() {
+        assert!(!Config::new().with_token("").has_token());
+        assert!(Config::new().with_token("t").has_token());
+    }
+}

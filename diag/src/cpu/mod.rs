@@ -1,0 +1,444 @@
+//! CPU profiles: `/profile`, `/flamegraph` and Go's `/symbol` protocol.
+
+mod sampler;
+mod symbols;
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime};
+
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, Method, header};
+
+use crate::error::ApiError;
+use crate::flamegraph::{self, folded_frame};
+use crate::params::Params;
+use crate::proto::{self, ProfileBuilder};
+use crate::state::Diag;
+use crate::util::{unix_nanos, utc};
+
+use sampler::{JoinError, Lease, Mark, Stack};
+use symbols::Resolved;
+
+/// A CPU profile's length unless `seconds` says otherwise (Go's default).
+pub(crate) const DEFAULT_SECONDS: u64 = 30;
+/// Samples per second of CPU time unless `frequency` says otherwise (Go's 100, less one so
+/// the timer does not beat against periodic work).
+pub(crate) const DEFAULT_FREQUENCY: u32 = 99;
+/// The highest `frequency` accepted. The kernel delivers CPU-time signals at most at its
+/// tick (often 250 Hz); above that, samples are weighted by the rate actually achieved.
+pub(crate) const MAX_FREQUENCY: u32 = 1000;
+
+pub(crate) use sampler::running;
+
+/// `GET /profile?seconds=N&frequency=HZ&format=proto|svg|folded`.
+pub(crate) async fn profile(State(d): State<Diag>, RawQuery(q): RawQuery) -> Response {
+    let params = Params::parse(q.as_deref());
+    let format = match params.choice("format", "proto", &["proto", "svg", "folded"]) {
+        Ok(f) => f,
+        Err(e) => return e.into_response(),
+    };
+    respond(d, params, format, false).await
+}
+
+/// `GET /flamegraph?seconds=N&frequency=HZ`: the SVG as a download.
+pub(crate) async fn flamegraph(State(d): State<Diag>, RawQuery(q): RawQuery) -> Response {
+    respond(d, Params::parse(q.as_deref()), "svg", true).await
+}
+
+async fn respond(d: Diag, params: Params, format: &'static str, download: bool) -> Response {
+    match run(&d, &params, format).await {
+        Ok((body, profile)) => {
+            let (ctype, disposition) = match (format, download) {
+                ("proto", _) => (
+                    "application/octet-stream",
+                    Some("attachment; filename=\"profile\""),
+                ),
+                ("svg", true) => (
+                    "image/svg+xml",
+                    Some("attachment; filename=\"flamegraph.svg\""),
+                ),
+                ("svg", false) => ("image/svg+xml", None),
+                _ => ("text/plain; charset=utf-8", None),
+            };
+            let mut res = body.into_response();
+            let h = res.headers_mut();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+            if let Some(disp) = disposition {
+                h.insert(header::CONTENT_DISPOSITION, HeaderValue::from_static(disp));
+            }
+            h.insert("x-diag-samples", profile.samples.into());
+            if let Ok(v) = HeaderValue::from_str(&format!("{:.1}", profile.achieved_hz())) {
+                h.insert("x-diag-sample-rate", v);
+            }
+            if profile.ended_early {
+                h.insert("x-diag-ended-early", HeaderValue::from_static("shutdown"));
+            }
+            res
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn run(
+    d: &Diag,
+    params: &Params,
+    format: &'static str,
+) -> Result<(Vec<u8>, CpuProfile), ApiError> {
+    let seconds = d.seconds(params, DEFAULT_SECONDS)?;
+    let frequency = params.int_in("frequency", DEFAULT_FREQUENCY, 1, MAX_FREQUENCY)?;
+    let _permit = d.heavy()?;
+    let capture = capture(d, Duration::from_secs(seconds), frequency).await?;
+    tokio::task::spawn_blocking(move || {
+        let profile = CpuProfile::resolve(capture);
+        let body = match format {
+            "proto" => profile.to_proto(),
+            "svg" => profile.to_svg(),
+            _ => Ok(profile.to_folded().join("\n").into_bytes()),
+        };
+        body.map(|b| (b, profile))
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("building the CPU profile failed: {e}")))?
+    .map_err(|e| ApiError::Internal(format!("encoding the CPU profile failed: {e}")))
+}
+
+/// The raw samples of one reader's window.
+#[derive(Debug)]
+struct Capture {
+    stacks: Vec<Stack>,
+    start: Mark,
+    end: Mark,
+    frequency: u32,
+    ended_early: bool,
+}
+
+async fn capture(d: &Diag, window: Duration, frequency: u32) -> Result<Capture, ApiError> {
+    let (lease, start_counts) = Lease::join(frequency, window).map_err(|e| match e {
+        JoinError::OtherFrequency { running, until } => {
+            let left = until
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO)
+                .as_secs();
+            ApiError::Conflict(format!(
+                "cpu profiling already in use at frequency={running} Hz until {} ({left} s from now); \
+                 ask for frequency={running} to share it, or retry once it ends",
+                utc(until)
+            ))
+        }
+        JoinError::Start(msg) => ApiError::Internal(format!(
+            "could not start the CPU profiler: {msg}. pprof-rs keeps its samples in a \
+             temporary file, created once per process: check that the temp directory ({}) \
+             is writable. If it was not when the first profile started, CPU profiling stays \
+             unavailable until the process restarts.",
+            std::env::temp_dir().display()
+        )),
+    })?;
+    let start = Mark::now();
+    let shutdown = d.cfg().shutdown.clone();
+    let ended_early = tokio::select! {
+        () = tokio::time::sleep(window) => false,
+        () = shutdown.triggered() => true,
+    };
+    let end_counts = lease.snapshot();
+    let end = Mark::now();
+    let frequency = lease.frequency();
+    drop(lease);
+    Ok(Capture {
+        stacks: sampler::delta(&start_counts, end_counts),
+        start,
+        end,
+        frequency,
+        ended_early,
+    })
+}
+
+/// A symbolized CPU profile, ready to encode in any format.
+#[derive(Debug)]
+struct CpuProfile {
+    stacks: Vec<Stack>,
+    symbols: HashMap<usize, Resolved>,
+    start: SystemTime,
+    duration: Duration,
+    cpu_used: Duration,
+    frequency: u32,
+    samples: i64,
+    period_ns: i64,
+    ended_early: bool,
+}
+
+impl CpuProfile {
+    fn resolve(capture: Capture) -> Self {
+        let mut stacks = capture.stacks;
+        let symbols = symbols::resolve_all(stacks.iter().flat_map(|s| s.ips.iter().copied()));
+        for s in &mut stacks {
+            strip_signal_frames(&mut s.ips, &symbols);
+        }
+        stacks.retain(|s| !s.ips.is_empty());
+        let samples = stacks.iter().map(|s| s.count).sum();
+        let cpu_used = capture.end.cpu.saturating_sub(capture.start.cpu);
+        Self {
+            period_ns: period_ns(capture.frequency, samples, cpu_used),
+            stacks,
+            symbols,
+            start: capture.start.wall,
+            duration: capture.end.mono.duration_since(capture.start.mono),
+            cpu_used,
+            frequency: capture.frequency,
+            samples,
+            ended_early: capture.ended_early,
+        }
+    }
+
+    /// Samples per second of the process's CPU time over the window.
+    fn achieved_hz(&self) -> f64 {
+        let cpu = self.cpu_used.as_secs_f64();
+        if cpu > 0.0 {
+            self.samples as f64 / cpu
+        } else {
+            0.0
+        }
+    }
+
+    fn subtitle(&self) -> String {
+        format!(
+            "{:.1} s at {} Hz from {}: {} samples ({:.0} Hz achieved), {:.2} s of CPU sampled{}",
+            self.duration.as_secs_f64(),
+            self.frequency,
+            utc(self.start),
+            self.samples,
+            self.achieved_hz(),
+            (self.samples * self.period_ns) as f64 / 1e9,
+            if self.ended_early {
+                "; ended early by shutdown"
+            } else {
+                ""
+            },
+        )
+    }
+
+    /// gzipped profile.proto with Go's CPU sample types.
+    fn to_proto(&self) -> std::io::Result<Vec<u8>> {
+        let mut b = ProfileBuilder::new(
+            &[("samples", "count"), ("cpu", "nanoseconds")],
+            ("cpu", "nanoseconds"),
+            self.period_ns,
+            crate::maps::current(),
+        );
+        b.time(unix_nanos(self.start), self.duration.as_nanos() as i64);
+        b.comment(&format!("diag CPU profile: {}", self.subtitle()));
+        b.default_sample_type("cpu");
+        for s in &self.stacks {
+            let locations = s
+                .ips
+                .iter()
+                .map(|ip| b.location(*ip as u64, self.symbols.get(ip).map_or(&[][..], |l| &l[..])))
+                .collect();
+            b.sample(
+                locations,
+                vec![s.count, s.count * self.period_ns],
+                &[("thread", &s.thread)],
+            );
+        }
+        proto::gzip(&b.encode())
+    }
+
+    /// Collapsed stacks, root first, one line per stack and thread: `thread;a;b;c COUNT`.
+    fn to_folded(&self) -> Vec<String> {
+        let mut lines: Vec<String> = self
+            .stacks
+            .iter()
+            .map(|s| {
+                let mut line = folded_frame(&s.thread);
+                for ip in s.ips.iter().rev() {
+                    if let Some(resolved) = self.symbols.get(ip) {
+                        // Lines are innermost first; folded stacks go root first.
+                        for l in resolved.iter().rev() {
+                            line.push(';');
+                            line.push_str(&folded_frame(&l.function));
+                        }
+                    }
+                }
+                line.push(' ');
+                line.push_str(&s.count.to_string());
+                line
+            })
+            .collect();
+        lines.sort_unstable();
+        lines
+    }
+
+    fn to_svg(&self) -> std::io::Result<Vec<u8>> {
+        flamegraph::render(
+            &self.to_folded(),
+            &flamegraph::Labels {
+                title: "CPU flamegraph",
+                subtitle: &self.subtitle(),
+                count_name: "samples",
+            },
+        )
+    }
+}
+
+/// Drops the frames of the profiler itself: the signal handler, the unwinder it calls, and
+/// the kernel's signal trampoline, so that every stack starts at the interrupted code.
+fn strip_signal_frames(ips: &mut Vec<usize>, symbols: &HashMap<usize, Resolved>) {
+    let handler = ips.iter().position(|ip| {
+        symbols.get(ip).is_some_and(|lines| {
+            lines
+                .iter()
+                .any(|l| l.function.contains("perf_signal_handler"))
+        })
+    });
+    if let Some(i) = handler {
+        // The frame after the handler's is the trampoline (`__restore_rt`) the kernel
+        // returns through; the one after that is the interrupted code.
+        let cut = (i + 2).min(ips.len());
+        ips.drain(..cut);
+    }
+}
+
+/// Nanoseconds of CPU time one sample stands for.
+///
+/// pprof-rs weighs every sample by the period of the *requested* frequency, but the
+/// kernel delivers CPU-time signals at most at its tick, so a 999 Hz request would
+/// under-report CPU about fourfold on a 250 Hz kernel. When the kernel's tick is known,
+/// the rate is capped at it; when it is not and the rate achieved falls well short of the
+/// one requested, the achieved rate is used.
+fn period_ns(frequency: u32, samples: i64, cpu_used: Duration) -> i64 {
+    let requested = f64::from(frequency.max(1));
+    let effective = match kernel_hz() {
+        Some(hz) => requested.min(f64::from(hz)),
+        None => {
+            let achieved = if cpu_used.is_zero() {
+                requested
+            } else {
+                samples as f64 / cpu_used.as_secs_f64()
+            };
+            if achieved > 0.0 && achieved < 0.8 * requested {
+                achieved
+            } else {
+                requested
+            }
+        }
+    };
+    (1e9 / effective) as i64
+}
+
+/// The kernel's tick rate (`CONFIG_HZ`), when the kernel says.
+pub(crate) fn kernel_hz() -> Option<u32> {
+    static HZ: OnceLock<Option<u32>> = OnceLock::new();
+    *HZ.get_or_init(|| {
+        use std::io::Read;
+        let from_text = |text: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("CONFIG_HZ="))
+                .and_then(|v| v.trim().parse().ok())
+        };
+        if let Ok(gz) = std::fs::read("/proc/config.gz") {
+            let mut text = String::new();
+            if flate2::read::GzDecoder::new(&gz[..])
+                .read_to_string(&mut text)
+                .is_ok()
+            {
+                if let Some(hz) = from_text(&text) {
+                    return Some(hz);
+                }
+            }
+        }
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+        let text = std::fs::read_to_string(format!("/boot/config-{}", release.trim())).ok()?;
+        from_text(&text)
+    })
+}
+
+/// `GET` or `POST /symbol`: Go's protocol. `GET` without addresses answers
+/// `num_symbols: 1`; addresses (`0x1234+0x5678`, in the body of a POST or the query of a
+/// GET) answer one `0x<addr> <function>` line each.
+pub(crate) async fn symbol(method: Method, RawQuery(q): RawQuery, body: Bytes) -> Response {
+    /// Addresses looked up in one request at most.
+    const MAX_ADDRESSES: usize = 10_000;
+    let input = if method == Method::POST {
+        String::from_utf8_lossy(&body).into_owned()
+    } else {
+        q.unwrap_or_default()
+    };
+    let mut words = Vec::new();
+    for word in input.split('+').map(str::trim).filter(|w| !w.is_empty()) {
+        let hex = word.strip_prefix("0x").or_else(|| word.strip_prefix("0X"));
+        match hex.and_then(|h| u64::from_str_radix(h, 16).ok()) {
+            Some(addr) => words.push(addr),
+            None => {
+                return ApiError::bad_param(
+                    "address",
+                    word,
+                    "hexadecimal addresses like 0x4a1f20, joined by +",
+                )
+                .into_response();
+            }
+        }
+        if words.len() > MAX_ADDRESSES {
+            return ApiError::bad_param(
+                "address",
+                format!("{} addresses", words.len()),
+                format!("at most {MAX_ADDRESSES} per request"),
+            )
+            .into_response();
+        }
+    }
+    let text = tokio::task::spawn_blocking(move || {
+        let mut text = String::from("num_symbols: 1\n");
+        let resolved = symbols::resolve_all(words.iter().map(|a| *a as usize));
+        for addr in &words {
+            if let Some(lines) = resolved.get(&(*addr as usize)) {
+                // The outermost line is the function the address belongs to.
+                if let Some(l) = lines.last().filter(|l| !l.function.starts_with("0x")) {
+                    text.push_str(&format!("{addr:#x} {}\n", l.function));
+                }
+            }
+        }
+        text
+    })
+    .await
+    .unwrap_or_else(|_| String::from("num_symbols: 1\n"));
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn period_is_capped_at_what_the_kernel_delivers() {
+        let cpu = Duration::from_secs(1);
+        assert_eq!(period_ns(99, 99, cpu), 1_000_000_000 / 99);
+        let p = period_ns(1000, 250, cpu);
+        // Either the kernel's tick is known (250 Hz here) or the achieved rate is used:
+        // both weigh a sample at about 4 ms, not the requested 1 ms.
+        assert!(p >= 3_000_000, "{p}");
+    }
+
+    #[test]
+    fn handler_frames_are_stripped() {
+        let line = |f: &str| -> Resolved {
+            vec![proto::Line {
+                function: f.into(),
+                file: String::new(),
+                line: 0,
+            }]
+            .into()
+        };
+        let symbols = HashMap::from([
+            (1, line("backtrace::trace")),
+            (2, line("pprof::profiler::perf_signal_handler")),
+            (3, line("__restore_rt")),
+            (4, line("demo::spin_cpu")),
+            (5, line("main")),
+        ]);
+        let mut ips = vec![1, 2, 3, 4, 5];
+        strip_signal_frames(&mut ips, &symbols);
+        assert_eq!(ips, [4, 5]);
+    }
+}

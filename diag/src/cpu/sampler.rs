@@ -1,0 +1,193 @@
+//! One pprof-rs sampler shared by every reader.
+//!
+//! pprof-rs has one global profiler, one process-wide timer, and counts that clear only
+//! when it stops. So diag runs at most one [`ProfilerGuard`] and lets any number of
+//! requests read from it at once: each reader takes an unresolved snapshot (a read lock,
+//! no symbolization) at the start and at the end of its own window and keeps the
+//! difference. The sampler starts with the first reader and stops (clearing its counts)
+//! when the last one leaves, so memory does not grow under continuous scraping.
+
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use pprof::{ProfilerGuard, ProfilerGuardBuilder};
+
+/// Counts per stack and thread at one instant; `None` before the sampler has counted.
+pub(crate) type Counts = Option<pprof::UnresolvedReport>;
+
+/// One sampled stack: code addresses leaf first, the thread, and how often it was seen.
+#[derive(Debug)]
+pub(crate) struct Stack {
+    pub(crate) ips: Vec<usize>,
+    pub(crate) thread: String,
+    pub(crate) count: i64,
+}
+
+struct Running {
+    guard: ProfilerGuard<'static>,
+    frequency: u32,
+    readers: usize,
+    /// The latest end among the readers' windows.
+    until: SystemTime,
+}
+
+static SAMPLER: Mutex<Option<Running>> = Mutex::new(None);
+
+fn sampler() -> MutexGuard<'static, Option<Running>> {
+    // A panic while holding this lock cannot leave the state inconsistent in a way that
+    // matters more than refusing every later profile would, so recover from poisoning.
+    SAMPLER.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Why a reader could not join the sampler.
+#[derive(Debug)]
+pub(crate) enum JoinError {
+    /// The sampler runs at another frequency.
+    OtherFrequency { running: u32, until: SystemTime },
+    /// pprof-rs could not start (its message).
+    Start(String),
+}
+
+/// A reader's share of the running sampler. Dropping it gives the share up; the last
+/// share to go stops the sampler.
+#[derive(Debug)]
+pub(crate) struct Lease {
+    frequency: u32,
+}
+
+/// Whether the sampler is running, and at which frequency, for the index page.
+pub(crate) fn running() -> Option<(u32, usize, SystemTime)> {
+    sampler()
+        .as_ref()
+        .map(|r| (r.frequency, r.readers, r.until))
+}
+
+impl Lease {
+    /// Joins the running sampler, or starts it at `frequency`. `window` is how long this
+    /// reader intends to read, for the message other readers get on a conflict.
+    pub(crate) fn join(frequency: u32, window: Duration) -> Result<(Lease, Counts), JoinError> {
+        let mut state = sampler();
+        let until = SystemTime::now() + window;
+        match state.as_mut() {
+            Some(running) if running.frequency != frequency => Err(JoinError::OtherFrequency {
+                running: running.frequency,
+                until: running.until,
+            }),
+            Some(running) => {
+                running.readers += 1;
+                running.until = running.until.max(until);
+                let start = snapshot(&running.guard);
+                Ok((Lease { frequency }, start))
+            }
+            None => {
+                let guard = ProfilerGuardBuilder::default()
+                    .frequency(frequency as i32)
+                    .build()
+                    .map_err(|e| JoinError::Start(e.to_string()))?;
+                *state = Some(Running {
+                    guard,
+                    frequency,
+                    readers: 1,
+                    until,
+                });
+                Ok((Lease { frequency }, None))
+            }
+        }
+    }
+
+    /// The frequency this reader samples at.
+    pub(crate) fn frequency(&self) -> u32 {
+        self.frequency
+    }
+
+    /// The counts now.
+    pub(crate) fn snapshot(&self) -> Counts {
+        sampler().as_ref().and_then(|r| snapshot(&r.guard))
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let mut state = sampler();
+        let last = match state.as_mut() {
+            Some(running) => {
+                running.readers = running.readers.saturating_sub(1);
+                running.readers == 0
+            }
+            None => false,
+        };
+        if last {
+            // Dropping the guard stops the timer and clears pprof-rs's counts.
+            let stopped = state.take();
+            drop(state);
+            drop(stopped);
+        }
+    }
+}
+
+fn snapshot(guard: &ProfilerGuard<'static>) -> Counts {
+    // `build_unresolved` takes pprof-rs's read lock and copies the counts; it does not
+    // symbolize. Samples that land while it copies are dropped by the signal handler's
+    // try-lock, so keep this short.
+    guard.report().build_unresolved().ok()
+}
+
+/// The samples gained between two snapshots of the same running sampler.
+pub(crate) fn delta(start: &Counts, end: Counts) -> Vec<Stack> {
+    let Some(end) = end else { return Vec::new() };
+    end.data
+        .into_iter()
+        .filter_map(|(frames, n)| {
+            let before = start
+                .as_ref()
+                .and_then(|s| s.data.get(&frames).copied())
+                .unwrap_or(0);
+            let gained = n - before;
+            (gained > 0).then(|| {
+                let len = frames.thread_name_length.min(frames.thread_name.len());
+                let name = String::from_utf8_lossy(&frames.thread_name[..len]);
+                Stack {
+                    ips: frames.frames.iter().map(|f| f.ip() as usize).collect(),
+                    thread: if name.is_empty() {
+                        format!("thread {}", frames.thread_id)
+                    } else {
+                        name.into_owned()
+                    },
+                    count: gained as i64,
+                }
+            })
+        })
+        .collect()
+}
+
+/// The process's CPU time so far (all threads).
+pub(crate) fn process_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// A moment of the window, for the achieved-rate arithmetic.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Mark {
+    pub(crate) wall: SystemTime,
+    pub(crate) mono: Instant,
+    pub(crate) cpu: Duration,
+}
+
+impl Mark {
+    pub(crate) fn now() -> Self {
+        Self {
+            wall: SystemTime::now(),
+            mono: Instant::now(),
+            cpu: process_cpu_time(),
+        }
+    }
+}

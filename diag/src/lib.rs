@@ -1,0 +1,62 @@
+//! # diag: Go's `/debug/pprof` for Rust services
+//!
+//! Mount the endpoints Go services have always had onto an axum app, any tower stack, plain
+//! hyper, or a sidecar listener of their own, and drive them with the clients you know:
+//! `go tool pprof`, a browser, `curl`.
+//!
+//! ```no_run
+//! use axum::{Router, routing::get};
+//!
+//! # async fn run() -> std::io::Result<()> {
+//! // 1. Merged into an axum app (no fallback of its own, so yours is kept):
+//! let app: Router = Router::new()
+//!     .route("/", get(|| async { "hello" }))
+//!     .merge(diag::router(diag::Config::default().with_default_env()));
+//!
+//! // 2. Or on its own loopback listener, stopping with the app:
+//! let stop = diag::Shutdown::new();
+//! let sidecar = diag::serve(
+//!     diag::Config::default().with_shutdown(stop.clone()),
+//!     diag::DEFAULT_SIDECAR_ADDR,
+//! )
+//! .await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Then `go tool pprof -top http://127.0.0.1:6060/debug/pprof/profile?seconds=30`.
+//! A third way, [`DiagLayer`], answers under the prefix in front of any tower service.
+//!
+//! ## Features
+//! | feature | default | gives |
+//! |---|---|---|
+//! | `cpu` | yes | `/profile`, `/flamegraph`, `/symbol` (pprof-rs sampling) |
+//!
+//! Endpoints, parameters and errors are listed in the repository's `docs/endpoints.md`;
+//! protection (token, caps, binding) in `docs/security.md`.
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+mod config;
+#[cfg(feature = "cpu")]
+mod cpu;
+mod error;
+#[cfg(feature = "cpu")]
+mod flamegraph;
+mod index;
+mod layer;
+#[cfg(feature = "cpu")]
+mod maps;
+mod params;
+#[cfg(feature = "cpu")]
+mod proto;
+mod router;
+mod server;
+mod shutdown;
+mod state;
+mod util;
+
+pub use config::{Config, TOKEN_ENV};
+pub use layer::{DiagLayer, DiagService, ResponseFuture};
+pub use router::router;
+pub use server::{DEFAULT_SIDECAR_ADDR, Sidecar, serve};
+pub use shutdown::Shutdown;

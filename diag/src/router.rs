@@ -1,0 +1,247 @@
+//! The axum router: endpoints, the token check, and the headers every answer carries.
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{MethodRouter, any, get};
+use base64::Engine;
+use http::{HeaderMap, HeaderValue, header};
+use subtle::ConstantTimeEq;
+
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::index;
+use crate::state::Diag;
+
+/// One endpoint under the prefix, for the router, the index page and the 404 listing.
+#[derive(Debug)]
+pub(crate) struct Endpoint {
+    /// Path below the prefix, without the leading `/`.
+    pub(crate) path: &'static str,
+    /// One line on what it gives.
+    pub(crate) summary: &'static str,
+    /// `Err(how to enable it)` when this build or process lacks it.
+    pub(crate) available: fn() -> Result<(), &'static str>,
+}
+
+const CPU_MISSING: &str = "this build has no CPU profiling: enable diag's `cpu` feature \
+     (on by default), e.g. diag = { version = \"..\", features = [\"cpu\"] }";
+
+fn always() -> Result<(), &'static str> {
+    Ok(())
+}
+
+fn cpu_available() -> Result<(), &'static str> {
+    if cfg!(feature = "cpu") {
+        Ok(())
+    } else {
+        Err(CPU_MISSING)
+    }
+}
+
+/// Every endpoint diag serves, in the order the index shows them.
+pub(crate) const ENDPOINTS: &[Endpoint] = &[
+    Endpoint {
+        path: "",
+        summary: "this page",
+        available: always,
+    },
+    Endpoint {
+        path: "profile",
+        summary: "CPU profile over ?seconds=N (default 30) at ?frequency=HZ (default 99): \
+                  gzipped profile.proto for go tool pprof, or ?format=svg|folded",
+        available: cpu_available,
+    },
+    Endpoint {
+        path: "flamegraph",
+        summary: "CPU flamegraph over ?seconds=N, as an SVG download for a browser",
+        available: cpu_available,
+    },
+    Endpoint {
+        path: "symbol",
+        summary: "Go's symbol protocol: POST hex addresses joined by +, get function names",
+        available: cpu_available,
+    },
+    Endpoint {
+        path: "cmdline",
+        summary: "the command line of this process, arguments separated by NUL bytes",
+        available: always,
+    },
+];
+
+/// The diag endpoints as an axum [`Router`], generic over the caller's state so it can be
+/// merged into any app: `app.merge(diag::router(cfg))`.
+///
+/// The router has no fallback of its own (axum panics when two merged routers both have
+/// one): unknown paths under the prefix are answered by a `{prefix}/{*rest}` route with a
+/// 404 that lists the known endpoints. Every answer carries
+/// `X-Content-Type-Options: nosniff`; with a token configured, every request must present
+/// it.
+///
+/// ```no_run
+/// use axum::{Router, routing::get};
+///
+/// # async fn run() -> std::io::Result<()> {
+/// let app = Router::new()
+///     .route("/", get(|| async { "hello" }))
+///     .merge(diag::router(diag::Config::default().with_default_env()));
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+/// axum::serve(listener, app).await
+/// # }
+/// ```
+pub fn router<S>(cfg: Config) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    let diag = Diag::new(cfg);
+    let prefix = diag.cfg().prefix().to_owned();
+    let at = |path: &str| format!("{prefix}/{path}");
+    let mut r: Router<Diag> = Router::new()
+        .route(&at(""), only_get(get(index::index)))
+        .route(&at("cmdline"), only_get(get(cmdline)))
+        .route(&at("{*rest}"), any(not_found));
+    r = cpu_routes(r, &at);
+    if !prefix.is_empty() {
+        // Go's mux redirects the bare prefix to the index.
+        let target = at("");
+        r = r.route(
+            &prefix,
+            get(move || async move { Redirect::permanent(&target) }),
+        );
+    }
+    r.layer(middleware::from_fn_with_state(diag.clone(), guard))
+        .with_state(diag)
+}
+
+#[cfg(feature = "cpu")]
+fn cpu_routes(r: Router<Diag>, at: &impl Fn(&str) -> String) -> Router<Diag> {
+    use crate::cpu;
+    r.route(&at("profile"), only_get(get(cpu::profile)))
+        .route(&at("flamegraph"), only_get(get(cpu::flamegraph)))
+        .route(
+            &at("symbol"),
+            get(cpu::symbol).post(cpu::symbol).fallback(|| async {
+                ApiError::MethodNotAllowed {
+                    allowed: "GET, HEAD, POST",
+                }
+            }),
+        )
+}
+
+#[cfg(not(feature = "cpu"))]
+fn cpu_routes(r: Router<Diag>, at: &impl Fn(&str) -> String) -> Router<Diag> {
+    let missing = || async { ApiError::NotImplemented(CPU_MISSING.to_owned()) };
+    r.route(&at("profile"), any(missing))
+        .route(&at("flamegraph"), any(missing))
+        .route(&at("symbol"), any(missing))
+}
+
+fn only_get(m: MethodRouter<Diag>) -> MethodRouter<Diag> {
+    m.fallback(|| async {
+        ApiError::MethodNotAllowed {
+            allowed: "GET, HEAD",
+        }
+    })
+}
+
+/// The token check, then `nosniff` on whatever is answered.
+async fn guard(State(d): State<Diag>, req: Request, next: Next) -> Response {
+    let mut res = match &d.cfg().token {
+        Some(token) if !authorized(req.headers(), token) => ApiError::Unauthorized.into_response(),
+        _ => next.run(req).await,
+    };
+    res.headers_mut().insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    res
+}
+
+/// Whether the request presents `token`: as `Bearer TOKEN`, or as the password of Basic
+/// auth (any user name), compared in constant time.
+pub(crate) fn authorized(headers: &HeaderMap, token: &str) -> bool {
+    let Some(value) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let (scheme, rest) = value.trim().split_once(' ').unwrap_or((value, ""));
+    let rest = rest.trim();
+    let presented: Vec<u8> = if scheme.eq_ignore_ascii_case("bearer") {
+        rest.as_bytes().to_vec()
+    } else if scheme.eq_ignore_ascii_case("basic") {
+        let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(rest) else {
+            return false;
+        };
+        match decoded.iter().position(|b| *b == b':') {
+            Some(colon) => decoded[colon + 1..].to_vec(),
+            None => return false,
+        }
+    } else {
+        return false;
+    };
+    // `ct_eq` on slices of different lengths is false without comparing contents; the
+    // token's length is not the secret.
+    bool::from(presented.as_slice().ct_eq(token.as_bytes()))
+}
+
+async fn cmdline() -> Response {
+    let args: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    (
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        args.join("\0"),
+    )
+        .into_response()
+}
+
+async fn not_found(State(d): State<Diag>, req: Request) -> ApiError {
+    let prefix = d.cfg().prefix();
+    ApiError::NotFound {
+        path: req.uri().path().to_owned(),
+        known: ENDPOINTS
+            .iter()
+            .map(|e| format!("{prefix}/{}", e.path))
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_auth(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, value.parse().expect("header value"));
+        h
+    }
+
+    #[test]
+    fn bearer_and_basic_password_are_accepted() {
+        let basic = base64::engine::general_purpose::STANDARD.encode(":s3cret");
+        let basic_user = base64::engine::general_purpose::STANDARD.encode("alloy:s3cret");
+        assert!(authorized(&with_auth("Bearer s3cret"), "s3cret"));
+        assert!(authorized(&with_auth(&format!("Basic {basic}")), "s3cret"));
+        assert!(authorized(
+            &with_auth(&format!("basic {basic_user}")),
+            "s3cret"
+        ));
+    }
+
+    #[test]
+    fn wrong_or_missing_credentials_are_refused() {
+        let basic_user_only = base64::engine::general_purpose::STANDARD.encode("s3cret");
+        assert!(!authorized(&HeaderMap::new(), "s3cret"));
+        assert!(!authorized(&with_auth("Bearer s3cre"), "s3cret"));
+        assert!(!authorized(&with_auth("Bearer s3cretx"), "s3cret"));
+        assert!(!authorized(
+            &with_auth(&format!("Basic {basic_user_only}")),
+            "s3cret"
+        ));
+        assert!(!authorized(&with_auth("Basic !!!"), "s3cret"));
+        assert!(!authorized(&with_auth("Token s3cret"), "s3cret"));
+    }
+}

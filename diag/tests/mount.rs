@@ -1,0 +1,340 @@
+//! diag mounted the three ways, over real sockets: merged into an axum app, as a tower
+//! layer on a plain hyper server, and as a sidecar. Plus what every mount shares: the index,
+//! cmdline, the 404 listing, Go-style errors, the token, and the limits.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::routing::get;
+use http::{Method, StatusCode};
+use testkit::{basic_auth, get as http_get, get_with, request};
+
+fn app_with_fallback(cfg: diag::Config) -> Router {
+    Router::new()
+        .route("/", get(|| async { "app root" }))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "app fallback") })
+        .merge(diag::router(cfg))
+}
+
+fn assert_go_error(r: &testkit::Reply, status: StatusCode) {
+    assert_eq!(r.status, status, "{}", r.text());
+    assert_eq!(r.header("content-type"), "text/plain; charset=utf-8");
+    assert_eq!(r.header("x-go-pprof"), "1");
+    assert_eq!(r.header("x-content-type-options"), "nosniff");
+    assert_eq!(r.header("content-disposition"), "");
+}
+
+#[tokio::test]
+async fn merged_into_an_app_with_its_own_fallback() {
+    let addr = testkit::serve(app_with_fallback(diag::Config::default())).await;
+    let url = |p: &str| format!("http://{addr}{p}");
+
+    // The app keeps its routes and its fallback.
+    assert_eq!(http_get(&url("/")).await.text(), "app root");
+    let r = http_get(&url("/elsewhere")).await;
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (StatusCode::NOT_FOUND, "app fallback")
+    );
+
+    // The index lists every endpoint with copy-paste commands for this host.
+    let r = http_get(&url("/debug/pprof/")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.header("content-type").starts_with("text/html"));
+    assert_eq!(r.header("x-content-type-options"), "nosniff");
+    let html = r.text();
+    for path in ["profile", "flamegraph", "symbol", "cmdline"] {
+        assert!(
+            html.contains(&format!("href=\"/debug/pprof/{path}\"")),
+            "{path} missing:\n{html}"
+        );
+    }
+    assert!(
+        html.contains(&format!(
+            "go tool pprof -top &#39;http://{addr}/debug/pprof/profile?seconds=30&#39;"
+        )),
+        "{html}"
+    );
+    assert!(
+        html.contains(&format!("http://{addr}/debug/pprof/flamegraph?seconds=30")),
+        "{html}"
+    );
+    assert!(html.contains("tokio-console"), "{html}");
+
+    // The bare prefix redirects to the index, as Go's mux does.
+    let r = http_get(&url("/debug/pprof")).await;
+    assert!(r.status.is_redirection(), "{}", r.status);
+    assert_eq!(r.header("location"), "/debug/pprof/");
+
+    // An unknown path under the prefix is diag's 404, listing what exists.
+    let r = http_get(&url("/debug/pprof/block")).await;
+    assert_go_error(&r, StatusCode::NOT_FOUND);
+    let text = r.text();
+    assert!(text.contains("\"/debug/pprof/block\""), "{text}");
+    for path in [
+        "/debug/pprof/profile",
+        "/debug/pprof/cmdline",
+        "/debug/pprof/symbol",
+    ] {
+        assert!(text.contains(path), "{path} not listed: {text}");
+    }
+}
+
+#[tokio::test]
+async fn cmdline_is_nul_separated_arguments() {
+    let addr = testkit::serve(app_with_fallback(diag::Config::default())).await;
+    let r = http_get(&format!("http://{addr}/debug/pprof/cmdline")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header("content-type"), "text/plain; charset=utf-8");
+    let expected: Vec<String> = std::env::args().collect();
+    assert_eq!(r.text(), expected.join("\0"));
+}
+
+#[tokio::test]
+async fn wrong_method_is_a_go_style_405() {
+    let addr = testkit::serve(app_with_fallback(diag::Config::default())).await;
+    let r = request(
+        Method::DELETE,
+        &format!("http://{addr}/debug/pprof/cmdline"),
+        &[],
+        b"",
+    )
+    .await;
+    assert_go_error(&r, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(r.header("allow"), "GET, HEAD");
+}
+
+#[tokio::test]
+async fn custom_prefix() {
+    let addr = testkit::serve(app_with_fallback(
+        diag::Config::default().with_prefix("/internal/pprof/"),
+    ))
+    .await;
+    assert_eq!(
+        http_get(&format!("http://{addr}/internal/pprof/"))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let r = http_get(&format!("http://{addr}/debug/pprof/")).await;
+    assert_eq!(r.text(), "app fallback");
+    let r = http_get(&format!("http://{addr}/internal/pprof/nope")).await;
+    assert!(r.text().contains("/internal/pprof/profile"), "{}", r.text());
+}
+
+#[tokio::test]
+async fn tower_layer_on_a_plain_hyper_server() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::server::conn::auto;
+    use hyper_util::service::TowerToHyperService;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // A plain hyper service, no axum in it.
+    let app = tower::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+        let body = format!("hyper app saw {}", req.uri().path());
+        Ok::<_, Infallible>(http::Response::new(http_body_util::Full::new(
+            bytes::Bytes::from(body),
+        )))
+    });
+    let svc = tower::ServiceBuilder::new()
+        .layer(diag::DiagLayer::new(diag::Config::default()))
+        .service(app);
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let svc = TowerToHyperService::new(svc.clone());
+            tokio::spawn(async move {
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    let url = |p: &str| format!("http://{addr}{p}");
+    assert_eq!(
+        http_get(&url("/hello")).await.text(),
+        "hyper app saw /hello"
+    );
+    // A path that merely starts with the prefix's letters is the app's.
+    assert_eq!(
+        http_get(&url("/debug/pprofx")).await.text(),
+        "hyper app saw /debug/pprofx"
+    );
+    let r = http_get(&url("/debug/pprof/")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.text().contains("/debug/pprof/profile"));
+    assert_go_error(
+        &http_get(&url("/debug/pprof/nope")).await,
+        StatusCode::NOT_FOUND,
+    );
+}
+
+#[tokio::test]
+async fn sidecar_serves_and_stops() {
+    let sidecar = diag::serve(diag::Config::default(), "127.0.0.1:0")
+        .await
+        .unwrap();
+    let addr = sidecar.local_addr();
+    assert!(addr.ip().is_loopback());
+    let r = http_get(&format!("http://{addr}/debug/pprof/")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    sidecar.shutdown().await.unwrap();
+    let refused = testkit::try_request(
+        Method::GET,
+        &format!("http://{addr}/debug/pprof/"),
+        &[],
+        b"",
+    )
+    .await;
+    assert!(
+        refused.is_err(),
+        "still answering after shutdown: {refused:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_profile_in_flight_at_shutdown_ends_early_with_what_it_has() {
+    let stop = diag::Shutdown::new();
+    let sidecar = diag::serve(
+        diag::Config::default().with_shutdown(stop.clone()),
+        "127.0.0.1:0",
+    )
+    .await
+    .unwrap();
+    let addr = sidecar.local_addr();
+    let started = Instant::now();
+    let profile = tokio::spawn(async move {
+        http_get(&format!(
+            "http://{addr}/debug/pprof/profile?seconds=60&format=folded"
+        ))
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stop.trigger();
+    let r = profile.await.unwrap();
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.header("x-diag-ended-early"), "shutdown");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+    tokio::time::timeout(Duration::from_secs(10), sidecar.wait())
+        .await
+        .expect("sidecar stopped")
+        .unwrap();
+}
+
+async fn with_token() -> SocketAddr {
+    testkit::serve(app_with_fallback(
+        diag::Config::default().with_token("s3cret"),
+    ))
+    .await
+}
+
+#[tokio::test]
+async fn token_is_required_and_accepted_as_bearer_or_basic() {
+    let addr = with_token().await;
+    let url = format!("http://{addr}/debug/pprof/cmdline");
+
+    let r = http_get(&url).await;
+    assert_go_error(&r, StatusCode::UNAUTHORIZED);
+    assert!(
+        r.header("www-authenticate").starts_with("Basic"),
+        "{:?}",
+        r.headers
+    );
+    assert!(!r.text().contains("s3cret"));
+
+    let r = get_with(&url, &[("authorization", "Bearer wrong")]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+
+    let r = get_with(&url, &[("authorization", "Bearer s3cret")]).await;
+    assert_eq!(r.status, StatusCode::OK);
+
+    // What go tool pprof sends for http://:s3cret@host/...
+    let r = get_with(&url, &[("authorization", &basic_auth("", "s3cret"))]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    // And a scraper that sets a user name too.
+    let r = get_with(&url, &[("authorization", &basic_auth("alloy", "s3cret"))]).await;
+    assert_eq!(r.status, StatusCode::OK);
+
+    // Unknown paths are not revealed without the token either; the app is untouched.
+    assert_eq!(
+        http_get(&format!("http://{addr}/debug/pprof/nope"))
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        http_get(&format!("http://{addr}/")).await.text(),
+        "app root"
+    );
+}
+
+#[tokio::test]
+async fn seconds_over_the_cap_is_refused_with_the_range() {
+    let addr = testkit::serve(app_with_fallback(
+        diag::Config::default().with_max_seconds(5),
+    ))
+    .await;
+    for (value, shown) in [
+        ("6", "\"6\""),
+        ("0", "\"0\""),
+        ("-1", "\"-1\""),
+        ("abc", "\"abc\""),
+    ] {
+        let r = http_get(&format!(
+            "http://{addr}/debug/pprof/profile?seconds={value}"
+        ))
+        .await;
+        assert_go_error(&r, StatusCode::BAD_REQUEST);
+        let text = r.text();
+        assert!(text.contains("\"seconds\""), "{text}");
+        assert!(text.contains(shown), "{text}");
+        assert!(text.contains("from 1 to 5"), "{text}");
+    }
+    // The default cap is 300.
+    let addr = testkit::serve(app_with_fallback(diag::Config::default())).await;
+    let r = http_get(&format!("http://{addr}/debug/pprof/profile?seconds=301")).await;
+    assert_go_error(&r, StatusCode::BAD_REQUEST);
+    assert!(r.text().contains("from 1 to 300"), "{}", r.text());
+}
+
+#[tokio::test]
+async fn heavy_operations_beyond_the_cap_get_429() {
+    let addr = testkit::serve(app_with_fallback(
+        diag::Config::default().with_max_concurrent(1),
+    ))
+    .await;
+    let first = tokio::spawn(async move {
+        http_get(&format!(
+            "http://{addr}/debug/pprof/profile?seconds=3&format=folded"
+        ))
+        .await
+    });
+    // Wait until the first profile holds the only permit.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let r = http_get(&format!("http://{addr}/debug/pprof/profile?seconds=1")).await;
+    assert_go_error(&r, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.header("retry-after"), "5");
+    assert!(r.text().contains("limit is 1"), "{}", r.text());
+    // Cheap endpoints are not capped.
+    assert_eq!(
+        http_get(&format!("http://{addr}/debug/pprof/cmdline"))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(first.await.unwrap().status, StatusCode::OK);
+    // The permit is back once the first answered.
+    let r = http_get(&format!(
+        "http://{addr}/debug/pprof/profile?seconds=1&format=folded"
+    ))
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+}

@@ -1,0 +1,297 @@
+//! Helpers for the workspace's integration tests: a real HTTP/1.1 client over real sockets,
+//! the demo binary as a real process, and the real `go tool pprof`.
+//!
+//! Nothing here fakes a server or a tool: every helper talks to something running.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+pub use bytes::Bytes;
+pub use http::{HeaderMap, Method, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+/// One HTTP answer, read to the end.
+#[derive(Debug)]
+pub struct Reply {
+    /// The status.
+    pub status: StatusCode,
+    /// The headers.
+    pub headers: HeaderMap,
+    /// The whole body.
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// The body as UTF-8 text (lossy).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// A header's value as text, or "" when absent.
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+}
+
+/// How long any one request may take before the test fails instead of hanging.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Sends a request and reads the whole answer; panics (failing the test) on a transport
+/// error or after [`REQUEST_TIMEOUT`].
+pub async fn request(method: Method, url: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+    try_request(method, url, headers, body)
+        .await
+        .unwrap_or_else(|e| panic!("{url}: {e}"))
+}
+
+/// Like [`request`], but returns transport errors (refused connections, resets).
+pub async fn try_request(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<Reply, String> {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut req = http::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
+        .body(Full::new(Bytes::copy_from_slice(body)))
+        .map_err(|e| e.to_string())?;
+    let fut = async {
+        let res = client.request(req).await.map_err(|e| format!("{e:?}"))?;
+        let (parts, body) = res.into_parts();
+        let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok(Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    };
+    tokio::time::timeout(REQUEST_TIMEOUT, fut)
+        .await
+        .map_err(|_| format!("no answer within {REQUEST_TIMEOUT:?}"))?
+}
+
+/// `GET url`.
+pub async fn get(url: &str) -> Reply {
+    request(Method::GET, url, &[], b"").await
+}
+
+/// `GET url` with extra headers.
+pub async fn get_with(url: &str, headers: &[(&str, &str)]) -> Reply {
+    request(Method::GET, url, headers, b"").await
+}
+
+/// The `Authorization` value `go tool pprof` and browsers send for `http://user:pass@host`.
+pub fn basic_auth(user: &str, password: &str) -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
+/// Serves `app` on 127.0.0.1, on a free port, in a background task; returns its address.
+pub async fn serve(app: axum::Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+/// The demo binary, started as a real process with JSON logs, and its log lines.
+#[derive(Debug)]
+pub struct Demo {
+    child: Child,
+    logs: Arc<Mutex<Vec<String>>>,
+    /// The service's address.
+    pub addr: SocketAddr,
+    /// Where diag answers (the sidecar's address, or `addr` when mounted on main).
+    pub diag_addr: SocketAddr,
+}
+
+impl Demo {
+    /// Starts `bin` with `args` (on port 0 unless the args say otherwise) and waits until
+    /// it logs that it listens.
+    pub fn start(bin: &Path, args: &[&str], env: &[(&str, &str)]) -> Demo {
+        let mut cmd = Command::new(bin);
+        cmd.args(["--listen", "127.0.0.1:0", "--diag-listen", "127.0.0.1:0"])
+            .args(["--log-format", "json"])
+            .args(args)
+            .env_remove("DIAG_TOKEN")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start the demo binary");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        for stream in [
+            Box::new(child.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().expect("stderr")),
+        ] {
+            let logs = logs.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    logs.lock().unwrap().push(line);
+                }
+            });
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let found = logs
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains("\"listening\""))
+                .cloned();
+            if let Some(line) = found {
+                let addr = json_field(&line, "addr").expect("addr in the listening line");
+                let diag = json_field(&line, "diag").expect("diag in the listening line");
+                let diag_addr = diag
+                    .trim_start_matches("http://")
+                    .split('/')
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                return Demo {
+                    child,
+                    logs,
+                    addr: addr.parse().unwrap(),
+                    diag_addr,
+                };
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "the demo exited with {status} before listening; its output:\n{}",
+                    logs.lock().unwrap().join("\n")
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the demo did not log `listening` within 30 s; its output:\n{}",
+                logs.lock().unwrap().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `http://ADDR` of the service.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// `http://DIAG_ADDR` of diag.
+    pub fn diag_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.diag_addr)
+    }
+
+    /// Every line the process has printed so far.
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal (`"TERM"`, `"INT"`, `"HUP"`) with kill(1).
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill -{name} failed");
+    }
+
+    /// Waits for the process to exit, failing the test after `timeout`.
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the demo did not exit within {timeout:?}; its output:\n{}",
+                self.logs().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The string value of a field anywhere in a JSON log line (`"name":"value"`), without
+/// a JSON dependency in this crate.
+pub fn json_field(line: &str, name: &str) -> Option<String> {
+    let key = format!("\"{name}\":\"");
+    let start = line.find(&key)? + key.len();
+    let end = line[start..].find('"')? + start;
+    Some(line[start..end].to_owned())
+}
+
+/// The `go` binary. Tests that need it fail with instructions when it is missing, rather
+/// than pass without checking: `scripts/test.sh` installs it.
+pub fn go() -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("go"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "`go` is not on PATH: this test drives the real `go tool pprof`. \
+                 Run scripts/test.sh (it installs Debian's golang-go), or apt-get install golang-go"
+            )
+        })
+}
+
+/// Runs `go tool pprof ARGS` and returns its stdout; panics with its stderr on failure.
+pub fn go_pprof(args: &[&str]) -> String {
+    let out = Command::new(go())
+        .args(["tool", "pprof"])
+        .args(args)
+        .env("PPROF_TMPDIR", std::env::temp_dir())
+        .output()
+        .expect("run go tool pprof");
+    assert!(
+        out.status.success(),
+        "go tool pprof {args:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A fresh, empty directory under the system temp dir for one test.
+pub fn temp_dir(name: &str) -> PathBuf {
+    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("diag-test-{name}-{}-{seq}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
