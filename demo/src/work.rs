@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 
 use crate::{AppState, text};
 
@@ -70,14 +70,23 @@ impl Held {
     }
 }
 
-fn bad(name: &str, value: &str, allowed: &str) -> Response {
-    text(
-        StatusCode::BAD_REQUEST,
-        format!("invalid value for {name:?}: {value:?}; allowed: {allowed}\n"),
-    )
+/// A 400 whose message names the parameter, the value received and what is allowed.
+#[derive(Debug)]
+pub(crate) struct BadRequest(String);
+
+impl IntoResponse for BadRequest {
+    fn into_response(self) -> Response {
+        text(StatusCode::BAD_REQUEST, self.0)
+    }
 }
 
-fn int_param(q: &HashMap<String, String>, name: &str, max: u64) -> Result<Option<u64>, Response> {
+fn bad(name: &str, value: &str, allowed: &str) -> BadRequest {
+    BadRequest(format!(
+        "invalid value for {name:?}: {value:?}; allowed: {allowed}\n"
+    ))
+}
+
+fn int_param(q: &HashMap<String, String>, name: &str, max: u64) -> Result<Option<u64>, BadRequest> {
     match q.get(name) {
         None => Ok(None),
         Some(raw) => match raw.parse::<u64>() {
@@ -88,90 +97,79 @@ fn int_param(q: &HashMap<String, String>, name: &str, max: u64) -> Result<Option
 }
 
 /// `GET /work?n=ITER` runs `spin_cpu(ITER)`; `GET /work?ms=N` spins for about N ms.
-pub(crate) async fn work(Query(q): Query<HashMap<String, String>>) -> Response {
-    let n = match int_param(&q, "n", MAX_ITERATIONS) {
-        Ok(n) => n,
-        Err(res) => return res,
-    };
-    let ms = match int_param(&q, "ms", MAX_WORK_MS) {
-        Ok(ms) => ms,
-        Err(res) => return res,
-    };
+pub(crate) async fn work(Query(q): Query<HashMap<String, String>>) -> Result<Response, BadRequest> {
+    let n = int_param(&q, "n", MAX_ITERATIONS)?;
+    let ms = int_param(&q, "ms", MAX_WORK_MS)?;
     let job = match (n, ms) {
         (Some(n), None) => tokio::task::spawn_blocking(move || spin_cpu(n)),
         (None, Some(ms)) => {
             tokio::task::spawn_blocking(move || spin_for(Duration::from_millis(ms)))
         }
         _ => {
-            return text(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "exactly one of \"n\" (an integer from 1 to {MAX_ITERATIONS}: fixed work) \
+            return Err(BadRequest(format!(
+                "exactly one of \"n\" (an integer from 1 to {MAX_ITERATIONS}: fixed work) \
                      or \"ms\" (an integer from 1 to {MAX_WORK_MS}: about that long) is required\n"
-                ),
-            );
+            )));
         }
     };
     tracing::debug!(?n, ?ms, "spinning");
-    match job.await {
+    Ok(match job.await {
         Ok(x) => text(StatusCode::OK, format!("{x}\n")),
         Err(e) => text(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("work failed: {e}\n"),
         ),
-    }
+    })
 }
 
 /// `POST /hold?mb=N` allocates N MiB more and keeps it (at most 1024 MiB in all).
 pub(crate) async fn hold(
     State(state): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    let mb = match int_param(&q, "mb", MAX_HELD_MB as u64) {
-        Ok(Some(mb)) => mb as usize,
-        Ok(None) => return bad("mb", "", &format!("an integer from 1 to {MAX_HELD_MB}")),
-        Err(res) => return res,
-    };
+) -> Result<Response, BadRequest> {
+    let mb = int_param(&q, "mb", MAX_HELD_MB as u64)?
+        .ok_or_else(|| bad("mb", "", &format!("an integer from 1 to {MAX_HELD_MB}")))?
+        as usize;
     let held = &state.inner.held;
     // Allocate outside the lock, then check the cap again under it.
     let before = held.mb();
     if before + mb > MAX_HELD_MB {
-        return bad(
+        return Err(bad(
             "mb",
             &mb.to_string(),
             &format!(
                 "at most {MAX_HELD_MB} MiB held in all; {before} MiB are held, so at most {} more",
                 MAX_HELD_MB - before
             ),
-        );
+        ));
     }
     let blocks = tokio::task::spawn_blocking(move || hold_memory(mb)).await;
     let Ok(blocks) = blocks else {
-        return text(
+        return Ok(text(
             StatusCode::INTERNAL_SERVER_ERROR,
             "allocation failed\n".to_owned(),
-        );
+        ));
     };
     let total = {
         let mut all = held.lock();
         if all.len() + mb > MAX_HELD_MB {
             let now = all.len();
             drop(all);
-            return bad(
+            return Err(bad(
                 "mb",
                 &mb.to_string(),
                 &format!("at most {MAX_HELD_MB} MiB held in all; {now} MiB are held now"),
-            );
+            ));
         }
         all.extend(blocks);
         all.len()
     };
     state.metrics().set_held(total);
     tracing::info!(mb, total_mb = total, "holding memory");
-    text(
+    Ok(text(
         StatusCode::OK,
         format!("held {mb} MiB, {total} MiB in all\n"),
-    )
+    ))
 }
 
 /// `DELETE /hold` frees everything `/hold` keeps.
@@ -185,14 +183,13 @@ pub(crate) async fn release(State(state): State<AppState>) -> Response {
 }
 
 /// `GET /sleep?ms=N` waits N ms without holding a thread.
-pub(crate) async fn sleep(Query(q): Query<HashMap<String, String>>) -> Response {
-    let ms = match int_param(&q, "ms", MAX_SLEEP_MS) {
-        Ok(Some(ms)) => ms,
-        Ok(None) => return bad("ms", "", &format!("an integer from 1 to {MAX_SLEEP_MS}")),
-        Err(res) => return res,
-    };
+pub(crate) async fn sleep(
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, BadRequest> {
+    let ms = int_param(&q, "ms", MAX_SLEEP_MS)?
+        .ok_or_else(|| bad("ms", "", &format!("an integer from 1 to {MAX_SLEEP_MS}")))?;
     tokio::time::sleep(Duration::from_millis(ms)).await;
-    text(StatusCode::OK, format!("slept {ms} ms\n"))
+    Ok(text(StatusCode::OK, format!("slept {ms} ms\n")))
 }
 
 #[cfg(test)]

@@ -123,12 +123,14 @@ pub struct Demo {
 }
 
 impl Demo {
-    /// Starts `bin` with `args` (on port 0 unless the args say otherwise) and waits until
-    /// it logs that it listens.
+    /// Starts `bin` with `args` (on free ports and with JSON logs unless the args say
+    /// otherwise) and waits until it logs that it listens.
     pub fn start(bin: &Path, args: &[&str], env: &[(&str, &str)]) -> Demo {
         let mut cmd = Command::new(bin);
-        cmd.args(["--listen", "127.0.0.1:0", "--diag-listen", "127.0.0.1:0"])
-            .args(["--log-format", "json"])
+        // Defaults through the environment, so that `args` can override any of them.
+        cmd.env("DEMO_LISTEN", "127.0.0.1:0")
+            .env("DEMO_DIAG_LISTEN", "127.0.0.1:0")
+            .env("DEMO_LOG_FORMAT", "json")
             .args(args)
             .env_remove("DIAG_TOKEN")
             .env("RUST_LOG", "info")

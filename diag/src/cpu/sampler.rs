@@ -147,7 +147,13 @@ pub(crate) fn delta(start: &Counts, end: Counts) -> Vec<Stack> {
                 let len = frames.thread_name_length.min(frames.thread_name.len());
                 let name = String::from_utf8_lossy(&frames.thread_name[..len]);
                 Stack {
-                    ips: frames.frames.iter().map(|f| f.ip() as usize).collect(),
+                    // The unwinder ends some stacks with a null return address.
+                    ips: frames
+                        .frames
+                        .iter()
+                        .map(|f| f.ip() as usize)
+                        .filter(|ip| *ip >= 4096)
+                        .collect(),
                     thread: if name.is_empty() {
                         format!("thread {}", frames.thread_id)
                     } else {

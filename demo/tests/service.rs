@@ -1,0 +1,294 @@
+//! The demo as a real process on real sockets: the counter, probes, shutdown, request ids,
+//! metrics, bad input, and where diag is mounted.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use http::{Method, StatusCode};
+use testkit::{Demo, get, get_with, request, try_request};
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_demo"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_gets_never_lose_an_increment() {
+    let demo = Demo::start(bin(), &[], &[]);
+    let url = demo.url("/");
+    let tasks: Vec<_> = (0..1000)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let r = get(&url).await;
+                assert_eq!(r.status, StatusCode::OK);
+                assert_eq!(r.header("content-type"), "text/plain; charset=utf-8");
+                r.text().trim_end().parse::<u64>().unwrap()
+            })
+        })
+        .collect();
+    let mut seen = HashSet::new();
+    for t in tasks {
+        assert!(seen.insert(t.await.unwrap()), "a value was answered twice");
+    }
+    assert_eq!(seen, (1..=1000).collect::<HashSet<u64>>());
+    assert_eq!(get(&url).await.text(), "1001\n");
+}
+
+#[tokio::test]
+async fn shutdown_drains_then_refuses_and_exits_zero() {
+    let mut demo = Demo::start(bin(), &["--drain-delay", "1500ms"], &[]);
+    assert_eq!(get(&demo.url("/healthz")).await.status, StatusCode::OK);
+    assert_eq!(get(&demo.url("/readyz")).await.status, StatusCode::OK);
+
+    // A slow request in flight when the signal comes.
+    let slow_url = demo.url("/sleep?ms=2500");
+    let slow = tokio::spawn(async move { get(&slow_url).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    demo.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // During the drain delay: not ready, still alive, still answering.
+    let r = get(&demo.url("/readyz")).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
+    assert_eq!(get(&demo.url("/healthz")).await.status, StatusCode::OK);
+
+    // The slow request finishes after the signal.
+    let r = slow.await.unwrap();
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (StatusCode::OK, "slept 2500 ms\n")
+    );
+
+    let status = demo.wait(Duration::from_secs(15));
+    assert_eq!(status.code(), Some(0), "{}", demo.logs().join("\n"));
+    // After shutdown no new connection is accepted.
+    assert!(
+        try_request(Method::GET, &demo.url("/healthz"), &[], b"")
+            .await
+            .is_err()
+    );
+    assert!(demo.logs().iter().any(|l| l.contains("SIGTERM")));
+}
+
+#[tokio::test]
+async fn sigint_and_sighup_also_stop_gracefully() {
+    for sig in ["INT", "HUP"] {
+        let mut demo = Demo::start(bin(), &[], &[]);
+        let slow_url = demo.url("/sleep?ms=800");
+        let slow = tokio::spawn(async move { get(&slow_url).await });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        demo.signal(sig);
+        assert_eq!(slow.await.unwrap().status, StatusCode::OK, "SIG{sig}");
+        assert_eq!(
+            demo.wait(Duration::from_secs(10)).code(),
+            Some(0),
+            "SIG{sig}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn requests_outliving_the_shutdown_timeout_make_a_nonzero_exit() {
+    let mut demo = Demo::start(bin(), &["--shutdown-timeout", "300ms"], &[]);
+    let slow_url = demo.url("/sleep?ms=10000");
+    let _slow = tokio::spawn(async move { try_request(Method::GET, &slow_url, &[], b"").await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    demo.signal("TERM");
+    let status = demo.wait(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(1));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(
+        demo.logs()
+            .iter()
+            .any(|l| l.contains("shutdown timeout ran out"))
+    );
+}
+
+#[tokio::test]
+async fn request_ids_are_echoed_and_logged() {
+    let demo = Demo::start(bin(), &[], &[]);
+    let r = get_with(
+        &demo.url("/work?n=1000"),
+        &[("x-request-id", "req-abc-123")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header("x-request-id"), "req-abc-123");
+
+    let r = get(&demo.url("/")).await;
+    let made = r.header("x-request-id").to_owned();
+    assert!(!made.is_empty());
+
+    // A forged id with a control character is replaced, not logged.
+    let r = get_with(&demo.url("/"), &[("x-request-id", "a\tb")]).await;
+    assert_ne!(r.header("x-request-id"), "a\tb");
+
+    // Every line logged for a request carries its id through the request's span.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let logs = demo.logs();
+    let ours: Vec<&String> = logs
+        .iter()
+        .filter(|l| l.contains("\"request_id\":\"req-abc-123\""))
+        .collect();
+    assert!(!ours.is_empty(), "{}", logs.join("\n"));
+    assert!(
+        ours.iter()
+            .any(|l| l.contains("\"answered\"") && l.contains("\"status\":200")),
+        "{ours:?}"
+    );
+    assert!(
+        logs.iter()
+            .any(|l| l.contains(&format!("\"request_id\":\"{made}\"")))
+    );
+}
+
+#[tokio::test]
+async fn metrics_count_requests_and_show_the_counter() {
+    let demo = Demo::start(bin(), &[], &[]);
+    for _ in 0..3 {
+        get(&demo.url("/")).await;
+    }
+    get(&demo.url("/work?n=0")).await; // a 400
+    let r = get(&demo.url("/metrics")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(
+        r.header("content-type").contains("openmetrics-text"),
+        "{}",
+        r.header("content-type")
+    );
+    let text = r.text();
+    for expected in [
+        "http_requests_total{route=\"/\",method=\"GET\",status=\"200\"} 3",
+        "http_requests_total{route=\"/work\",method=\"GET\",status=\"400\"} 1",
+        "counter_value 3",
+        "http_request_duration_seconds_count{route=\"/\"} 3",
+        "http_request_duration_seconds_bucket{le=\"0.0001\",route=\"/\"}",
+        "held_memory_bytes 0",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn hold_and_release_memory() {
+    let demo = Demo::start(bin(), &[], &[]);
+    let r = request(Method::POST, &demo.url("/hold?mb=8"), &[], b"").await;
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (StatusCode::OK, "held 8 MiB, 8 MiB in all\n")
+    );
+    let metrics = get(&demo.url("/metrics")).await.text();
+    assert!(metrics.contains("held_memory_bytes 8388608"), "{metrics}");
+    // The total cap counts what is already held.
+    let r = request(Method::POST, &demo.url("/hold?mb=1020"), &[], b"").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.text().contains("at most 1016 more"), "{}", r.text());
+    let r = request(Method::DELETE, &demo.url("/hold"), &[], b"").await;
+    assert_eq!(r.text(), "freed 8 MiB\n");
+}
+
+#[tokio::test]
+async fn bad_input_is_a_400_naming_the_parameter_and_range() {
+    let demo = Demo::start(bin(), &[], &[]);
+    let cases: &[(Method, &str, &str)] = &[
+        (Method::GET, "/work", "exactly one of \"n\""),
+        (
+            Method::GET,
+            "/work?n=0",
+            "invalid value for \"n\": \"0\"; allowed: an integer from 1 to 10000000000",
+        ),
+        (
+            Method::GET,
+            "/work?n=abc",
+            "invalid value for \"n\": \"abc\"",
+        ),
+        (Method::GET, "/work?n=10000000001", "from 1 to 10000000000"),
+        (Method::GET, "/work?n=5&ms=5", "exactly one of"),
+        (
+            Method::GET,
+            "/work?ms=5001",
+            "invalid value for \"ms\": \"5001\"; allowed: an integer from 1 to 5000",
+        ),
+        (
+            Method::GET,
+            "/work?ms=-3",
+            "invalid value for \"ms\": \"-3\"",
+        ),
+        (Method::GET, "/sleep", "invalid value for \"ms\""),
+        (Method::GET, "/sleep?ms=60001", "from 1 to 60000"),
+        (
+            Method::POST,
+            "/hold?mb=0",
+            "invalid value for \"mb\": \"0\"; allowed: an integer from 1 to 1024",
+        ),
+        (Method::POST, "/hold?mb=1025", "from 1 to 1024"),
+        (
+            Method::POST,
+            "/hold?mb=x",
+            "invalid value for \"mb\": \"x\"",
+        ),
+    ];
+    for (method, path, expected) in cases {
+        let r = request(method.clone(), &demo.url(path), &[], b"").await;
+        assert_eq!(
+            r.status,
+            StatusCode::BAD_REQUEST,
+            "{method} {path}: {}",
+            r.text()
+        );
+        assert!(r.text().contains(expected), "{method} {path}: {}", r.text());
+    }
+    // And the process keeps serving.
+    assert_eq!(get(&demo.url("/healthz")).await.status, StatusCode::OK);
+    assert_eq!(get(&demo.url("/work?ms=5")).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn diag_on_a_sidecar_by_default_or_on_main() {
+    let demo = Demo::start(bin(), &[], &[]);
+    assert_ne!(demo.addr, demo.diag_addr);
+    assert_eq!(
+        get(&demo.diag_url("/debug/pprof/")).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        get(&demo.url("/debug/pprof/")).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let logs = demo.logs().join("\n");
+    assert!(
+        logs.contains(&format!(
+            "go tool pprof -top http://{}/debug/pprof/profile?seconds=30",
+            demo.diag_addr
+        )),
+        "{logs}"
+    );
+
+    let demo = Demo::start(bin(), &["--diag-listen", "main"], &[]);
+    assert_eq!(demo.addr, demo.diag_addr);
+    let r = get(&demo.url("/debug/pprof/cmdline")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.text().contains("--diag-listen\0main"), "{:?}", r.text());
+    // The app's own routes and fallback are still the app's.
+    assert_eq!(get(&demo.url("/")).await.text(), "1\n");
+    assert!(
+        get(&demo.url("/nope"))
+            .await
+            .text()
+            .contains("this service serves")
+    );
+}
+
+#[tokio::test]
+async fn bad_flags_are_refused_with_a_message() {
+    let out = std::process::Command::new(bin())
+        .args(["--diag-listen", "nowhere"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("neither `main` nor an address"), "{err}");
+}

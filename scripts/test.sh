@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The one test command: every check and every test, on a fresh machine too.
+# Installs what the tests drive for real (Debian's Go for `go tool pprof`) when missing,
+# and prints how long each step took.
+#
+#   scripts/test.sh            everything
+#   scripts/test.sh --no-lint  skip fmt, clippy and doc (a quicker loop while developing)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+lint=1
+for arg in "$@"; do
+  case "$arg" in
+    --no-lint) lint=0 ;;
+    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+    *) echo "unknown argument: $arg (try --help)" >&2; exit 2 ;;
+  esac
+done
+
+started=$(date +%s)
+declare -a summary=()
+step() {
+  local name=$1; shift
+  local t0; t0=$(date +%s)
+  echo
+  echo "==> $name: $*"
+  "$@"
+  local took=$(( $(date +%s) - t0 ))
+  echo "<== $name: ${took} s"
+  summary+=("$(printf '%-28s %5d s' "$name" "$took")")
+}
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"
+  elif command -v sudo >/dev/null; then sudo "$@"
+  else echo "need root to run: $* (install it by hand, then rerun)" >&2; return 1
+  fi
+}
+
+apt_updated=0
+need_deb() { # need_deb COMMAND PACKAGE
+  command -v "$1" >/dev/null && return 0
+  echo "installing $2 (for $1)"
+  if [ $apt_updated = 0 ]; then as_root apt-get update -qq; apt_updated=1; fi
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$2" >/dev/null
+  command -v "$1" >/dev/null || { echo "$2 did not provide $1" >&2; return 1; }
+}
+
+install_tools() {
+  need_deb go golang-go
+  rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
+  go version
+}
+
+step "install tools" install_tools
+if [ $lint = 1 ]; then
+  step "cargo fmt --check" cargo fmt --all --check
+  step "cargo clippy" cargo clippy --workspace --all-targets --all-features -- -D warnings
+  step "cargo doc" env RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features
+  # The one switched-off state that needs its own build: diag without its CPU backend.
+  step "diag without default features" cargo check -p diag --no-default-features
+fi
+step "cargo test" cargo test --workspace --all-features
+step "cargo bench --no-run" cargo bench --workspace --no-run
+
+echo
+echo "step                          time"
+printf '%s\n' "${summary[@]}"
+echo "all checks passed in $(( $(date +%s) - started )) s"
