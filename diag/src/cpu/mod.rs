@@ -3,7 +3,7 @@
 mod sampler;
 mod symbols;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
@@ -115,8 +115,18 @@ struct Capture {
     ended_early: bool,
 }
 
+/// Runs sampler work on the sampler's own thread.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    sampler::on_sampler_thread(f)
+        .await
+        .ok_or_else(|| ApiError::Internal("the CPU sampler failed (see the logs)".to_owned()))
+}
+
 async fn capture(d: &Diag, window: Duration, frequency: u32) -> Result<Capture, ApiError> {
-    let (lease, start_counts) = Lease::join(frequency, window).map_err(|e| match e {
+    let joined = blocking(move || Lease::join(frequency, window)).await?;
+    let (lease, start_counts) = joined.map_err(|e| match e {
         JoinError::OtherFrequency { running, until } => {
             let left = until
                 .duration_since(SystemTime::now())
@@ -142,10 +152,16 @@ async fn capture(d: &Diag, window: Duration, frequency: u32) -> Result<Capture, 
         () = tokio::time::sleep(window) => false,
         () = shutdown.triggered() => true,
     };
-    let end_counts = lease.snapshot();
-    let end = Mark::now();
     let frequency = lease.frequency();
-    drop(lease);
+    // The lease moves into the blocking task and is given up there, right after the end
+    // snapshot; if this request is cancelled meanwhile, the task still finishes.
+    let (end_counts, end) = blocking(move || {
+        let counts = lease.snapshot();
+        let end = Mark::now();
+        drop(lease);
+        (counts, end)
+    })
+    .await?;
     Ok(Capture {
         stacks: sampler::delta(&start_counts, end_counts),
         start,
@@ -245,29 +261,28 @@ impl CpuProfile {
         proto::gzip(&b.encode())
     }
 
-    /// Collapsed stacks, root first, one line per stack and thread: `thread;a;b;c COUNT`.
+    /// Collapsed stacks, root first, one line per distinct stack and thread name:
+    /// `thread;a;b;c COUNT`. Threads that share a name (a pool's workers) and stacks that
+    /// differ only below what the names show are merged, as the folded format expects.
     fn to_folded(&self) -> Vec<String> {
-        let mut lines: Vec<String> = self
-            .stacks
-            .iter()
-            .map(|s| {
-                let mut line = folded_frame(&s.thread);
-                for ip in s.ips.iter().rev() {
-                    if let Some(resolved) = self.symbols.get(ip) {
-                        // Lines are innermost first; folded stacks go root first.
-                        for l in resolved.iter().rev() {
-                            line.push(';');
-                            line.push_str(&folded_frame(&l.function));
-                        }
+        let mut merged: BTreeMap<String, i64> = BTreeMap::new();
+        for s in &self.stacks {
+            let mut key = folded_frame(&s.thread);
+            for ip in s.ips.iter().rev() {
+                if let Some(resolved) = self.symbols.get(ip) {
+                    // Lines are innermost first; folded stacks go root first.
+                    for l in resolved.iter().rev() {
+                        key.push(';');
+                        key.push_str(&folded_frame(&l.function));
                     }
                 }
-                line.push(' ');
-                line.push_str(&s.count.to_string());
-                line
-            })
-            .collect();
-        lines.sort_unstable();
-        lines
+            }
+            *merged.entry(key).or_default() += s.count;
+        }
+        merged
+            .into_iter()
+            .map(|(stack, count)| format!("{stack} {count}"))
+            .collect()
     }
 
     fn to_svg(&self) -> std::io::Result<Vec<u8>> {
@@ -390,9 +405,12 @@ pub(crate) async fn symbol(method: Method, RawQuery(q): RawQuery, body: Bytes) -
     }
     let text = tokio::task::spawn_blocking(move || {
         let mut text = String::from("num_symbols: 1\n");
-        let resolved = symbols::resolve_all(words.iter().map(|a| *a as usize));
+        // The cache treats addresses as return addresses and looks up the byte before;
+        // Go's protocol asks about the address itself, so ask about the one after it.
+        let key = |a: u64| (a as usize).wrapping_add(1);
+        let resolved = symbols::resolve_all(words.iter().map(|a| key(*a)));
         for addr in &words {
-            if let Some(lines) = resolved.get(&(*addr as usize)) {
+            if let Some(lines) = resolved.get(&key(*addr)) {
                 // The outermost line is the function the address belongs to.
                 if let Some(l) = lines.last().filter(|l| !l.function.starts_with("0x")) {
                     text.push_str(&format!("{addr:#x} {}\n", l.function));

@@ -7,7 +7,8 @@
 //! difference. The sampler starts with the first reader and stops (clearing its counts)
 //! when the last one leaves, so memory does not grow under continuous scraping.
 
-use std::sync::{Mutex, MutexGuard};
+use std::sync::mpsc::{Sender, channel};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use pprof::{ProfilerGuard, ProfilerGuardBuilder};
@@ -26,17 +27,66 @@ pub(crate) struct Stack {
 struct Running {
     guard: ProfilerGuard<'static>,
     frequency: u32,
+    /// Readers holding a [`Lease`]; at zero the sampler is stopped by a blocking task.
     readers: usize,
     /// The latest end among the readers' windows.
     until: SystemTime,
 }
 
+/// The sampler's state. Every operation that takes this lock runs on one dedicated
+/// thread, `diag-sampler` (see [`on_sampler_thread`]): starting, snapshotting and stopping
+/// may take long (pprof-rs allocates and initialises a ~65 MB collector in 4096 pieces on
+/// every stop), so never on an async worker; and always on the same thread, so that the
+/// allocator reuses the same arena for every collector instead of keeping a freed one in
+/// each blocking thread's arena. Holding the lock while stopping also orders stop before
+/// start: an old guard's timer teardown can never switch off a new guard's timer.
 static SAMPLER: Mutex<Option<Running>> = Mutex::new(None);
 
 fn sampler() -> MutexGuard<'static, Option<Running>> {
-    // A panic while holding this lock cannot leave the state inconsistent in a way that
-    // matters more than refusing every later profile would, so recover from poisoning.
+    // A panic while holding this lock leaves nothing half-done that matters more than
+    // refusing every later profile would, so recover from poisoning.
     SAMPLER.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Queues `job` on the `diag-sampler` thread (started on first use); runs it here if the
+/// thread cannot be started.
+fn submit(job: Job) {
+    static QUEUE: OnceLock<Option<Sender<Job>>> = OnceLock::new();
+    let queue = QUEUE.get_or_init(|| {
+        let (tx, rx) = channel::<Job>();
+        std::thread::Builder::new()
+            .name("diag-sampler".into())
+            .spawn(move || {
+                for job in rx {
+                    // A job that panics loses its own answer, not the thread.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                }
+            })
+            .ok()
+            .map(|_| tx)
+    });
+    match queue {
+        Some(tx) => {
+            if let Err(returned) = tx.send(job) {
+                (returned.0)();
+            }
+        }
+        None => job(),
+    }
+}
+
+/// Runs `f` on the `diag-sampler` thread and waits for its result without blocking the
+/// async worker. `None` if the job was lost (it panicked).
+pub(crate) async fn on_sampler_thread<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    submit(Box::new(move || {
+        let _ = tx.send(f());
+    }));
+    rx.await.ok()
 }
 
 /// Why a reader could not join the sampler.
@@ -48,26 +98,36 @@ pub(crate) enum JoinError {
     Start(String),
 }
 
-/// A reader's share of the running sampler. Dropping it gives the share up; the last
-/// share to go stops the sampler.
+/// A reader's share of the running sampler. Dropping it gives the share up at once; the
+/// last share to go has the sampler stopped (and its counts cleared) on a blocking thread.
 #[derive(Debug)]
 pub(crate) struct Lease {
     frequency: u32,
 }
 
-/// Whether the sampler is running, and at which frequency, for the index page.
+/// What the index page shows: `Some((frequency, readers, until))` while readers sample,
+/// `None` when idle. Never waits: while the sampler starts or stops, answers `None`.
 pub(crate) fn running() -> Option<(u32, usize, SystemTime)> {
-    sampler()
+    let state = SAMPLER.try_lock().ok()?;
+    state
         .as_ref()
+        .filter(|r| r.readers > 0)
         .map(|r| (r.frequency, r.readers, r.until))
 }
 
 impl Lease {
-    /// Joins the running sampler, or starts it at `frequency`. `window` is how long this
-    /// reader intends to read, for the message other readers get on a conflict.
+    /// Joins the running sampler, or starts it at `frequency`, and takes the reader's
+    /// start snapshot. `window` is how long this reader intends to read, for the message
+    /// other readers get on a conflict. Blocking: call it on the sampler thread.
     pub(crate) fn join(frequency: u32, window: Duration) -> Result<(Lease, Counts), JoinError> {
         let mut state = sampler();
         let until = SystemTime::now() + window;
+        if let Some(idle) = state.as_ref().filter(|r| r.readers == 0) {
+            if idle.frequency != frequency {
+                // Left running by its last reader, not stopped yet: stop it here.
+                drop(state.take());
+            }
+        }
         match state.as_mut() {
             Some(running) if running.frequency != frequency => Err(JoinError::OtherFrequency {
                 running: running.frequency,
@@ -75,7 +135,11 @@ impl Lease {
             }),
             Some(running) => {
                 running.readers += 1;
-                running.until = running.until.max(until);
+                running.until = if running.readers == 1 {
+                    until
+                } else {
+                    running.until.max(until)
+                };
                 let start = snapshot(&running.guard);
                 Ok((Lease { frequency }, start))
             }
@@ -100,7 +164,7 @@ impl Lease {
         self.frequency
     }
 
-    /// The counts now.
+    /// The counts now. Blocking: call it on the sampler thread.
     pub(crate) fn snapshot(&self) -> Counts {
         sampler().as_ref().and_then(|r| snapshot(&r.guard))
     }
@@ -108,20 +172,39 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        let mut state = sampler();
-        let last = match state.as_mut() {
-            Some(running) => {
-                running.readers = running.readers.saturating_sub(1);
-                running.readers == 0
+        let last = {
+            let mut state = sampler();
+            match state.as_mut() {
+                Some(running) => {
+                    running.readers = running.readers.saturating_sub(1);
+                    running.readers == 0
+                }
+                None => false,
             }
-            None => false,
         };
         if last {
-            // Dropping the guard stops the timer and clears pprof-rs's counts.
-            let stopped = state.take();
-            drop(state);
-            drop(stopped);
+            submit(Box::new(stop_if_idle));
         }
+    }
+}
+
+/// Stops the sampler unless a reader joined since the last one left.
+fn stop_if_idle() {
+    let mut state = sampler();
+    if state.as_ref().is_some_and(|r| r.readers == 0) {
+        // Dropping the guard stops the timer and clears pprof-rs's counts, under the lock.
+        drop(state.take());
+        drop(state);
+        release_free_memory();
+    }
+}
+
+/// Hands the old collector's freed pages back to the system (glibc keeps them otherwise).
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
