@@ -118,3 +118,56 @@ async fn flamegraph_download_shows_spin_cpu() {
     assert!(svg.contains("CPU flamegraph"));
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
+
+#[tokio::test]
+async fn an_unwritable_temp_dir_is_a_clear_error_and_the_service_keeps_serving() {
+    let demo = Demo::start(bin(), &[], &[("TMPDIR", "/nonexistent/diag-test")]);
+    for _ in 0..2 {
+        let r = get(&demo.diag_url("/debug/pprof/profile?seconds=1")).await;
+        assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(r.header("x-go-pprof"), "1");
+        let text = r.text();
+        assert!(text.contains("temp directory (/nonexistent/diag-test) is writable"), "{text}");
+        assert!(text.contains("until the process restarts"), "{text}");
+    }
+    assert_eq!(get(&demo.url("/")).await.text(), "1\n");
+    assert_eq!(get(&demo.diag_url("/debug/pprof/")).await.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn go_tool_pprof_web_ui_opens_the_profile() {
+    let demo = Demo::start(bin(), &[], &[]);
+    let on = load(&demo, 1);
+    let dir = testkit::temp_dir("pprof-http");
+    let file = dir.join("cpu.pb.gz");
+    let r = get(&demo.diag_url("/debug/pprof/profile?seconds=2")).await;
+    on.store(false, Ordering::Relaxed);
+    assert_eq!(r.status, StatusCode::OK);
+    std::fs::write(&file, &r.body).unwrap();
+    // `go tool pprof -http` serves its web UI; ask it for the flame graph view.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut ui = std::process::Command::new(testkit::go())
+        .args(["tool", "pprof", "-no_browser", &format!("-http=127.0.0.1:{port}")])
+        .arg(&file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/ui/flamegraph");
+    let mut page = None;
+    for _ in 0..100 {
+        if let Ok(r) = try_request(Method::GET, &url, &[], b"").await {
+            page = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = ui.kill();
+    let _ = ui.wait();
+    let page = page.expect("go tool pprof -http never answered");
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.text().contains("spin_cpu"), "the web UI does not show spin_cpu");
+}
