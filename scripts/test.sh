@@ -56,12 +56,22 @@ step "install tools" install_tools
 if [ $lint = 1 ]; then
   step "cargo fmt --check" cargo fmt --all --check
   step "cargo clippy" cargo clippy --workspace --all-targets --all-features -- -D warnings
+  step "cargo clippy (unwinders)" cargo clippy -q --manifest-path benches/unwinders/Cargo.toml \
+    --target-dir target/unwinders --all-targets -- -D warnings
+  step "cargo fmt --check (unwinders)" cargo fmt --manifest-path benches/unwinders/Cargo.toml --check
   step "cargo doc" env RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features
   # The one switched-off state that needs its own build: diag without its CPU backend.
   step "diag without default features" cargo check -p diag --no-default-features
 fi
 step "cargo test" cargo test --workspace --all-features
 step "cargo bench --no-run" cargo bench --workspace --no-run
+build_unwinder_benches() { # one build per unwinder: their pprof-rs features exclude each other
+  for features in "" frame-pointer framehop; do
+    cargo bench -q --manifest-path benches/unwinders/Cargo.toml --target-dir target/unwinders \
+      --bench sample_cost --no-run ${features:+--features $features}
+  done
+}
+step "unwinder benches --no-run" build_unwinder_benches
 
 echo
 echo "step                          time"

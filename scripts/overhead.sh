@@ -1,0 +1,184 @@
+#!/usr/bin/env bash
+# What a running CPU profile costs the demo, and how faithful it is, measured side by side
+# with Go's net/http/pprof (../shared/peers/go-counter) in the same run.
+#
+#   scripts/overhead.sh            the full run (about 7 minutes; progress is printed)
+#   scripts/overhead.sh --quick    a few seconds per part: proves the script works end to end
+#
+# Measures, printing a summary at the end (docs/performance.md quotes it):
+#  1. overhead: the server's CPU time per request (from /proc/PID/stat) under wrk on `/`
+#     and on fixed-work `/work?n=`, with a CPU profile running (B) against none (A),
+#     alternating A and B; the median of the per-pair ratios B/A, with min and max, and
+#     throughput beside it; for the demo and for Go;
+#  2. fidelity: sampled CPU time (go tool pprof's "Total samples") over the CPU time the
+#     process used in the same window, at 99 Hz (Go: 100 Hz), under wrk on `/` plus 1, 2
+#     and 4 concurrent `/work` loops;
+#  3. the time from the end of the window to the last byte of the answer, cold (first
+#     profile of the process) and warm;
+#  4. resident memory before the first profile, after it, and after many back-to-back ones.
+# Traffic goes to 127.0.0.1 only, bounded in time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+quick=0
+for arg in "$@"; do
+  case "$arg" in
+    --quick) quick=1 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    *) echo "unknown argument: $arg (try --help)" >&2; exit 2 ;;
+  esac
+done
+
+if [ $quick = 1 ]; then
+  rounds=2; run_s=1; fid_s=2; fid_loads="1"; b2b=3
+else
+  rounds=10; run_s=3; fid_s=6; fid_loads="1 2 4"; b2b=20
+fi
+work_n=100000
+demo_port=18080; demo_diag=16060; go_port=17070
+tck=$(getconf CLK_TCK)
+out=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+for tool in wrk go curl python3; do
+  command -v $tool >/dev/null || { echo "$tool is missing: apt-get install -y ${tool/go/golang-go}" >&2; exit 1; }
+done
+peer=../shared/peers/go-counter
+[ -d "$peer" ] || { echo "the Go peer is missing at $peer" >&2; exit 1; }
+
+echo "building the demo (release) and the Go peer..."
+cargo build --release -q -p demo
+(cd "$peer" && GOFLAGS=-mod=mod go build -o "$OLDPWD/target/go-counter" .)
+
+cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+rss() { awk '/^RssAnon/{a=$2} /^RssFile/{f=$2} END{printf "%d MiB (%d anonymous + %d file-backed)", (a+f)/1024, a/1024, f/1024}' "/proc/$1/status"; }
+wait_http() { for _ in $(seq 100); do curl -sf -o /dev/null "$1" && return 0; sleep 0.05; done; echo "no answer from $1" >&2; exit 1; }
+
+start_demo() {
+  RUST_LOG=warn target/release/demo --listen 127.0.0.1:$demo_port --diag-listen 127.0.0.1:$demo_diag >/dev/null 2>&1 &
+  demo_pid=$!; pids+=($demo_pid)
+  wait_http "http://127.0.0.1:$demo_port/healthz"
+}
+start_go() {
+  target/go-counter -addr 127.0.0.1:$go_port >/dev/null 2>&1 &
+  go_pid=$!; pids+=($go_pid)
+  wait_http "http://127.0.0.1:$go_port/"
+}
+
+# One wrk run against URL while PID's CPU is measured: prints "us_per_request requests_per_s".
+measure() {
+  local pid=$1 url=$2
+  local c0 c1 n
+  c0=$(cpu_ticks "$pid")
+  n=$(wrk -t1 -c32 -d"${run_s}s" "$url" | awk '/requests in/{print $1}')
+  c1=$(cpu_ticks "$pid")
+  python3 -c "print(f'{($c1-$c0)*1e6/$tck/max($n,1):.3f} {$n/$run_s:.0f}')"
+}
+
+# Overhead: alternate A (idle) and B (a profile spanning the wrk run).
+overhead() {
+  local name=$1 pid=$2 url=$3 profile_url=$4
+  local file="$out/overhead-${name//[\/ ?=]/_}"
+  echo "$name" > "$file.name"
+  : > "$file"
+  for r in $(seq "$rounds"); do
+    a=$(measure "$pid" "$url")
+    curl -s -o /dev/null "$profile_url" & local prof=$!
+    sleep 0.5
+    b=$(measure "$pid" "$url")
+    wait $prof
+    echo "$a $b" >> "$file"
+    printf '  %-26s round %2d/%d: A %s us/req, B %s us/req\n' "$name" "$r" "$rounds" "${a%% *}" "${b%% *}"
+  done
+}
+
+echo; echo "== 1. overhead of a running CPU profile ($rounds alternations of ${run_s}s wrk runs)"
+start_demo; start_go
+prof_s=$((run_s + 2))
+overhead "demo /" $demo_pid "http://127.0.0.1:$demo_port/" "http://127.0.0.1:$demo_diag/debug/pprof/profile?seconds=$prof_s"
+overhead "demo /work?n=$work_n" $demo_pid "http://127.0.0.1:$demo_port/work?n=$work_n" "http://127.0.0.1:$demo_diag/debug/pprof/profile?seconds=$prof_s"
+overhead "go /" $go_pid "http://127.0.0.1:$go_port/" "http://127.0.0.1:$go_port/debug/pprof/profile?seconds=$prof_s"
+overhead "go /work?n=$work_n" $go_pid "http://127.0.0.1:$go_port/work?n=$work_n" "http://127.0.0.1:$go_port/debug/pprof/profile?seconds=$prof_s"
+
+echo; echo "== 2. fidelity: sampled CPU / CPU used, ${fid_s}s windows, wrk on / plus N /work loops"
+fidelity() {
+  local name=$1 pid=$2 port=$3 profile_url=$4 loops=$5
+  local file="$out/cpu-$name-$loops.pb.gz"
+  wrk -t1 -c16 -d"$((fid_s + 3))s" "http://127.0.0.1:$port/" >/dev/null &
+  local w=$!
+  local loop_pids=()
+  for _ in $(seq "$loops"); do
+    (end=$((SECONDS + fid_s + 3)); while [ $SECONDS -lt $end ]; do curl -s -o /dev/null "http://127.0.0.1:$port/work?n=20000000"; done) &
+    loop_pids+=($!)
+  done
+  sleep 1
+  local c0 c1
+  c0=$(cpu_ticks "$pid")
+  curl -s -o "$file" "$profile_url" & local prof=$!
+  sleep "$fid_s"
+  c1=$(cpu_ticks "$pid")
+  wait $prof; wait $w; for p in "${loop_pids[@]}"; do wait "$p"; done
+  local sampled
+  sampled=$(go tool pprof -top "$file" 2>/dev/null | sed -n 's/.*Total samples = \([0-9.]*\)\(m\?s\).*/\1 \2/p')
+  python3 - "$sampled" "$c0" "$c1" "$tck" "$name" "$loops" >> "$out/fidelity" <<'PY'
+import sys
+(v, unit), c0, c1, tck, name, loops = sys.argv[1].split(), *map(float, sys.argv[2:5]), sys.argv[5], sys.argv[6]
+sampled = float(v) / (1000 if unit == "ms" else 1)
+used = (c1 - c0) / tck
+print(f"{name} {loops} {sampled:.2f} {used:.2f} {sampled / used:.3f}")
+PY
+  tail -1 "$out/fidelity" | awk '{printf "  %-5s %s loops: sampled %s s of %s s used: %s\n", $1, $2, $3, $4, $5}'
+}
+: > "$out/fidelity"
+# Warm the demo's symbol cache so that its first answer's symbolization is not in a window.
+curl -s -o /dev/null "http://127.0.0.1:$demo_diag/debug/pprof/profile?seconds=1"
+for loops in $fid_loads; do
+  fidelity demo $demo_pid $demo_port "http://127.0.0.1:$demo_diag/debug/pprof/profile?seconds=$fid_s" "$loops"
+  fidelity go $go_pid $go_port "http://127.0.0.1:$go_port/debug/pprof/profile?seconds=$fid_s" "$loops"
+done
+kill $demo_pid; wait $demo_pid 2>/dev/null || true
+
+echo; echo "== 3 and 4. answer latency after the window, and resident memory (fresh demo process)"
+start_demo
+rss0=$(rss $demo_pid)
+latency() { # seconds of the window, then the time from its end to the last byte, in ms
+  curl -s -o /dev/null -w '%{time_total}' "http://127.0.0.1:$demo_diag/debug/pprof/profile?seconds=1" |
+    python3 -c "import sys; print(f'{(float(sys.stdin.read()) - 1) * 1000:.1f}')"
+}
+# A little traffic, so that the profiles hold stacks to symbolize.
+wrk -t1 -c4 -d"$((b2b + 8))s" "http://127.0.0.1:$demo_port/work?n=$work_n" >/dev/null &
+load=$!
+cold=$(latency)
+rss1=$(rss $demo_pid)
+: > "$out/warm"
+for i in $(seq "$b2b"); do latency >> "$out/warm"; done
+rss2=$(rss $demo_pid)
+wait $load || true
+
+echo; echo "================ summary ================"
+echo "machine: $(nproc) cores, $(uname -r), CONFIG_HZ $(zcat /proc/config.gz 2>/dev/null | sed -n 's/^CONFIG_HZ=//p')"
+echo "overhead (server CPU per request, profile running / not; median of $rounds pairs [min, max]; throughput A -> B):"
+for f in "$out"/overhead-*[!e]; do
+  python3 - "$f" "$(cat "$f.name")" <<'PY'
+import statistics, sys
+rows = [list(map(float, l.split())) for l in open(sys.argv[1]) if l.strip()]
+ratios = sorted(b / a for a, _, b, _ in rows)
+name = sys.argv[2]
+us_a = statistics.median(r[0] for r in rows); us_b = statistics.median(r[2] for r in rows)
+rps_a = statistics.median(r[1] for r in rows); rps_b = statistics.median(r[3] for r in rows)
+print(f"  {name:<22} {statistics.median(ratios):.3f} [{ratios[0]:.3f}, {ratios[-1]:.3f}]  "
+      f"{us_a:.2f} -> {us_b:.2f} us/req, {rps_a:.0f} -> {rps_b:.0f} req/s")
+PY
+done
+echo "fidelity (sampled CPU / CPU used):"
+awk '{printf "  %-5s %s /work loops + wrk on /: %s (%s s of %s s)\n", $1, $2, $5, $3, $4}' "$out/fidelity"
+python3 - "$cold" "$out/warm" <<'PY'
+import statistics, sys
+warm = sorted(float(l) for l in open(sys.argv[2]) if l.strip())
+print(f"end of window to last byte: cold (first profile) {float(sys.argv[1]):.0f} ms; "
+      f"warm median {statistics.median(warm):.0f} ms [{warm[0]:.0f}, {warm[-1]:.0f}] over {len(warm)}")
+PY
+echo "resident memory: $rss0 before any profile; $rss1 after the first;" \
+     "$rss2 after $b2b more back to back"
