@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one test command: every check and every test, on a fresh machine too.
-# Installs what the tests drive for real (Debian's Go for `go tool pprof`) when missing,
+# Installs what the tests drive for real (Debian's Go for `go tool pprof`, wrk) when missing,
 # and prints how long each step took.
 #
 #   scripts/test.sh            everything
@@ -48,6 +48,7 @@ need_deb() { # need_deb COMMAND PACKAGE
 
 install_tools() {
   need_deb go golang-go
+  need_deb wrk wrk
   rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
   go version
 }
@@ -72,6 +73,7 @@ build_unwinder_benches() { # one build per unwinder: their pprof-rs features exc
   done
 }
 step "unwinder benches --no-run" build_unwinder_benches
+step "overhead.sh --quick" scripts/overhead.sh --quick
 
 echo
 echo "step                          time"

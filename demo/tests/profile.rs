@@ -127,11 +127,17 @@ async fn an_unwritable_temp_dir_is_a_clear_error_and_the_service_keeps_serving()
         assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(r.header("x-go-pprof"), "1");
         let text = r.text();
-        assert!(text.contains("temp directory (/nonexistent/diag-test) is writable"), "{text}");
+        assert!(
+            text.contains("temp directory (/nonexistent/diag-test) is writable"),
+            "{text}"
+        );
         assert!(text.contains("until the process restarts"), "{text}");
     }
     assert_eq!(get(&demo.url("/")).await.text(), "1\n");
-    assert_eq!(get(&demo.diag_url("/debug/pprof/")).await.status, StatusCode::OK);
+    assert_eq!(
+        get(&demo.diag_url("/debug/pprof/")).await.status,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,7 +156,12 @@ async fn go_tool_pprof_web_ui_opens_the_profile() {
         l.local_addr().unwrap().port()
     };
     let mut ui = std::process::Command::new(testkit::go())
-        .args(["tool", "pprof", "-no_browser", &format!("-http=127.0.0.1:{port}")])
+        .args([
+            "tool",
+            "pprof",
+            "-no_browser",
+            &format!("-http=127.0.0.1:{port}"),
+        ])
         .arg(&file)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -169,5 +180,8 @@ async fn go_tool_pprof_web_ui_opens_the_profile() {
     let _ = ui.wait();
     let page = page.expect("go tool pprof -http never answered");
     assert_eq!(page.status, StatusCode::OK);
-    assert!(page.text().contains("spin_cpu"), "the web UI does not show spin_cpu");
+    assert!(
+        page.text().contains("spin_cpu"),
+        "the web UI does not show spin_cpu"
+    );
 }
