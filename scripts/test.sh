@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one test command: every check and every test, on a fresh machine too.
-# Installs what the tests drive for real (Debian's Go for `go tool pprof`, wrk) when missing,
+# Installs what the tests drive for real (Debian's Go for `go tool pprof`, wrk,
+# Chromium with playwright-core for the browser test) when missing,
 # and prints how long each step took.
 #
 #   scripts/test.sh            everything
@@ -49,6 +50,13 @@ need_deb() { # need_deb COMMAND PACKAGE
 install_tools() {
   need_deb go golang-go
   need_deb wrk wrk
+  need_deb chromium chromium
+  need_deb node nodejs
+  if [ ! -d target/browser/node_modules/playwright-core ]; then
+    echo "installing playwright-core (drives chromium in the browser test)"
+    mkdir -p target/browser
+    npm install --silent --no-audit --no-fund --prefix target/browser playwright-core@1.65 >/dev/null
+  fi
   rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
   go version
 }
@@ -62,7 +70,7 @@ if [ $lint = 1 ]; then
   step "cargo fmt --check (unwinders)" cargo fmt --manifest-path benches/unwinders/Cargo.toml --check
   step "cargo doc" env RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features
   # The one switched-off state that needs its own build: diag without its CPU backend.
-  step "diag without default features" cargo check -p diag --no-default-features
+  step "diag without default features" cargo clippy -p diag --no-default-features -- -D warnings
 fi
 step "cargo test" cargo test --workspace --all-features
 step "cargo bench --no-run" cargo bench --workspace --no-run

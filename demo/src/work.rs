@@ -198,13 +198,10 @@ mod tests {
 
     #[test]
     fn spin_cpu_matches_the_go_peer() {
-        // burn(10) in ../shared/peers/go-counter computes the same value.
-        let mut x: u64 = 0;
-        for i in 0..10u64 {
-            x = x.wrapping_mul(31).wrapping_add(i ^ (x >> 3));
-        }
-        assert_eq!(spin_cpu(10), x);
-        assert_ne!(spin_cpu(1000), 0);
+        // burn(10) and burn(1000000) as ../shared/peers/go-counter computes them (printed
+        // by Go 1.19): both services do identical work per request.
+        assert_eq!(spin_cpu(10), 936_558_420_568);
+        assert_eq!(spin_cpu(1_000_000), 13_978_468_970_185_643_382);
     }
 
     #[test]

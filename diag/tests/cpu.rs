@@ -430,3 +430,47 @@ async fn symbol_speaks_gos_protocol() {
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert!(r.text().contains("\"address\": \"0xzz\""), "{}", r.text());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cpu_time_stays_honest_above_the_kernel_tick() {
+    // pprof-rs weighs samples by the requested period; the kernel delivers at most one per
+    // tick (often 250 Hz), so at 1000 Hz that under-reports about fourfold. diag weighs by
+    // the period actually deliverable, so the CPU time go tool pprof shows stays right.
+    let (_serial, addr) = server().await;
+    let on = burners(2);
+    let warm = get(&format!(
+        "http://{addr}/debug/pprof/profile?seconds=1&frequency=1000"
+    ))
+    .await;
+    assert_eq!(warm.status, StatusCode::OK);
+    let before = process_cpu_seconds();
+    let r = get(&format!(
+        "http://{addr}/debug/pprof/profile?seconds=3&frequency=1000"
+    ))
+    .await;
+    let used = process_cpu_seconds() - before;
+    on.store(false, Ordering::Relaxed);
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let dir = temp_dir("honest");
+    let file = dir.join("cpu.pb.gz");
+    std::fs::write(&file, &r.body).unwrap();
+    let top = go_pprof(&["-top", file.to_str().unwrap()]);
+    let total = top
+        .lines()
+        .find_map(|l| l.split("Total samples = ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no total in:\n{top}"));
+    let sampled: f64 = match total.strip_suffix("ms") {
+        Some(ms) => ms.parse::<f64>().unwrap() / 1000.0,
+        None => total.trim_end_matches('s').parse().unwrap(),
+    };
+    let fidelity = sampled / used;
+    eprintln!(
+        "1000 Hz asked, {} Hz achieved: sampled {sampled:.2} s of {used:.2} s: {fidelity:.3}",
+        r.header("x-diag-sample-rate")
+    );
+    assert!(
+        (0.8..=1.2).contains(&fidelity),
+        "sampled {sampled:.2} s of {used:.2} s"
+    );
+}
