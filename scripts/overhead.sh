@@ -4,6 +4,7 @@
 #
 #   scripts/overhead.sh            the full run (about 7 minutes; progress is printed)
 #   scripts/overhead.sh --quick    a few seconds per part: proves the script works end to end
+#   scripts/overhead.sh --rounds N N alternations per overhead pair instead of 10
 #
 # Measures, printing a summary at the end (docs/performance.md quotes it):
 #  1. overhead: the server's CPU time per request (from /proc/PID/stat) under wrk on `/`
@@ -21,9 +22,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 quick=0
-for arg in "$@"; do
+rounds_arg=""
+while [ $# -gt 0 ]; do
+  arg=$1; shift
   case "$arg" in
     --quick) quick=1 ;;
+    --rounds) rounds_arg=${1:?--rounds needs a number}; shift ;;
     -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "unknown argument: $arg (try --help)" >&2; exit 2 ;;
   esac
@@ -34,6 +38,7 @@ if [ $quick = 1 ]; then
 else
   rounds=10; run_s=3; fid_s=6; fid_loads="1 2 4"; b2b=20
 fi
+rounds=${rounds_arg:-$rounds}
 work_n=100000
 demo_port=18080; demo_diag=16060; go_port=17070
 tck=$(getconf CLK_TCK)

@@ -4,7 +4,6 @@ mod sampler;
 mod symbols;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
 use axum::body::Bytes;
@@ -27,8 +26,9 @@ pub(crate) const DEFAULT_SECONDS: u64 = 30;
 /// Samples per second of CPU time unless `frequency` says otherwise (Go's 100, less one so
 /// the timer does not beat against periodic work).
 pub(crate) const DEFAULT_FREQUENCY: u32 = 99;
-/// The highest `frequency` accepted. The kernel delivers CPU-time signals at most at its
-/// tick (often 250 Hz); above that, samples are weighted by the rate actually achieved.
+/// The highest `frequency` accepted. The kernel delivers CPU-time signals at most about
+/// once per tick per CPU; when it delivers well under the rate asked, samples are weighed
+/// by the rate actually achieved (see `period_ns`).
 pub(crate) const MAX_FREQUENCY: u32 = 1000;
 
 pub(crate) use sampler::running;
@@ -317,56 +317,27 @@ fn strip_signal_frames(ips: &mut Vec<usize>, symbols: &HashMap<usize, Resolved>)
 
 /// Nanoseconds of CPU time one sample stands for.
 ///
-/// pprof-rs weighs every sample by the period of the *requested* frequency, but the
-/// kernel delivers CPU-time signals at most at its tick, so a 999 Hz request would
-/// under-report CPU about fourfold on a 250 Hz kernel. When the kernel's tick is known,
-/// the rate is capped at it; when it is not and the rate achieved falls well short of the
-/// one requested, the achieved rate is used.
+/// pprof-rs weighs every sample by the period of the *requested* frequency. But the
+/// kernel delivers CPU-time signals at most about once per tick per CPU, and two signals
+/// landing at once lose one to the handler's try-lock: asking for 1000 Hz yields ~170
+/// samples per CPU-second here (`CONFIG_HZ=250`), so the requested period would
+/// under-report CPU about sixfold. When the rate achieved over the window (samples per
+/// second of the process's CPU time) falls below 80 % of the requested one, each sample
+/// is weighed by the achieved period instead; above that, by the requested period, so
+/// that ordinary losses stay visible rather than scaled away.
 fn period_ns(frequency: u32, samples: i64, cpu_used: Duration) -> i64 {
     let requested = f64::from(frequency.max(1));
-    let effective = match kernel_hz() {
-        Some(hz) => requested.min(f64::from(hz)),
-        None => {
-            let achieved = if cpu_used.is_zero() {
-                requested
-            } else {
-                samples as f64 / cpu_used.as_secs_f64()
-            };
-            if achieved > 0.0 && achieved < 0.8 * requested {
-                achieved
-            } else {
-                requested
-            }
-        }
+    let achieved = if cpu_used.is_zero() {
+        requested
+    } else {
+        samples as f64 / cpu_used.as_secs_f64()
+    };
+    let effective = if achieved > 0.0 && achieved < 0.8 * requested {
+        achieved
+    } else {
+        requested
     };
     (1e9 / effective) as i64
-}
-
-/// The kernel's tick rate (`CONFIG_HZ`), when the kernel says.
-pub(crate) fn kernel_hz() -> Option<u32> {
-    static HZ: OnceLock<Option<u32>> = OnceLock::new();
-    *HZ.get_or_init(|| {
-        use std::io::Read;
-        let from_text = |text: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix("CONFIG_HZ="))
-                .and_then(|v| v.trim().parse().ok())
-        };
-        if let Ok(gz) = std::fs::read("/proc/config.gz") {
-            let mut text = String::new();
-            if flate2::read::GzDecoder::new(&gz[..])
-                .read_to_string(&mut text)
-                .is_ok()
-            {
-                if let Some(hz) = from_text(&text) {
-                    return Some(hz);
-                }
-            }
-        }
-        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
-        let text = std::fs::read_to_string(format!("/boot/config-{}", release.trim())).ok()?;
-        from_text(&text)
-    })
 }
 
 /// `GET` or `POST /symbol`: Go's protocol. `GET` without addresses answers
@@ -429,13 +400,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn period_is_capped_at_what_the_kernel_delivers() {
-        let cpu = Duration::from_secs(1);
-        assert_eq!(period_ns(99, 99, cpu), 1_000_000_000 / 99);
-        let p = period_ns(1000, 250, cpu);
-        // Either the kernel's tick is known (250 Hz here) or the achieved rate is used:
-        // both weigh a sample at about 4 ms, not the requested 1 ms.
-        assert!(p >= 3_000_000, "{p}");
+    fn period_follows_the_rate_achieved_when_far_below_the_request() {
+        let cpu = Duration::from_secs(2);
+        // 99 Hz asked, 97 per CPU-second achieved: the requested period, losses visible.
+        assert_eq!(period_ns(99, 194, cpu), 1_000_000_000 / 99);
+        // 1000 Hz asked, 170 achieved: each sample stands for 1/170 s, not 1/1000 s.
+        assert_eq!(period_ns(1000, 340, cpu), 1_000_000_000 / 170);
+        // No CPU used: the requested period.
+        assert_eq!(period_ns(1000, 0, Duration::ZERO), 1_000_000);
     }
 
     #[test]
