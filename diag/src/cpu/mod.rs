@@ -116,7 +116,7 @@ struct Capture {
 }
 
 /// Runs sampler work on the sampler's own thread.
-async fn blocking<T: Send + 'static>(
+async fn on_sampler<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, ApiError> {
     sampler::on_sampler_thread(f)
@@ -125,7 +125,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 async fn capture(d: &Diag, window: Duration, frequency: u32) -> Result<Capture, ApiError> {
-    let joined = blocking(move || Lease::join(frequency, window)).await?;
+    let joined = on_sampler(move || Lease::join(frequency, window)).await?;
     let (lease, start_counts) = joined.map_err(|e| match e {
         JoinError::OtherFrequency { running, until } => {
             let left = until
@@ -153,9 +153,9 @@ async fn capture(d: &Diag, window: Duration, frequency: u32) -> Result<Capture, 
         () = shutdown.triggered() => true,
     };
     let frequency = lease.frequency();
-    // The lease moves into the blocking task and is given up there, right after the end
-    // snapshot; if this request is cancelled meanwhile, the task still finishes.
-    let (end_counts, end) = blocking(move || {
+    // The lease moves into the sampler thread's job and is given up there, right after the
+    // end snapshot; if this request is cancelled meanwhile, the job still finishes.
+    let (end_counts, end) = on_sampler(move || {
         let counts = lease.snapshot();
         let end = Mark::now();
         drop(lease);

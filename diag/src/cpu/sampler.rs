@@ -27,7 +27,7 @@ pub(crate) struct Stack {
 struct Running {
     guard: ProfilerGuard<'static>,
     frequency: u32,
-    /// Readers holding a [`Lease`]; at zero the sampler is stopped by a blocking task.
+    /// Readers holding a [`Lease`]; at zero the sampler thread stops the sampler.
     readers: usize,
     /// The latest end among the readers' windows.
     until: SystemTime,
@@ -99,7 +99,7 @@ pub(crate) enum JoinError {
 }
 
 /// A reader's share of the running sampler. Dropping it gives the share up at once; the
-/// last share to go has the sampler stopped (and its counts cleared) on a blocking thread.
+/// last share to go has the sampler stopped (and its counts cleared) on the sampler thread.
 #[derive(Debug)]
 pub(crate) struct Lease {
     frequency: u32,
