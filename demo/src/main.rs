@@ -7,6 +7,18 @@ use demo::{AppState, Args, DiagListen, LogFormat};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
+/// jemalloc is the allocator, so that diag's heap profiles see every allocation.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's settings, read by jemalloc at start: heap profiling on, one sample per
+/// 512 KiB allocated on average, cumulative counts kept (for `/allocs`). The environment
+/// variable `_RJEM_MALLOC_CONF` is read after this and overrides any of them, e.g.
+/// `_RJEM_MALLOC_CONF=prof_active:false`.
+#[unsafe(export_name = "_rjem_malloc_conf")]
+pub static MALLOC_CONF: &[u8; 61] =
+    b"prof:true,prof_active:true,lg_prof_sample:19,prof_accum:true\0";
+
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);

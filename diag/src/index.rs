@@ -53,7 +53,7 @@ fn page(d: &Diag, host: &str) -> String {
     for e in ENDPOINTS {
         let status = match (e.available)() {
             Ok(()) => "<span class=\"yes\">available</span>".to_owned(),
-            Err(how) => format!("<span class=\"no\">not available</span>: {}", esc(how)),
+            Err(how) => format!("<span class=\"no\">not available</span>: {}", esc(&how)),
         };
         let _ = writeln!(
             html,

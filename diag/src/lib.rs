@@ -31,34 +31,41 @@
 //! | feature | default | gives |
 //! |---|---|---|
 //! | `cpu` | yes | `/profile`, `/flamegraph`, `/symbol` (pprof-rs sampling) |
+//! | `heap` | no | `/heap`, `/allocs`, `/heap/stats` from jemalloc's sampling (the application installs tikv-jemallocator as its global allocator and starts with `prof:true`) |
 //!
 //! Endpoints, parameters and errors are listed in the repository's `docs/endpoints.md`;
 //! protection (token, caps, binding) in `docs/security.md`.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 // Without a profiling backend, the shared machinery for heavy endpoints (parameters,
 // limits, dates) has no user yet.
-#![cfg_attr(not(feature = "cpu"), allow(dead_code))]
+#![cfg_attr(not(all(feature = "cpu", feature = "heap")), allow(dead_code))]
 
 mod config;
 #[cfg(feature = "cpu")]
 mod cpu;
 mod error;
-#[cfg(feature = "cpu")]
+#[cfg(any(feature = "cpu", feature = "heap"))]
 mod flamegraph;
+#[cfg(feature = "heap")]
+mod heap;
 mod index;
 mod layer;
-#[cfg(feature = "cpu")]
+#[cfg(any(feature = "cpu", feature = "heap"))]
 mod maps;
 mod params;
-#[cfg(feature = "cpu")]
+#[cfg(any(feature = "cpu", feature = "heap"))]
 mod proto;
 mod router;
 mod server;
 mod shutdown;
 mod state;
+#[cfg(any(feature = "cpu", feature = "heap"))]
+mod symbols;
 mod util;
 
 pub use config::{Config, TOKEN_ENV};
+#[cfg(feature = "heap")]
+pub use heap::{HeapStats, HeapUnavailable, heap_stats};
 pub use layer::{DiagLayer, DiagService, ResponseFuture};
 pub use router::router;
 pub use server::{DEFAULT_SIDECAR_ADDR, Sidecar, serve};

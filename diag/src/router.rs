@@ -22,22 +22,34 @@ pub(crate) struct Endpoint {
     /// One line on what it gives.
     pub(crate) summary: &'static str,
     /// `Err(how to enable it)` when this build or process lacks it.
-    pub(crate) available: fn() -> Result<(), &'static str>,
+    pub(crate) available: fn() -> Result<(), String>,
 }
 
 const CPU_MISSING: &str = "this build has no CPU profiling: enable diag's `cpu` feature \
      (on by default), e.g. diag = { version = \"..\", features = [\"cpu\"] }";
 
-fn always() -> Result<(), &'static str> {
+#[cfg(not(feature = "heap"))]
+const HEAP_MISSING: &str = "this build has no heap profiling: enable diag's `heap` \
+     feature (diag = { version = \"..\", features = [\"heap\"] }) and install tikv-jemallocator \
+     as the global allocator; see docs/guide.md";
+
+fn always() -> Result<(), String> {
     Ok(())
 }
 
-fn cpu_available() -> Result<(), &'static str> {
+fn cpu_available() -> Result<(), String> {
     if cfg!(feature = "cpu") {
         Ok(())
     } else {
-        Err(CPU_MISSING)
+        Err(CPU_MISSING.to_owned())
     }
+}
+
+fn heap_available() -> Result<(), String> {
+    #[cfg(feature = "heap")]
+    return crate::heap::available();
+    #[cfg(not(feature = "heap"))]
+    Err(HEAP_MISSING.to_owned())
 }
 
 /// Every endpoint diag serves, in the order the index shows them.
@@ -62,6 +74,24 @@ pub(crate) const ENDPOINTS: &[Endpoint] = &[
         path: "symbol",
         summary: "Go's symbol protocol: POST hex addresses joined by +, get function names",
         available: cpu_available,
+    },
+    Endpoint {
+        path: "heap",
+        summary: "memory in use (and allocated ever) by allocating stack, from jemalloc's \
+                  sampling: gzipped profile.proto, ?seconds=N for the change over a window, \
+                  ?format=svg|folded",
+        available: heap_available,
+    },
+    Endpoint {
+        path: "allocs",
+        summary: "the heap profile with allocated bytes (alloc_space) as its default view",
+        available: heap_available,
+    },
+    Endpoint {
+        path: "heap/stats",
+        summary: "jemalloc's allocated, active, resident, mapped and retained bytes \
+                  (?format=prometheus)",
+        available: heap_available,
     },
     Endpoint {
         path: "cmdline",
@@ -102,6 +132,7 @@ where
         .route(&at("cmdline"), only_get(get(cmdline)))
         .route(&at("{*rest}"), any(not_found));
     r = cpu_routes(r, &at);
+    r = heap_routes(r, &at);
     if !prefix.is_empty() {
         // Go's mux redirects the bare prefix to the index.
         let target = at("");
@@ -135,6 +166,22 @@ fn cpu_routes(r: Router<Diag>, at: &impl Fn(&str) -> String) -> Router<Diag> {
     r.route(&at("profile"), any(missing))
         .route(&at("flamegraph"), any(missing))
         .route(&at("symbol"), any(missing))
+}
+
+#[cfg(feature = "heap")]
+fn heap_routes(r: Router<Diag>, at: &impl Fn(&str) -> String) -> Router<Diag> {
+    use crate::heap;
+    r.route(&at("heap"), only_get(get(heap::heap)))
+        .route(&at("allocs"), only_get(get(heap::allocs)))
+        .route(&at("heap/stats"), only_get(get(heap::stats)))
+}
+
+#[cfg(not(feature = "heap"))]
+fn heap_routes(r: Router<Diag>, at: &impl Fn(&str) -> String) -> Router<Diag> {
+    let missing = || async { ApiError::NotImplemented(HEAP_MISSING.to_owned()) };
+    r.route(&at("heap"), any(missing))
+        .route(&at("allocs"), any(missing))
+        .route(&at("heap/stats"), any(missing))
 }
 
 fn only_get(m: MethodRouter<Diag>) -> MethodRouter<Diag> {

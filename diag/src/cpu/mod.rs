@@ -1,7 +1,6 @@
 //! CPU profiles: `/profile`, `/flamegraph` and Go's `/symbol` protocol.
 
 mod sampler;
-mod symbols;
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime};
@@ -18,8 +17,8 @@ use crate::proto::{self, ProfileBuilder};
 use crate::state::Diag;
 use crate::util::{unix_nanos, utc};
 
+use crate::symbols::{self, Resolved};
 use sampler::{JoinError, Lease, Mark, Stack};
-use symbols::Resolved;
 
 /// A CPU profile's length unless `seconds` says otherwise (Go's default).
 pub(crate) const DEFAULT_SECONDS: u64 = 30;
