@@ -26,6 +26,8 @@ pub struct Metrics {
     latency: Family<RouteLabels, Histogram>,
     counter_value: Gauge<u64, AtomicU64>,
     held_bytes: Gauge<u64, AtomicU64>,
+    /// jemalloc's statistics, when jemalloc is the allocator (in the demo binary).
+    jemalloc: Vec<Gauge<u64, AtomicU64>>,
 }
 
 impl fmt::Debug for Metrics {
@@ -64,12 +66,22 @@ impl Metrics {
             "Memory kept by POST /hold",
             held_bytes.clone(),
         );
+        // The same names as diag's /debug/pprof/heap/stats?format=prometheus.
+        let mut jemalloc = Vec::new();
+        if let Ok(stats) = diag::heap_stats() {
+            for (name, help, _) in stats.fields() {
+                let gauge = Gauge::<u64, AtomicU64>::default();
+                registry.register(format!("jemalloc_{name}_bytes"), help, gauge.clone());
+                jemalloc.push(gauge);
+            }
+        }
         Self {
             registry,
             requests,
             latency,
             counter_value,
             held_bytes,
+            jemalloc,
         }
     }
 
@@ -94,6 +106,13 @@ impl Metrics {
     /// The metrics in the OpenMetrics text format Prometheus scrapes.
     pub fn render_text(&self, counter: u64) -> Result<String, fmt::Error> {
         self.counter_value.set(counter);
+        if !self.jemalloc.is_empty() {
+            if let Ok(stats) = diag::heap_stats() {
+                for (gauge, (_, _, value)) in self.jemalloc.iter().zip(stats.fields()) {
+                    gauge.set(value);
+                }
+            }
+        }
         let mut out = String::new();
         encode(&mut out, &self.registry)?;
         Ok(out)

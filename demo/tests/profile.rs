@@ -133,6 +133,9 @@ async fn an_unwritable_temp_dir_is_a_clear_error_and_the_service_keeps_serving()
         );
         assert!(text.contains("until the process restarts"), "{text}");
     }
+    // Heap dumps go through an in-memory file: the temp directory does not matter.
+    let r = get(&demo.diag_url("/debug/pprof/heap")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert_eq!(get(&demo.url("/")).await.text(), "1\n");
     assert_eq!(
         get(&demo.diag_url("/debug/pprof/")).await.status,

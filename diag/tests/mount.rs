@@ -338,3 +338,30 @@ async fn heavy_operations_beyond_the_cap_get_429() {
     .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
 }
+
+/// This process allocates with the system allocator: the heap endpoints say so, and how to
+/// install jemalloc, instead of serving an empty profile (or, without the feature, say how
+/// to enable it).
+#[tokio::test]
+async fn heap_endpoints_explain_what_is_missing() {
+    let addr = testkit::serve(diag::router(diag::Config::default())).await;
+    let expected = if cfg!(feature = "heap") {
+        "jemalloc is not this process's global allocator"
+    } else {
+        "enable diag's `heap` feature"
+    };
+    for path in ["heap", "allocs", "heap/stats", "heap?seconds=1&format=svg"] {
+        let r = http_get(&format!("http://{addr}/debug/pprof/{path}")).await;
+        assert_go_error(&r, StatusCode::NOT_IMPLEMENTED);
+        let text = r.text();
+        assert!(text.contains(expected), "{path}: {text}");
+        assert!(text.contains("tikv-jemallocator"), "{path}: {text}");
+    }
+    let index = http_get(&format!("http://{addr}/debug/pprof/")).await.text();
+    assert!(index.contains(&expected.replace('\'', "&#39;")), "{index}");
+    #[cfg(feature = "heap")]
+    assert!(diag::heap_stats().is_err());
+    // Still serving.
+    let r = http_get(&format!("http://{addr}/debug/pprof/cmdline")).await;
+    assert_eq!(r.status, StatusCode::OK);
+}

@@ -133,6 +133,7 @@ impl Demo {
             .env("DEMO_LOG_FORMAT", "json")
             .args(args)
             .env_remove("DIAG_TOKEN")
+            .env_remove("_RJEM_MALLOC_CONF")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -244,32 +244,32 @@ impl HeapStats {
         [
             (
                 "allocated",
-                "Bytes allocated by the application (jemalloc stats.allocated).",
+                "Bytes allocated by the application (jemalloc stats.allocated)",
                 self.allocated,
             ),
             (
                 "active",
-                "Bytes in pages holding application allocations (stats.active).",
+                "Bytes in pages holding application allocations (stats.active)",
                 self.active,
             ),
             (
                 "resident",
-                "Bytes in resident pages mapped by the allocator (stats.resident).",
+                "Bytes in resident pages mapped by the allocator (stats.resident)",
                 self.resident,
             ),
             (
                 "mapped",
-                "Bytes in active extents mapped by the allocator (stats.mapped).",
+                "Bytes in active extents mapped by the allocator (stats.mapped)",
                 self.mapped,
             ),
             (
                 "retained",
-                "Bytes in mappings kept for reuse, not returned to the system (stats.retained).",
+                "Bytes in mappings kept for reuse, not returned to the system (stats.retained)",
                 self.retained,
             ),
             (
                 "metadata",
-                "Bytes of jemalloc's own metadata (stats.metadata).",
+                "Bytes of jemalloc's own metadata (stats.metadata)",
                 self.metadata,
             ),
         ]
