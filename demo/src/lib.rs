@@ -29,7 +29,8 @@ pub use cli::{Args, DiagListen, LogFormat, parse_duration};
 pub use metrics::Metrics;
 pub use request_id::REQUEST_ID;
 pub use work::{
-    MAX_HELD_MB, MAX_ITERATIONS, MAX_SLEEP_MS, MAX_WORK_MS, hold_memory, spin_cpu, spin_for,
+    MAX_CHURN_BLOCKS, MAX_CHURN_BYTES, MAX_HELD_MB, MAX_ITERATIONS, MAX_SLEEP_MS, MAX_WORK_MS,
+    churn_memory, hold_memory, spin_cpu, spin_for,
 };
 
 /// The shared state of one running service.
@@ -95,6 +96,7 @@ pub fn app(state: AppState, diag: Option<diag::Config>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics::render))
         .route("/work", get(work::work))
+        .route("/churn", get(work::churn))
         .route("/hold", post(work::hold).delete(work::release))
         .route("/sleep", get(work::sleep))
         .fallback(not_found)
@@ -141,8 +143,8 @@ async fn readyz(State(state): State<AppState>) -> Response {
 async fn not_found() -> Response {
     text(
         StatusCode::NOT_FOUND,
-        "not found; this service serves GET /, /healthz, /readyz, /metrics, /work, /sleep, \
-         POST and DELETE /hold, and diag under /debug/pprof/ when mounted here\n"
+        "not found; this service serves GET /, /healthz, /readyz, /metrics, /work, /churn, \
+         /sleep, POST and DELETE /hold, and diag under /debug/pprof/ when mounted here\n"
             .to_owned(),
     )
 }

@@ -19,6 +19,10 @@ pub const MAX_WORK_MS: u64 = 5_000;
 pub const MAX_SLEEP_MS: u64 = 60_000;
 /// The most memory `/hold` keeps in all, in MiB.
 pub const MAX_HELD_MB: usize = 1024;
+/// The most blocks one `/churn` request may allocate.
+pub const MAX_CHURN_BLOCKS: u64 = 1_000_000;
+/// The largest block `/churn` allocates, in bytes.
+pub const MAX_CHURN_BYTES: u64 = 1 << 20;
 
 const MIB: usize = 1 << 20;
 
@@ -52,6 +56,20 @@ pub fn hold_memory(mb: usize) -> Vec<Box<[u8]>> {
     (0..mb)
         .map(|i| vec![(i % 251) as u8 + 1; MIB].into_boxed_slice())
         .collect()
+}
+
+/// Allocates `n` blocks of `bytes` bytes one after another, writing one byte of each and
+/// freeing it at once: allocation churn with nothing held. Never inlined, so allocation
+/// profiles (`/debug/pprof/allocs`) show it under its own name.
+#[inline(never)]
+pub fn churn_memory(n: u64, bytes: usize) -> u64 {
+    let mut sum = 0u64;
+    for i in 0..n {
+        let mut block = std::hint::black_box(Vec::<u8>::with_capacity(bytes));
+        block.push(i as u8);
+        sum = sum.wrapping_add(u64::from(block[0]));
+    }
+    sum
 }
 
 /// Memory kept by `/hold`.
@@ -120,6 +138,22 @@ pub(crate) async fn work(Query(q): Query<HashMap<String, String>>) -> Result<Res
             format!("work failed: {e}\n"),
         ),
     })
+}
+
+/// `GET /churn?n=N&bytes=B` allocates and frees `N` blocks of `B` bytes (default 1024).
+pub(crate) async fn churn(
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, BadRequest> {
+    let n = int_param(&q, "n", MAX_CHURN_BLOCKS)?
+        .ok_or_else(|| bad("n", "", &format!("an integer from 1 to {MAX_CHURN_BLOCKS}")))?;
+    let bytes = int_param(&q, "bytes", MAX_CHURN_BYTES)?.unwrap_or(1024) as usize;
+    match tokio::task::spawn_blocking(move || churn_memory(n, bytes)).await {
+        Ok(sum) => Ok(text(StatusCode::OK, format!("{sum}\n"))),
+        Err(e) => Ok(text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("churn failed: {e}\n"),
+        )),
+    }
 }
 
 /// `POST /hold?mb=N` allocates N MiB more and keeps it (at most 1024 MiB in all).
@@ -195,6 +229,13 @@ pub(crate) async fn sleep(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn churn_touches_every_block() {
+        // Block i holds i as u8: the sum of 0..300 mod 256.
+        let want: u64 = (0..300u64).map(|i| i % 256).sum();
+        assert_eq!(churn_memory(300, 16), want);
+    }
 
     #[test]
     fn spin_cpu_matches_the_go_peer() {

@@ -217,6 +217,13 @@ async fn bad_input_is_a_400_naming_the_parameter_and_range() {
             "/work?ms=-3",
             "invalid value for \"ms\": \"-3\"",
         ),
+        (Method::GET, "/churn", "invalid value for \"n\""),
+        (Method::GET, "/churn?n=1000001", "from 1 to 1000000"),
+        (
+            Method::GET,
+            "/churn?n=5&bytes=1048577",
+            "invalid value for \"bytes\": \"1048577\"; allowed: an integer from 1 to 1048576",
+        ),
         (Method::GET, "/sleep", "invalid value for \"ms\""),
         (Method::GET, "/sleep?ms=60001", "from 1 to 60000"),
         (
@@ -244,6 +251,12 @@ async fn bad_input_is_a_400_naming_the_parameter_and_range() {
     // And the process keeps serving.
     assert_eq!(get(&demo.url("/healthz")).await.status, StatusCode::OK);
     assert_eq!(get(&demo.url("/work?ms=5")).await.status, StatusCode::OK);
+    // 300 blocks, each holding its index as a byte: the sum of 0..300 mod 256.
+    let want: u64 = (0..300u64).map(|i| i % 256).sum();
+    assert_eq!(
+        get(&demo.url("/churn?n=300&bytes=16")).await.text(),
+        format!("{want}\n")
+    );
 }
 
 #[tokio::test]

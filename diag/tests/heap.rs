@@ -21,32 +21,41 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// Read by jemalloc when it starts, as an application exports it.
 #[unsafe(export_name = "_rjem_malloc_conf")]
-pub static MALLOC_CONF: &[u8; 61] = b"prof:true,prof_active:true,lg_prof_sample:14,prof_accum:true\0";
+pub static MALLOC_CONF: &[u8; 61] =
+    b"prof:true,prof_active:true,lg_prof_sample:14,prof_accum:true\0";
 
 const MIB: usize = 1 << 20;
 
 /// `mb` MiB in 1 MiB blocks, touched, under this function's name.
 #[inline(never)]
 fn held_by_test(mb: usize) -> Vec<Box<[u8]>> {
-    (0..mb).map(|i| vec![i as u8 | 1; MIB].into_boxed_slice()).collect()
+    (0..mb)
+        .map(|i| vec![i as u8 | 1; MIB].into_boxed_slice())
+        .collect()
 }
 
 /// Memory allocated before a delta window opens.
 #[inline(never)]
 fn held_before_window(mb: usize) -> Vec<Box<[u8]>> {
-    (0..mb).map(|i| vec![i as u8 | 1; MIB].into_boxed_slice()).collect()
+    (0..mb)
+        .map(|i| vec![i as u8 | 1; MIB].into_boxed_slice())
+        .collect()
 }
 
 /// Memory allocated while a delta window is open.
 #[inline(never)]
 fn grown_during_window(mb: usize) -> Vec<Box<[u8]>> {
-    (0..mb).map(|i| vec![i as u8 | 1; MIB].into_boxed_slice()).collect()
+    (0..mb)
+        .map(|i| vec![i as u8 | 1; MIB].into_boxed_slice())
+        .collect()
 }
 
 /// Memory allocated before a window and freed during it.
 #[inline(never)]
 fn freed_during_window(mb: usize) -> Vec<Box<[u8]>> {
-    (0..mb).map(|i| vec![i as u8 | 1; MIB].into_boxed_slice()).collect()
+    (0..mb)
+        .map(|i| vec![i as u8 | 1; MIB].into_boxed_slice())
+        .collect()
 }
 
 /// 64 KiB blocks allocated and freed at once, `n` times: churn, no growth.
@@ -131,7 +140,10 @@ async fn held_memory_is_attributed_and_allocator_frames_are_gone() {
     let mib = cum_mib(&top, "held_by_test").unwrap_or_else(|| panic!("{top}"));
     // 48 blocks of 1 MiB sampled every 16 KiB on average: all are sampled; the figure
     // is exact up to the unsampling correction.
-    assert!((46.0..=50.0).contains(&mib), "held_by_test {mib} MiB:\n{top}");
+    assert!(
+        (46.0..=50.0).contains(&mib),
+        "held_by_test {mib} MiB:\n{top}"
+    );
     let traces = pprof(&r.body, &["-traces"]).await;
     for f in ALLOCATOR_FRAMES {
         assert!(!traces.contains(f), "{f} in a stack:\n{traces}");
@@ -170,14 +182,26 @@ async fn four_sample_types_and_allocs_default() {
     // Other tests in this binary allocate gigabytes meanwhile: show every node.
     let top = pprof(
         &allocs.body,
-        &["-top", "-cum", "-unit=MB", "-nodefraction=0", "-nodecount=100000"],
+        &[
+            "-top",
+            "-cum",
+            "-unit=MB",
+            "-nodefraction=0",
+            "-nodecount=100000",
+        ],
     )
     .await;
     let churned = cum_mib(&top, "churned_by_test").unwrap_or_else(|| panic!("{top}"));
     assert!((110.0..=140.0).contains(&churned), "{churned} MiB:\n{top}");
     let inuse = pprof(
         &allocs.body,
-        &["-top", "-cum", "-sample_index=inuse_space", "-nodefraction=0", "-nodecount=100000"],
+        &[
+            "-top",
+            "-cum",
+            "-sample_index=inuse_space",
+            "-nodefraction=0",
+            "-nodecount=100000",
+        ],
     )
     .await;
     assert!(

@@ -357,7 +357,9 @@ async fn heap_endpoints_explain_what_is_missing() {
         assert!(text.contains(expected), "{path}: {text}");
         assert!(text.contains("tikv-jemallocator"), "{path}: {text}");
     }
-    let index = http_get(&format!("http://{addr}/debug/pprof/")).await.text();
+    let index = http_get(&format!("http://{addr}/debug/pprof/"))
+        .await
+        .text();
     assert!(index.contains(&expected.replace('\'', "&#39;")), "{index}");
     #[cfg(feature = "heap")]
     assert!(diag::heap_stats().is_err());

@@ -320,3 +320,18 @@ pub fn heap_stats() -> Result<HeapStats, HeapUnavailable> {
         metadata: get("stats.metadata\0")?,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unwritable_temp_dir_is_a_clear_error() {
+        let e = dump_to_temp_dir(Path::new("/nonexistent/diag-heap")).unwrap_err();
+        assert_eq!(e.status(), http::StatusCode::INTERNAL_SERVER_ERROR);
+        let m = e.message();
+        assert!(m.contains("/nonexistent/diag-heap/diag-heap-"), "{m}");
+        assert!(m.contains("could not be written"), "{m}");
+        assert!(m.contains("TMPDIR"), "{m}");
+    }
+}
