@@ -2,7 +2,7 @@
 # What a running CPU profile costs the demo, and how faithful it is, measured side by side
 # with Go's net/http/pprof (../shared/peers/go-counter) in the same run.
 #
-#   scripts/overhead.sh            the full run (about 7 minutes; progress is printed)
+#   scripts/overhead.sh            the full run (about 10 minutes; progress is printed)
 #   scripts/overhead.sh --quick    a few seconds per part: proves the script works end to end
 #   scripts/overhead.sh --rounds N N alternations per overhead pair instead of 10
 #
@@ -16,7 +16,11 @@
 #     and 4 concurrent `/work` loops;
 #  3. the time from the end of the window to the last byte of the answer, cold (first
 #     profile of the process) and warm;
-#  4. resident memory before the first profile, after it, and after many back-to-back ones.
+#  4. resident memory before the first profile, after it, and after many back-to-back ones;
+#  5. what jemalloc heap profiling costs: the same CPU per request, on `/`, `/work?n=` and
+#     the allocation-heavy `/churn`, with profiling active (B, the demo's default) against
+#     inactive (A, `_RJEM_MALLOC_CONF=prof_active:false`): two processes of the same
+#     binary, alternated; and how long a heap dump takes and how big it is, 64 MiB held.
 # Traffic goes to 127.0.0.1 only, bounded in time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,15 +32,15 @@ while [ $# -gt 0 ]; do
   case "$arg" in
     --quick) quick=1 ;;
     --rounds) rounds_arg=${1:?--rounds needs a number}; shift ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     *) echo "unknown argument: $arg (try --help)" >&2; exit 2 ;;
   esac
 done
 
 if [ $quick = 1 ]; then
-  rounds=2; run_s=1; fid_s=2; fid_loads="1"; b2b=3
+  rounds=2; run_s=1; fid_s=2; fid_loads="1"; b2b=3; dumps=3
 else
-  rounds=10; run_s=3; fid_s=6; fid_loads="1 2 4"; b2b=20
+  rounds=10; run_s=3; fid_s=6; fid_loads="1 2 4"; b2b=20; dumps=20
 fi
 rounds=${rounds_arg:-$rounds}
 work_n=100000
@@ -61,15 +65,18 @@ cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 rss() { awk '/^RssAnon/{a=$2} /^RssFile/{f=$2} END{printf "%d MiB (%d anonymous + %d file-backed)", (a+f)/1024, a/1024, f/1024}' "/proc/$1/status"; }
 wait_http() { for _ in $(seq 100); do curl -sf -o /dev/null "$1" && return 0; sleep 0.05; done; echo "no answer from $1" >&2; exit 1; }
 
-start_demo() {
-  RUST_LOG=warn target/release/demo --listen 127.0.0.1:$demo_port --diag-listen 127.0.0.1:$demo_diag >/dev/null 2>&1 &
+start_demo() { # [PORT DIAG_PORT [MALLOC_CONF]]
+  local port=${1:-$demo_port} diag=${2:-$demo_diag}
+  _RJEM_MALLOC_CONF=${3:-} RUST_LOG=warn target/release/demo --listen 127.0.0.1:$port --diag-listen 127.0.0.1:$diag >/dev/null 2>&1 &
   demo_pid=$!; pids+=($demo_pid)
-  wait_http "http://127.0.0.1:$demo_port/healthz"
+  wait_http "http://127.0.0.1:$port/healthz"
+  kill -0 $demo_pid 2>/dev/null || { echo "the demo exited: is port $port or $diag taken?" >&2; exit 1; }
 }
 start_go() {
   target/go-counter -addr 127.0.0.1:$go_port >/dev/null 2>&1 &
   go_pid=$!; pids+=($go_pid)
   wait_http "http://127.0.0.1:$go_port/"
+  kill -0 $go_pid 2>/dev/null || { echo "the Go peer exited: is port $go_port taken?" >&2; exit 1; }
 }
 
 # One wrk run against URL while PID's CPU is measured: prints "us_per_request requests_per_s".
@@ -161,10 +168,37 @@ rss1=$(rss $demo_pid)
 for i in $(seq "$b2b"); do latency >> "$out/warm"; done
 rss2=$(rss $demo_pid)
 wait $load || true
+kill $demo_pid; wait $demo_pid 2>/dev/null || true
+
+echo; echo "== 5. jemalloc heap profiling: active (B) against inactive (A), $rounds alternations"
+start_demo 18081 16061 prof_active:false; pid_a=$demo_pid
+start_demo 18082 16062; pid_b=$demo_pid
+heap_pair() {
+  local name=$1 path=$2
+  local file="$out/overhead-${name//[\/ ?=&]/_}"
+  echo "$name" > "$file.name"
+  : > "$file"
+  for r in $(seq "$rounds"); do
+    a=$(measure $pid_a "http://127.0.0.1:18081$path")
+    b=$(measure $pid_b "http://127.0.0.1:18082$path")
+    echo "$a $b" >> "$file"
+    printf '  %-26s round %2d/%d: A %s us/req, B %s us/req\n' "$name" "$r" "$rounds" "${a%% *}" "${b%% *}"
+  done
+}
+heap_pair "heap-prof demo /" "/"
+heap_pair "heap-prof demo /work?n=$work_n" "/work?n=$work_n"
+heap_pair "heap-prof demo /churn" "/churn?n=200&bytes=4096"
+curl -sf -o /dev/null -X POST "http://127.0.0.1:18082/hold?mb=64"
+: > "$out/dumps"
+for i in $(seq "$dumps"); do
+  curl -s -o /dev/null -w '%{time_total} %{size_download}\n' "http://127.0.0.1:16062/debug/pprof/heap" >> "$out/dumps"
+done
+dump_rss=$(rss $pid_b)
 
 echo; echo "================ summary ================"
 echo "machine: $(nproc) cores, $(uname -r), CONFIG_HZ $(zcat /proc/config.gz 2>/dev/null | sed -n 's/^CONFIG_HZ=//p')"
-echo "overhead (server CPU per request, profile running / not; median of $rounds pairs [min, max]; throughput A -> B):"
+echo "overhead (server CPU per request B / A: cpu-profile = a CPU profile running / none;"
+echo "  heap-prof = jemalloc profiling active / inactive; median of $rounds pairs [min, max]; throughput A -> B):"
 for f in "$out"/overhead-*[!e]; do
   python3 - "$f" "$(cat "$f.name")" <<'PY'
 import statistics, sys
@@ -187,3 +221,12 @@ print(f"end of window to last byte: cold (first profile) {float(sys.argv[1]):.0f
 PY
 echo "resident memory: $rss0 before any profile; $rss1 after the first;" \
      "$rss2 after $b2b more back to back"
+python3 - "$out/dumps" "$dump_rss" <<'PY'
+import statistics, sys
+rows = [tuple(map(float, l.split())) for l in open(sys.argv[1]) if l.strip()]
+ms = [t * 1000 for t, _ in rows]; kib = [b / 1024 for _, b in rows]
+warm = sorted(ms[1:]) or ms
+print(f"heap dump with 64 MiB held (request to last byte): first {ms[0]:.0f} ms, then median "
+      f"{statistics.median(warm):.0f} ms [{warm[0]:.0f}, {warm[-1]:.0f}] over {len(warm)}; "
+      f"{statistics.median(kib):.0f} KiB gzipped; process resident after: {sys.argv[2]}")
+PY

@@ -188,3 +188,38 @@ async fn go_tool_pprof_web_ui_opens_the_profile() {
         "the web UI does not show spin_cpu"
     );
 }
+
+fn rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kib / 1024
+}
+
+/// With jemalloc as the allocator, the CPU sampler's freed collector (~65 MB) would stay
+/// resident as dirty pages for jemalloc's decay time, swinging resident memory by hundreds
+/// of MiB over back-to-back profiles; diag purges after each stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resident_memory_stays_flat_over_back_to_back_profiles() {
+    let demo = Demo::start(bin(), &[], &[]);
+    let on = load(&demo, 1);
+    let url = demo.diag_url("/debug/pprof/profile?seconds=1");
+    let mut after = Vec::new();
+    for _ in 0..12 {
+        let r = get(&url).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        after.push(rss_mib(demo.pid()));
+    }
+    on.store(false, Ordering::Relaxed);
+    // The first two pay for the collector and the symbolizer's caches; after that, flat.
+    let base = after[1];
+    let peak = *after[2..].iter().max().unwrap();
+    assert!(
+        peak <= base + 48,
+        "resident MiB after each profile: {after:?} (base {base}, peak {peak})"
+    );
+}

@@ -199,13 +199,17 @@ fn stop_if_idle() {
     }
 }
 
-/// Hands the old collector's freed pages back to the system (glibc keeps them otherwise).
+/// Hands the old collector's freed pages back to the system: glibc keeps them otherwise,
+/// and jemalloc, when it is the allocator, keeps them dirty for its decay time (10 s by
+/// default), so that back-to-back profiles would swing resident memory by hundreds of MiB.
 fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only walks the allocator's own free lists.
     unsafe {
         libc::malloc_trim(0);
     }
+    #[cfg(feature = "heap")]
+    crate::heap::purge();
 }
 
 fn snapshot(guard: &ProfilerGuard<'static>) -> Counts {

@@ -125,6 +125,26 @@ pub(crate) fn profiling() -> Result<Profiling, ApiError> {
     })
 }
 
+/// Returns the freed pages of every jemalloc arena to the system, when jemalloc is the
+/// global allocator (`arena.<MALLCTL_ARENAS_ALL>.purge`).
+pub(crate) fn purge() {
+    /// jemalloc's `MALLCTL_ARENAS_ALL`: the index that names every arena at once.
+    const ALL_ARENAS: &str = "arena.4096.purge\0";
+    if allocator().is_ok() {
+        // SAFETY: "arena.<i>.purge" is a documented command that takes and gives nothing:
+        // every pointer is NULL and the length 0, as jemalloc requires of it.
+        unsafe {
+            tikv_jemalloc_sys::mallctl(
+                ALL_ARENAS.as_ptr().cast(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                0,
+            );
+        }
+    }
+}
+
 /// Whether the heap endpoints can answer now, for the index page.
 pub(crate) fn available() -> Result<(), String> {
     profiling().map(|_| ()).map_err(|e| e.message())

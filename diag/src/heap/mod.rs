@@ -28,8 +28,8 @@ use crate::util::{unix_nanos, utc};
 
 use dump::{Counts, Snapshot};
 
-pub(crate) use jemalloc::available;
 pub use jemalloc::{HeapStats, HeapUnavailable, heap_stats};
+pub(crate) use jemalloc::{available, purge};
 
 /// Go's heap sample types, in Go's order: `(type, unit)`.
 const SAMPLE_TYPES: [(&str, &str); 4] = [
