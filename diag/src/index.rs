@@ -80,7 +80,7 @@ fn page(d: &Diag, host: &str) -> String {
         }
     }
     html.push_str("<h2>Use it</h2>\n<pre>");
-    let cmds = [
+    let mut cmds = vec![
         (
             "CPU profile, 30 s, top functions",
             format!("go tool pprof -top '{base}/profile?seconds=30'"),
@@ -98,6 +98,26 @@ fn page(d: &Diag, host: &str) -> String {
             format!("curl -o cpu.folded '{base}/profile?seconds=30&format=folded'"),
         ),
     ];
+    if cfg!(feature = "heap") {
+        cmds.extend([
+            (
+                "memory in use, by allocating stack (jemalloc)",
+                format!("go tool pprof -top -cum '{base}/heap'"),
+            ),
+            (
+                "what grew over 60 s",
+                format!("go tool pprof -top -cum '{base}/heap?seconds=60'"),
+            ),
+            (
+                "bytes allocated, by stack",
+                format!("go tool pprof -top -cum '{base}/allocs'"),
+            ),
+            (
+                "heap flamegraph SVG, in bytes",
+                format!("curl -o heap.svg '{base}/heap?format=svg'"),
+            ),
+        ]);
+    }
     for (what, cmd) in cmds {
         let _ = writeln!(html, "# {}\n{}\n", esc(what), esc(&cmd));
     }
