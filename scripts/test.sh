@@ -48,6 +48,8 @@ need_deb() { # need_deb COMMAND PACKAGE
 }
 
 install_tools() {
+  need_deb cc gcc     # tikv-jemalloc-sys builds jemalloc from C
+  need_deb make make
   need_deb go golang-go
   need_deb wrk wrk
   need_deb chromium chromium
@@ -71,6 +73,7 @@ if [ $lint = 1 ]; then
   step "cargo doc" env RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features
   # The one switched-off state that needs its own build: diag without its CPU backend.
   step "diag without default features" cargo clippy -p diag --no-default-features -- -D warnings
+  step "diag with heap only" cargo clippy -p diag --no-default-features --features heap -- -D warnings
 fi
 step "cargo test" cargo test --workspace --all-features
 step "cargo bench --no-run" cargo bench --workspace --no-run
