@@ -28,10 +28,10 @@ use crate::util::{unix_nanos, utc};
 
 use dump::{Counts, Snapshot};
 
-pub use jemalloc::{HeapStats, HeapUnavailable, heap_stats};
 pub(crate) use jemalloc::available;
 #[cfg(feature = "cpu")]
 pub(crate) use jemalloc::purge;
+pub use jemalloc::{HeapStats, HeapUnavailable, heap_stats};
 
 /// Go's heap sample types, in Go's order: `(type, unit)`.
 const SAMPLE_TYPES: [(&str, &str); 4] = [
