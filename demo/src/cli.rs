@@ -27,6 +27,17 @@ pub struct Args {
     #[arg(long, env = "DEMO_DRAIN_DELAY", default_value = "0s", value_parser = parse_duration)]
     pub drain_delay: Duration,
 
+    /// Serve tokio-console (attach with `tokio-console http://ADDR`).
+    #[arg(long, env = "DEMO_CONSOLE")]
+    pub console: bool,
+    /// Where tokio-console is served, with `--console`.
+    #[arg(long, env = "DEMO_CONSOLE_LISTEN", default_value = diag::DEFAULT_CONSOLE_ADDR)]
+    pub console_listen: String,
+    /// How long finished tasks stay visible in tokio-console, e.g. `10s`. The console keeps
+    /// ~56 KB per task that finished within it: at 100 new connections a second, 10 s hold
+    /// ~56 MB.
+    #[arg(long, env = "DEMO_CONSOLE_RETENTION", default_value = "10s", value_parser = parse_duration)]
+    pub console_retention: Duration,
     /// Log format.
     #[arg(long, env = "DEMO_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
     pub log_format: LogFormat,

@@ -14,6 +14,7 @@
 mod cli;
 mod metrics;
 mod request_id;
+mod tasks;
 mod work;
 
 use std::sync::Arc;
@@ -28,6 +29,7 @@ use axum::routing::{get, post};
 pub use cli::{Args, DiagListen, LogFormat, parse_duration};
 pub use metrics::Metrics;
 pub use request_id::REQUEST_ID;
+pub use tasks::{run_blocking, spawn_named};
 pub use work::{
     MAX_CHURN_BLOCKS, MAX_CHURN_BYTES, MAX_HELD_MB, MAX_ITERATIONS, MAX_SLEEP_MS, MAX_WORK_MS,
     churn_memory, hold_memory, spin_cpu, spin_for,

@@ -12,31 +12,51 @@ use tracing_subscriber::EnvFilter;
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// jemalloc's settings, read by jemalloc at start: heap profiling on, one sample per
-/// 512 KiB allocated on average, cumulative counts kept (for `/allocs`). The environment
-/// variable `_RJEM_MALLOC_CONF` is read after this and overrides any of them, e.g.
-/// `_RJEM_MALLOC_CONF=prof_active:false`.
+/// 512 KiB allocated on average, cumulative counts kept (for `/allocs`), and a background
+/// thread that returns freed pages to the system when the process is idle (without it,
+/// jemalloc purges only while it allocates). The environment variable `_RJEM_MALLOC_CONF`
+/// is read after this and overrides any of them, e.g. `_RJEM_MALLOC_CONF=prof_active:false`.
 #[unsafe(export_name = "_rjem_malloc_conf")]
-pub static MALLOC_CONF: &[u8; 61] =
-    b"prof:true,prof_active:true,lg_prof_sample:19,prof_accum:true\0";
+pub static MALLOC_CONF: &[u8; 84] =
+    b"prof:true,prof_active:true,lg_prof_sample:19,prof_accum:true,background_thread:true\0";
 
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat, console: Option<diag::ConsoleLayer>) {
+    use tracing_subscriber::prelude::*;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Pretty => builder.init(),
-        LogFormat::Json => builder
+    let fmt = match format {
+        LogFormat::Pretty => tracing_subscriber::fmt::layer().boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .with_current_span(true)
             .with_span_list(false)
-            .init(),
-    }
+            .boxed(),
+    };
+    // The filter applies to the log lines only: the console layer sees tokio's trace-level
+    // task spans whatever RUST_LOG says.
+    tracing_subscriber::registry()
+        .with(console)
+        .with(fmt.with_filter(filter))
+        .init();
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    init_logging(args.log_format);
-    match run(args).await {
+    let console = if args.console {
+        match diag::console(&args.console_listen, args.console_retention).await {
+            Ok((layer, server)) => Some((layer, server)),
+            Err(e) => {
+                init_logging(args.log_format, None);
+                tracing::error!("{e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
+    let (layer, console) = console.unzip();
+    init_logging(args.log_format, layer);
+    match run(args, console).await {
         Ok(code) => code,
         Err(e) => {
             tracing::error!("{e}");
@@ -45,11 +65,19 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(args: Args) -> Result<ExitCode, String> {
+async fn run(args: Args, console: Option<diag::ConsoleServer>) -> Result<ExitCode, String> {
     let stop = diag::Shutdown::new();
-    let cfg = diag::Config::default()
+    let mut cfg = diag::Config::default()
         .with_default_env()
         .with_shutdown(stop.clone());
+    let console_addr = console.map(|server| {
+        let at = server.local_addr();
+        server.spawn(stop.clone());
+        at
+    });
+    if let Some(at) = console_addr {
+        cfg = cfg.with_console_addr(at.to_string());
+    }
     let state = AppState::new();
     let listener = TcpListener::bind(args.listen)
         .await
@@ -71,7 +99,7 @@ async fn run(args: Args) -> Result<ExitCode, String> {
 
     let server = {
         let stop = stop.clone();
-        tokio::spawn(async move {
+        demo::spawn_named("demo::serve", async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move { stop.triggered().await })
                 .await
@@ -83,6 +111,10 @@ async fn run(args: Args) -> Result<ExitCode, String> {
         diag = %format!("http://{diag_addr}/debug/pprof/"),
         profile = %format!("go tool pprof -top http://{diag_addr}/debug/pprof/profile?seconds=30"),
         flamegraph = %format!("curl -o flamegraph.svg http://{diag_addr}/debug/pprof/flamegraph?seconds=30"),
+        console = %console_addr.map_or_else(
+            || "off (--console turns it on)".to_owned(),
+            |at| format!("tokio-console http://{at}")
+        ),
         "listening"
     );
 

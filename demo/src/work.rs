@@ -9,7 +9,7 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
-use crate::{AppState, text};
+use crate::{AppState, run_blocking, spawn_named, text};
 
 /// The most `n` a `/work` request may ask for.
 pub const MAX_ITERATIONS: u64 = 10_000_000_000;
@@ -119,9 +119,9 @@ pub(crate) async fn work(Query(q): Query<HashMap<String, String>>) -> Result<Res
     let n = int_param(&q, "n", MAX_ITERATIONS)?;
     let ms = int_param(&q, "ms", MAX_WORK_MS)?;
     let job = match (n, ms) {
-        (Some(n), None) => tokio::task::spawn_blocking(move || spin_cpu(n)),
+        (Some(n), None) => run_blocking("demo::work", move || spin_cpu(n)).await,
         (None, Some(ms)) => {
-            tokio::task::spawn_blocking(move || spin_for(Duration::from_millis(ms)))
+            run_blocking("demo::work", move || spin_for(Duration::from_millis(ms))).await
         }
         _ => {
             return Err(BadRequest(format!(
@@ -131,7 +131,7 @@ pub(crate) async fn work(Query(q): Query<HashMap<String, String>>) -> Result<Res
         }
     };
     tracing::debug!(?n, ?ms, "spinning");
-    Ok(match job.await {
+    Ok(match job {
         Ok(x) => text(StatusCode::OK, format!("{x}\n")),
         Err(e) => text(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -147,7 +147,7 @@ pub(crate) async fn churn(
     let n = int_param(&q, "n", MAX_CHURN_BLOCKS)?
         .ok_or_else(|| bad("n", "", &format!("an integer from 1 to {MAX_CHURN_BLOCKS}")))?;
     let bytes = int_param(&q, "bytes", MAX_CHURN_BYTES)?.unwrap_or(1024) as usize;
-    match tokio::task::spawn_blocking(move || churn_memory(n, bytes)).await {
+    match run_blocking("demo::churn", move || churn_memory(n, bytes)).await {
         Ok(sum) => Ok(text(StatusCode::OK, format!("{sum}\n"))),
         Err(e) => Ok(text(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -177,7 +177,7 @@ pub(crate) async fn hold(
             ),
         ));
     }
-    let blocks = tokio::task::spawn_blocking(move || hold_memory(mb)).await;
+    let blocks = run_blocking("demo::hold", move || hold_memory(mb)).await;
     let Ok(blocks) = blocks else {
         return Ok(text(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -222,8 +222,15 @@ pub(crate) async fn sleep(
 ) -> Result<Response, BadRequest> {
     let ms = int_param(&q, "ms", MAX_SLEEP_MS)?
         .ok_or_else(|| bad("ms", "", &format!("an integer from 1 to {MAX_SLEEP_MS}")))?;
-    tokio::time::sleep(Duration::from_millis(ms)).await;
-    Ok(text(StatusCode::OK, format!("slept {ms} ms\n")))
+    // A task of its own, so that tokio-console lists each request waiting here by name.
+    let slept = spawn_named("demo::sleep", tokio::time::sleep(Duration::from_millis(ms))).await;
+    Ok(match slept {
+        Ok(()) => text(StatusCode::OK, format!("slept {ms} ms\n")),
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("sleep failed: {e}\n"),
+        ),
+    })
 }
 
 #[cfg(test)]

@@ -31,6 +31,7 @@
 //! | feature | default | gives |
 //! |---|---|---|
 //! | `cpu` | yes | `/profile`, `/flamegraph`, `/symbol` (pprof-rs sampling) |
+//! | `console` | no | [`console()`]: tokio-console's layer for your subscriber, and its server, bound and served by diag |
 //! | `heap` | no | `/heap`, `/allocs`, `/heap/stats` from jemalloc's sampling (the application installs tikv-jemallocator as its global allocator and starts with `prof:true`) |
 //!
 //! Endpoints, parameters and errors are listed in the repository's `docs/endpoints.md`;
@@ -41,6 +42,8 @@
 #![cfg_attr(not(all(feature = "cpu", feature = "heap")), allow(dead_code))]
 
 mod config;
+#[cfg(feature = "console")]
+mod console;
 #[cfg(feature = "cpu")]
 mod cpu;
 mod error;
@@ -64,6 +67,10 @@ mod symbols;
 mod util;
 
 pub use config::{Config, TOKEN_ENV};
+#[cfg(feature = "console")]
+pub use console::{
+    ConsoleError, ConsoleLayer, ConsoleServer, DEFAULT_CONSOLE_ADDR, DEFAULT_RETENTION, console,
+};
 #[cfg(feature = "heap")]
 pub use heap::{HeapStats, HeapUnavailable, heap_stats};
 pub use layer::{DiagLayer, DiagService, ResponseFuture};

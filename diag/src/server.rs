@@ -42,7 +42,7 @@ pub async fn serve(cfg: Config, addr: impl ToSocketAddrs) -> io::Result<Sidecar>
     let shutdown = cfg.shutdown.clone();
     let app = crate::router::<()>(cfg);
     let signal = shutdown.clone();
-    let task = tokio::spawn(async move {
+    let task = crate::util::spawn_named("diag::sidecar", async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move { signal.triggered().await })
             .await

@@ -39,6 +39,29 @@ pub(crate) fn unix_nanos(t: SystemTime) -> i64 {
         .unwrap_or(0)
 }
 
+/// Spawns `future` as a task named `name` (tokio-console shows the name; names need
+/// `--cfg tokio_unstable`, without which this is a plain `tokio::spawn`).
+pub(crate) fn spawn_named<F>(name: &str, future: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    #[cfg(tokio_unstable)]
+    #[allow(clippy::expect_used)]
+    {
+        // tokio's builder fails only where `tokio::spawn` would panic (outside a runtime).
+        tokio::task::Builder::new()
+            .name(name)
+            .spawn(future)
+            .expect("spawning a task inside the runtime")
+    }
+    #[cfg(not(tokio_unstable))]
+    {
+        let _ = name;
+        tokio::spawn(future)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -120,6 +120,8 @@ pub struct Demo {
     pub addr: SocketAddr,
     /// Where diag answers (the sidecar's address, or `addr` when mounted on main).
     pub diag_addr: SocketAddr,
+    /// Where tokio-console attaches, when the demo serves it (`--console`).
+    pub console_addr: Option<SocketAddr>,
 }
 
 impl Demo {
@@ -172,11 +174,15 @@ impl Demo {
                     .unwrap()
                     .parse()
                     .unwrap();
+                let console_addr = json_field(&line, "console")
+                    .and_then(|c| c.strip_prefix("tokio-console http://").map(str::to_owned))
+                    .map(|a| a.parse().unwrap());
                 return Demo {
                     child,
                     logs,
                     addr: addr.parse().unwrap(),
                     diag_addr,
+                    console_addr,
                 };
             }
             if let Ok(Some(status)) = child.try_wait() {
@@ -270,6 +276,92 @@ pub fn go() -> PathBuf {
                  Run scripts/test.sh (it installs Debian's golang-go), or apt-get install golang-go"
             )
         })
+}
+
+/// The `tokio-console` binary. Tests that need it fail with instructions when it is
+/// missing: `scripts/test.sh` installs it with `cargo install tokio-console --locked`.
+pub fn tokio_console() -> PathBuf {
+    let mut dirs: Vec<PathBuf> =
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).collect();
+    if let Some(home) = std::env::var_os("CARGO_HOME").or_else(|| {
+        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo").into_os_string())
+    }) {
+        dirs.push(PathBuf::from(home).join("bin"));
+    }
+    dirs.into_iter()
+        .map(|dir| dir.join("tokio-console"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "`tokio-console` is not installed: this test drives the real one. Run \
+                 scripts/test.sh (it installs it), or cargo install tokio-console --locked"
+            )
+        })
+}
+
+/// A terminal program running in a detached tmux session of its own, for tests that read
+/// what it shows. The session is killed when this is dropped.
+#[derive(Debug)]
+pub struct Tmux {
+    session: String,
+}
+
+impl Tmux {
+    /// Starts `command` (a shell command line) in a `width` x `height` terminal.
+    pub fn start(command: &str, width: u16, height: u16) -> Tmux {
+        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let session = format!("diag-test-{}-{seq}", std::process::id());
+        let status = Command::new("tmux")
+            .args(["new-session", "-d", "-s", &session])
+            .args(["-x", &width.to_string(), "-y", &height.to_string()])
+            .arg(command)
+            .status()
+            .expect("run tmux (scripts/test.sh installs it; or apt-get install tmux)");
+        assert!(status.success(), "tmux new-session failed: {status}");
+        Tmux { session }
+    }
+
+    /// What the terminal shows now, as text.
+    pub fn screen(&self) -> String {
+        let out = Command::new("tmux")
+            .args(["capture-pane", "-p", "-t", &self.session])
+            .output()
+            .expect("tmux capture-pane");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Types `keys` (tmux key names, e.g. `q` or `Enter`).
+    pub fn send_keys(&self, keys: &str) {
+        let _ = Command::new("tmux")
+            .args(["send-keys", "-t", &self.session, keys])
+            .status();
+    }
+
+    /// Waits until the screen satisfies `ok`, up to `timeout`; returns the last screen.
+    pub fn wait_for(&self, timeout: Duration, ok: impl Fn(&str) -> bool) -> Result<String, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let screen = self.screen();
+            if ok(&screen) {
+                return Ok(screen);
+            }
+            if Instant::now() > deadline {
+                return Err(screen);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        // The program may have quit already, taking its session with it.
+        let _ = Command::new("tmux")
+            .args(["kill-session", "-t", &self.session])
+            .stderr(Stdio::null())
+            .status();
+    }
 }
 
 /// Runs `go tool pprof ARGS` and returns its stdout; panics with its stderr on failure.
