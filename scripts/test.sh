@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The one test command: every check and every test, on a fresh machine too.
 # Installs what the tests drive for real (Debian's Go for `go tool pprof`, wrk,
-# Chromium with playwright-core for the browser test) when missing,
-# and prints how long each step took.
+# Chromium with playwright-core for the browser test, tmux and tokio-console, a C
+# toolchain for jemalloc) when missing, and prints how long each step took.
 #
 #   scripts/test.sh            everything
 #   scripts/test.sh --no-lint  skip fmt, clippy and doc (a quicker loop while developing)
@@ -54,6 +54,11 @@ install_tools() {
   need_deb wrk wrk
   need_deb chromium chromium
   need_deb node nodejs
+  need_deb tmux tmux    # the tokio-console test reads its screen through tmux
+  if ! command -v tokio-console >/dev/null && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/tokio-console" ]; then
+    echo "installing tokio-console (cargo install, a few minutes once)"
+    cargo install -q tokio-console --locked
+  fi
   if [ ! -d target/browser/node_modules/playwright-core ]; then
     echo "installing playwright-core (drives chromium in the browser test)"
     mkdir -p target/browser
@@ -74,6 +79,7 @@ if [ $lint = 1 ]; then
   # The one switched-off state that needs its own build: diag without its CPU backend.
   step "diag without default features" cargo clippy -p diag --no-default-features -- -D warnings
   step "diag with heap only" cargo clippy -p diag --no-default-features --features heap -- -D warnings
+  step "diag with console only" cargo clippy -p diag --no-default-features --features console -- -D warnings
 fi
 step "cargo test" cargo test --workspace --all-features
 step "cargo bench --no-run" cargo bench --workspace --no-run
