@@ -80,8 +80,10 @@ if [ $lint = 1 ]; then
   step "diag without default features" cargo clippy -p diag --no-default-features -- -D warnings
   step "diag with heap only" cargo clippy -p diag --no-default-features --features heap -- -D warnings
   step "diag with console only" cargo clippy -p diag --no-default-features --features console -- -D warnings
+  step "diag with taskdump only" cargo clippy -p diag --no-default-features --features taskdump -- -D warnings
 fi
 step "cargo test" cargo test --workspace --all-features
+step "diag without features: the 501s" cargo test -q -p diag --no-default-features --test features
 step "cargo bench --no-run" cargo bench --workspace --no-run
 build_unwinder_benches() { # one build per unwinder: their pprof-rs features exclude each other
   for features in "" frame-pointer framehop; do

@@ -38,6 +38,13 @@ pub struct Args {
     /// ~56 MB.
     #[arg(long, env = "DEMO_CONSOLE_RETENTION", default_value = "10s", value_parser = parse_duration)]
     pub console_retention: Duration,
+    /// The shortest time between two task dumps (`/debug/pprof/goroutine`); within it the
+    /// last dump is served again. `0s` dumps on every request.
+    #[arg(long, env = "DEMO_DUMP_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub dump_interval: Duration,
+    /// Async worker threads of the runtime (default: one per CPU).
+    #[arg(long, env = "DEMO_WORKER_THREADS", value_parser = clap::value_parser!(usize))]
+    pub worker_threads: Option<usize>,
     /// Log format.
     #[arg(long, env = "DEMO_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
     pub log_format: LogFormat,

@@ -31,8 +31,8 @@ pub use metrics::Metrics;
 pub use request_id::REQUEST_ID;
 pub use tasks::{run_blocking, spawn_named};
 pub use work::{
-    MAX_CHURN_BLOCKS, MAX_CHURN_BYTES, MAX_HELD_MB, MAX_ITERATIONS, MAX_SLEEP_MS, MAX_WORK_MS,
-    churn_memory, hold_memory, spin_cpu, spin_for,
+    MAX_BLOCK_MS, MAX_CHURN_BLOCKS, MAX_CHURN_BYTES, MAX_HELD_MB, MAX_ITERATIONS, MAX_SLEEP_MS,
+    MAX_WORK_MS, block_worker, churn_memory, hold_memory, nap, spin_cpu, spin_for,
 };
 
 /// The shared state of one running service.
@@ -99,6 +99,7 @@ pub fn app(state: AppState, diag: Option<diag::Config>) -> Router {
         .route("/metrics", get(metrics::render))
         .route("/work", get(work::work))
         .route("/churn", get(work::churn))
+        .route("/block", get(work::block))
         .route("/hold", post(work::hold).delete(work::release))
         .route("/sleep", get(work::sleep))
         .fallback(not_found)
@@ -146,7 +147,7 @@ async fn not_found() -> Response {
     text(
         StatusCode::NOT_FOUND,
         "not found; this service serves GET /, /healthz, /readyz, /metrics, /work, /churn, \
-         /sleep, POST and DELETE /hold, and diag under /debug/pprof/ when mounted here\n"
+         /block, /sleep, POST and DELETE /hold, and diag under /debug/pprof/ when mounted here\n"
             .to_owned(),
     )
 }

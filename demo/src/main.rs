@@ -39,9 +39,23 @@ fn init_logging(format: LogFormat, console: Option<diag::ConsoleLayer>) {
         .init();
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let args = Args::parse();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(n) = args.worker_threads {
+        runtime.worker_threads(n);
+    }
+    match runtime.build() {
+        Ok(rt) => rt.block_on(start(args)),
+        Err(e) => {
+            eprintln!("demo: cannot start the tokio runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn start(args: Args) -> ExitCode {
     let console = if args.console {
         match diag::console(&args.console_listen, args.console_retention).await {
             Ok((layer, server)) => Some((layer, server)),
@@ -69,7 +83,8 @@ async fn run(args: Args, console: Option<diag::ConsoleServer>) -> Result<ExitCod
     let stop = diag::Shutdown::new();
     let mut cfg = diag::Config::default()
         .with_default_env()
-        .with_shutdown(stop.clone());
+        .with_shutdown(stop.clone())
+        .with_min_dump_interval(args.dump_interval);
     let console_addr = console.map(|server| {
         let at = server.local_addr();
         server.spawn(stop.clone());

@@ -15,6 +15,8 @@ use crate::{AppState, run_blocking, spawn_named, text};
 pub const MAX_ITERATIONS: u64 = 10_000_000_000;
 /// The most `ms` a `/work` request may spin for.
 pub const MAX_WORK_MS: u64 = 5_000;
+/// The most `ms` a `/block` request may block its worker.
+pub const MAX_BLOCK_MS: u64 = 10_000;
 /// The most `ms` a `/sleep` request may wait.
 pub const MAX_SLEEP_MS: u64 = 60_000;
 /// The most memory `/hold` keeps in all, in MiB.
@@ -216,6 +218,32 @@ pub(crate) async fn release(State(state): State<AppState>) -> Response {
     text(StatusCode::OK, format!("freed {mb} MiB\n"))
 }
 
+/// `GET /block?ms=N` blocks the async worker thread that runs it for N ms, as a bug
+/// would (a synchronous sleep, lock or I/O inside a handler): what task dumps and the
+/// runtime's health have to cope with.
+pub(crate) async fn block(
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, BadRequest> {
+    let ms = int_param(&q, "ms", MAX_BLOCK_MS)?
+        .ok_or_else(|| bad("ms", "", &format!("an integer from 1 to {MAX_BLOCK_MS}")))?;
+    block_worker(Duration::from_millis(ms));
+    Ok(text(
+        StatusCode::OK,
+        format!("blocked a worker for {ms} ms\n"),
+    ))
+}
+
+/// Waits without holding a thread; a function of its own so that task dumps name it.
+pub async fn nap(d: Duration) {
+    tokio::time::sleep(d).await;
+}
+
+/// Blocks the calling thread. Never inlined, so profiles and dumps name it.
+#[inline(never)]
+pub fn block_worker(d: Duration) {
+    std::thread::sleep(d);
+}
+
 /// `GET /sleep?ms=N` waits N ms without holding a thread.
 pub(crate) async fn sleep(
     Query(q): Query<HashMap<String, String>>,
@@ -223,7 +251,7 @@ pub(crate) async fn sleep(
     let ms = int_param(&q, "ms", MAX_SLEEP_MS)?
         .ok_or_else(|| bad("ms", "", &format!("an integer from 1 to {MAX_SLEEP_MS}")))?;
     // A task of its own, so that tokio-console lists each request waiting here by name.
-    let slept = spawn_named("demo::sleep", tokio::time::sleep(Duration::from_millis(ms))).await;
+    let slept = spawn_named("demo::sleep", nap(Duration::from_millis(ms))).await;
     Ok(match slept {
         Ok(()) => text(StatusCode::OK, format!("slept {ms} ms\n")),
         Err(e) => text(

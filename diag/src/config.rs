@@ -31,6 +31,10 @@ pub struct Config {
     pub(crate) retry_after: Duration,
     pub(crate) shutdown: Shutdown,
     pub(crate) console_addr: Option<String>,
+    pub(crate) min_dump_interval: Duration,
+    /// The application's runtime, whose tasks a dump shows, when diag is served from a
+    /// runtime of its own (the sidecar); `None`: the runtime serving the request.
+    pub(crate) app_runtime: Option<tokio::runtime::Handle>,
 }
 
 impl Config {
@@ -42,6 +46,10 @@ impl Config {
     pub const DEFAULT_MAX_CONCURRENT: usize = 4;
     /// The `Retry-After` given with a 429 when the heavy-operation cap is reached.
     pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
+    /// The shortest time between two task dumps unless configured: within it, the last
+    /// dump is served again (with its age), so a scraper asking every 15 s costs one dump
+    /// a minute.
+    pub const DEFAULT_MIN_DUMP_INTERVAL: Duration = Duration::from_secs(60);
 
     /// The defaults: prefix `/debug/pprof`, no token, `seconds` capped at 300, at most 4
     /// heavy operations at once.
@@ -52,6 +60,8 @@ impl Config {
             max_seconds: Self::DEFAULT_MAX_SECONDS,
             max_concurrent: Self::DEFAULT_MAX_CONCURRENT,
             retry_after: Self::DEFAULT_RETRY_AFTER,
+            min_dump_interval: Self::DEFAULT_MIN_DUMP_INTERVAL,
+            app_runtime: None,
             shutdown: Shutdown::new(),
             console_addr: None,
         }
@@ -103,6 +113,14 @@ impl Config {
     /// `429 Too Many Requests` with `Retry-After`.
     pub fn with_max_concurrent(mut self, max_concurrent: usize) -> Self {
         self.max_concurrent = max_concurrent.max(1);
+        self
+    }
+
+    /// The shortest time between two task dumps (`/goroutine`, `/tasks`); within it the
+    /// last dump is served again, saying how old it is. `Duration::ZERO` dumps on every
+    /// request. A dump pauses every worker and re-polls every task.
+    pub fn with_min_dump_interval(mut self, interval: Duration) -> Self {
+        self.min_dump_interval = interval;
         self
     }
 
@@ -162,6 +180,8 @@ impl fmt::Debug for Config {
             .field("max_concurrent", &self.max_concurrent)
             .field("retry_after", &self.retry_after)
             .field("console_addr", &self.console_addr)
+            .field("min_dump_interval", &self.min_dump_interval)
+            .field("app_runtime", &self.app_runtime.is_some())
             .finish_non_exhaustive()
     }
 }

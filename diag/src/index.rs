@@ -98,6 +98,18 @@ fn page(d: &Diag, host: &str) -> String {
             format!("curl -o cpu.folded '{base}/profile?seconds=30&format=folded'"),
         ),
     ];
+    if cfg!(feature = "taskdump") {
+        cmds.extend([
+            (
+                "where every tokio task waits, grouped (a task dump)",
+                format!("curl '{base}/tasks'"),
+            ),
+            (
+                "the same for go tool pprof",
+                format!("go tool pprof -top -cum '{base}/goroutine'"),
+            ),
+        ]);
+    }
     if cfg!(feature = "heap") {
         cmds.extend([
             (

@@ -32,6 +32,7 @@
 //! |---|---|---|
 //! | `cpu` | yes | `/profile`, `/flamegraph`, `/symbol` (pprof-rs sampling) |
 //! | `console` | no | [`console()`]: tokio-console's layer for your subscriber, and its server, bound and served by diag |
+//! | `taskdump` | no | `/goroutine`, `/tasks`: where every tokio task waits (`Handle::dump`) |
 //! | `heap` | no | `/heap`, `/allocs`, `/heap/stats` from jemalloc's sampling (the application installs tikv-jemallocator as its global allocator and starts with `prof:true`) |
 //!
 //! Endpoints, parameters and errors are listed in the repository's `docs/endpoints.md`;
@@ -39,7 +40,10 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 // Without a profiling backend, the shared machinery for heavy endpoints (parameters,
 // limits, dates) has no user yet.
-#![cfg_attr(not(all(feature = "cpu", feature = "heap")), allow(dead_code))]
+#![cfg_attr(
+    not(all(feature = "cpu", feature = "heap", feature = "taskdump")),
+    allow(dead_code)
+)]
 
 mod config;
 #[cfg(feature = "console")]
@@ -53,10 +57,10 @@ mod flamegraph;
 mod heap;
 mod index;
 mod layer;
-#[cfg(any(feature = "cpu", feature = "heap"))]
+#[cfg(any(feature = "cpu", feature = "heap", feature = "taskdump"))]
 mod maps;
 mod params;
-#[cfg(any(feature = "cpu", feature = "heap"))]
+#[cfg(any(feature = "cpu", feature = "heap", feature = "taskdump"))]
 mod proto;
 mod router;
 mod server;
@@ -64,6 +68,8 @@ mod shutdown;
 mod state;
 #[cfg(any(feature = "cpu", feature = "heap"))]
 mod symbols;
+#[cfg(feature = "taskdump")]
+mod tasks;
 mod util;
 
 pub use config::{Config, TOKEN_ENV};

@@ -45,6 +45,18 @@ fn cpu_available() -> Result<(), String> {
     }
 }
 
+fn tasks_available() -> Result<(), String> {
+    #[cfg(feature = "taskdump")]
+    return crate::tasks::available();
+    #[cfg(not(feature = "taskdump"))]
+    Err(TASKS_MISSING.to_owned())
+}
+
+#[cfg(not(feature = "taskdump"))]
+const TASKS_MISSING: &str = "this build has no task dumps: enable diag's `taskdump` feature \
+     (and build with RUSTFLAGS=\"--cfg tokio_unstable\", on Linux x86, x86_64, aarch64 or \
+     s390x)";
+
 fn heap_available() -> Result<(), String> {
     #[cfg(feature = "heap")]
     return crate::heap::available();
@@ -94,6 +106,17 @@ pub(crate) const ENDPOINTS: &[Endpoint] = &[
         available: heap_available,
     },
     Endpoint {
+        path: "goroutine",
+        summary: "where every tokio task waits (a task dump), as go tool pprof reads it \
+                  (goroutine/count); ?debug=1 grouped text, ?debug=2 each task",
+        available: tasks_available,
+    },
+    Endpoint {
+        path: "tasks",
+        summary: "the task dump as readable text, stacks grouped with their counts",
+        available: tasks_available,
+    },
+    Endpoint {
         path: "cmdline",
         summary: "the command line of this process, arguments separated by NUL bytes",
         available: always,
@@ -133,6 +156,7 @@ where
         .route(&at("{*rest}"), any(not_found));
     r = cpu_routes(r, &at);
     r = heap_routes(r, &at);
+    r = task_routes(r, &at);
     if !prefix.is_empty() {
         // Go's mux redirects the bare prefix to the index.
         let target = at("");
@@ -166,6 +190,19 @@ fn cpu_routes(r: Router<Diag>, at: &impl Fn(&str) -> String) -> Router<Diag> {
     r.route(&at("profile"), any(missing))
         .route(&at("flamegraph"), any(missing))
         .route(&at("symbol"), any(missing))
+}
+
+#[cfg(feature = "taskdump")]
+fn task_routes(r: Router<Diag>, at: &impl Fn(&str) -> String) -> Router<Diag> {
+    r.route(&at("goroutine"), only_get(get(crate::tasks::goroutine)))
+        .route(&at("tasks"), only_get(get(crate::tasks::tasks)))
+}
+
+#[cfg(not(feature = "taskdump"))]
+fn task_routes(r: Router<Diag>, at: &impl Fn(&str) -> String) -> Router<Diag> {
+    let missing = || async { ApiError::NotImplemented(TASKS_MISSING.to_owned()) };
+    r.route(&at("goroutine"), any(missing))
+        .route(&at("tasks"), any(missing))
 }
 
 #[cfg(feature = "heap")]

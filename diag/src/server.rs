@@ -4,7 +4,6 @@ use std::io;
 use std::net::SocketAddr;
 
 use tokio::net::{TcpListener, ToSocketAddrs};
-use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::shutdown::Shutdown;
@@ -12,14 +11,19 @@ use crate::shutdown::Shutdown;
 /// Where the sidecar conventionally listens: loopback only, Go's usual port.
 pub const DEFAULT_SIDECAR_ADDR: &str = "127.0.0.1:6060";
 
-/// Serves diag on its own listener at `addr`, in a task of its own.
+/// Serves diag on its own listener at `addr`, on a thread and tokio runtime of its own.
+///
+/// Its own runtime keeps diag answering when the application's async workers are stuck:
+/// a worker blocked in a synchronous call can stall the application runtime's I/O driver,
+/// and every listener on it, until it returns. Task dumps still show the application's
+/// tasks (the runtime `serve` is called from).
 ///
 /// Bind to loopback (as [`DEFAULT_SIDECAR_ADDR`] does) unless something in front of it
 /// controls access: these endpoints reveal the program's internals and burn CPU on
 /// request. The sidecar stops when the [`Shutdown`] in `cfg` is triggered (share one with
 /// the application through [`Config::with_shutdown`]) or when [`Sidecar::shutdown`] is
 /// called: it stops accepting, profiles in flight end early and answer with what they
-/// have, and then the task ends.
+/// have, and then its thread ends.
 ///
 /// ```no_run
 /// # async fn run() -> std::io::Result<()> {
@@ -36,21 +40,65 @@ pub const DEFAULT_SIDECAR_ADDR: &str = "127.0.0.1:6060";
 /// # Ok(())
 /// # }
 /// ```
-pub async fn serve(cfg: Config, addr: impl ToSocketAddrs) -> io::Result<Sidecar> {
-    let listener = TcpListener::bind(addr).await?;
+pub async fn serve(mut cfg: Config, addr: impl ToSocketAddrs) -> io::Result<Sidecar> {
+    let mut last_err = None;
+    let mut bound = None;
+    for a in tokio::net::lookup_host(addr).await? {
+        match std::net::TcpListener::bind(a) {
+            Ok(l) => {
+                bound = Some(l);
+                break;
+            }
+            Err(e) => last_err = Some(e),
+        }
+    }
+    let listener = match bound {
+        Some(l) => l,
+        None => {
+            return Err(last_err.unwrap_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "the address resolved to nothing",
+                )
+            }));
+        }
+    };
+    listener.set_nonblocking(true)?;
     let local_addr = listener.local_addr()?;
+    if cfg.app_runtime.is_none() {
+        cfg.app_runtime = tokio::runtime::Handle::try_current().ok();
+    }
     let shutdown = cfg.shutdown.clone();
-    let app = crate::router::<()>(cfg);
     let signal = shutdown.clone();
-    let task = crate::util::spawn_named("diag::sidecar", async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { signal.triggered().await })
-            .await
-    });
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("diag-sidecar")
+        .build()?;
+    std::thread::Builder::new()
+        .name("diag-sidecar".into())
+        .spawn(move || {
+            let result = runtime.block_on(async move {
+                let listener = TcpListener::from_std(listener)?;
+                let app = crate::router::<()>(cfg);
+                let served = crate::util::spawn_named("diag::sidecar", async move {
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(async move { signal.triggered().await })
+                        .await
+                });
+                match served.await {
+                    Ok(r) => r,
+                    Err(e) => Err(io::Error::other(format!(
+                        "the diag sidecar task failed: {e}"
+                    ))),
+                }
+            });
+            let _ = done_tx.send(result);
+        })?;
     Ok(Sidecar {
         local_addr,
         shutdown,
-        task,
+        done: done_rx,
     })
 }
 
@@ -59,7 +107,7 @@ pub async fn serve(cfg: Config, addr: impl ToSocketAddrs) -> io::Result<Sidecar>
 pub struct Sidecar {
     local_addr: SocketAddr,
     shutdown: Shutdown,
-    task: JoinHandle<io::Result<()>>,
+    done: tokio::sync::oneshot::Receiver<io::Result<()>>,
 }
 
 impl Sidecar {
@@ -76,11 +124,11 @@ impl Sidecar {
 
     /// Waits until the sidecar has stopped (after its shutdown was triggered elsewhere).
     pub async fn wait(self) -> io::Result<()> {
-        match self.task.await {
+        match self.done.await {
             Ok(result) => result,
-            Err(e) => Err(io::Error::other(format!(
-                "the diag sidecar task failed: {e}"
-            ))),
+            Err(_) => Err(io::Error::other(
+                "the diag sidecar's thread ended without a result (it panicked)",
+            )),
         }
     }
 }

@@ -40,13 +40,14 @@ pub(crate) fn unix_nanos(t: SystemTime) -> i64 {
 }
 
 /// Spawns `future` as a task named `name` (tokio-console shows the name; names need
-/// `--cfg tokio_unstable`, without which this is a plain `tokio::spawn`).
+/// `--cfg tokio_unstable` and tokio's `tracing` feature, which the `console` feature
+/// turns on; without them this is a plain `tokio::spawn`).
 pub(crate) fn spawn_named<F>(name: &str, future: F) -> tokio::task::JoinHandle<F::Output>
 where
     F: std::future::Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    #[cfg(tokio_unstable)]
+    #[cfg(all(tokio_unstable, feature = "console"))]
     #[allow(clippy::expect_used)]
     {
         // tokio's builder fails only where `tokio::spawn` would panic (outside a runtime).
@@ -55,7 +56,7 @@ where
             .spawn(future)
             .expect("spawning a task inside the runtime")
     }
-    #[cfg(not(tokio_unstable))]
+    #[cfg(not(all(tokio_unstable, feature = "console")))]
     {
         let _ = name;
         tokio::spawn(future)

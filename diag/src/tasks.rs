@@ -1,0 +1,464 @@
+//! Task dumps, Go's goroutine profile for tokio: `/goroutine` and `/tasks`.
+//!
+//! `tokio::runtime::Handle::dump` pauses every worker and re-polls every task in a tracing
+//! mode that records where each one waits. It cannot finish while a worker is stuck in a
+//! synchronous call, so: one dump at a time, a minimum interval between dumps (the last
+//! one is served again meanwhile), a check that no worker is stuck before starting, and a
+//! timeout.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::extract::{RawQuery, State};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, header};
+
+use crate::error::ApiError;
+use crate::params::Params;
+use crate::proto::{self, Line, ProfileBuilder};
+use crate::state::Diag;
+use crate::util::{unix_nanos, utc};
+
+/// How long a dump may take unless `timeout` says otherwise.
+pub(crate) const DEFAULT_TIMEOUT_S: u64 = 5;
+/// The longest `timeout` accepted.
+pub(crate) const MAX_TIMEOUT_S: u64 = 60;
+/// How long a worker must stay in one poll, while diag watches, to count as stuck.
+const STUCK_WINDOW: Duration = Duration::from_millis(100);
+
+/// One frame of a task's stack: its address and source lines (innermost first).
+#[derive(Debug, Clone)]
+struct Frame {
+    ip: u64,
+    lines: Vec<Line>,
+}
+
+/// One task of a dump: its id and where it waits (one stack per leaf future it awaits).
+#[derive(Debug)]
+struct TaskTrace {
+    id: String,
+    stacks: Vec<Vec<Frame>>,
+}
+
+/// A dump, symbolized.
+#[derive(Debug)]
+struct TaskDump {
+    taken: SystemTime,
+    at: Instant,
+    took: Duration,
+    tasks: Vec<TaskTrace>,
+}
+
+static LAST: Mutex<Option<Arc<TaskDump>>> = Mutex::new(None);
+static IN_FLIGHT: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// `GET /goroutine?debug=0|1|2&timeout=S&force=1`.
+pub(crate) async fn goroutine(State(d): State<Diag>, RawQuery(q): RawQuery) -> Response {
+    respond(d, Params::parse(q.as_deref()), "0").await
+}
+
+/// `GET /tasks`: the readable alias, `debug=1` unless told otherwise.
+pub(crate) async fn tasks(State(d): State<Diag>, RawQuery(q): RawQuery) -> Response {
+    respond(d, Params::parse(q.as_deref()), "1").await
+}
+
+async fn respond(d: Diag, params: Params, default_debug: &'static str) -> Response {
+    match run(&d, &params, default_debug).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn run(d: &Diag, params: &Params, default_debug: &'static str) -> Result<Response, ApiError> {
+    let debug = params.choice("debug", default_debug, &["0", "1", "2"])?;
+    let timeout = params.int_in("timeout", DEFAULT_TIMEOUT_S, 1, MAX_TIMEOUT_S)?;
+    let force = params.choice("force", "0", &["0", "1"])? == "1";
+    available().map_err(ApiError::NotImplemented)?;
+    let min_interval = d.cfg().min_dump_interval;
+    if let Some(last) = recent(min_interval) {
+        return Ok(render(&last, debug, min_interval, false));
+    }
+    let _flight = IN_FLIGHT.try_lock().map_err(|_| ApiError::Unavailable {
+        message: "a task dump is already in progress (one at a time: each pauses every \
+                  worker); retry in a moment"
+            .to_owned(),
+        retry_after: Some(Duration::from_secs(1)),
+    })?;
+    // Another request may have dumped while this one waited for the lock.
+    if let Some(last) = recent(min_interval) {
+        return Ok(render(&last, debug, min_interval, false));
+    }
+    let _permit = d.heavy()?;
+    let handle = d
+        .cfg()
+        .app_runtime
+        .clone()
+        .unwrap_or_else(tokio::runtime::Handle::current);
+    if !force {
+        if let Some(stuck) = stuck_workers(&handle).await {
+            return Err(ApiError::Unavailable {
+                message: format!(
+                    "not dumping: {stuck}. A dump pauses every worker at its next poll \
+                     boundary, and a worker blocked in a synchronous call (a blocking lock, \
+                     sleep, file or network I/O, a long computation) never reaches one, so the \
+                     dump would wait for it. Look at a CPU profile to see what it runs; add \
+                     force=1 to try anyway (the timeout still bounds the wait)"
+                ),
+                retry_after: Some(Duration::from_secs(1)),
+            });
+        }
+    }
+    let dump = dump_with_timeout(&handle, Duration::from_secs(timeout)).await?;
+    let dump = Arc::new(dump);
+    *LAST.lock().unwrap_or_else(|e| e.into_inner()) = Some(dump.clone());
+    Ok(render(&dump, debug, min_interval, true))
+}
+
+/// Whether this build can dump tasks, or how to make it.
+pub(crate) fn available() -> Result<(), String> {
+    if cfg!(tokio_unstable) {
+        Ok(())
+    } else {
+        Err(NOT_BUILT.to_owned())
+    }
+}
+
+pub(crate) const NOT_BUILT: &str = "this build has no task dumps: they need diag's `taskdump` feature \
+     (which turns on tokio's \"taskdump\" feature), RUSTFLAGS=\"--cfg tokio_unstable\" (set \
+     in .cargo/config.toml), and Linux on x86, x86_64, aarch64 or s390x";
+
+fn recent(min_interval: Duration) -> Option<Arc<TaskDump>> {
+    let last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    last.as_ref()
+        .filter(|l| l.at.elapsed() < min_interval)
+        .cloned()
+}
+
+/// Sleeps on a blocking thread: tokio's timers are driven by the async workers, and a
+/// blocked worker can hold them up for as long as it is blocked (measured: a 100 ms
+/// `tokio::time::sleep` took 2.4 s while one of two workers was blocked).
+async fn sleep_off_runtime(d: Duration) {
+    let _ = tokio::task::spawn_blocking(move || std::thread::sleep(d)).await;
+}
+
+/// Describes the async workers that look stuck in one poll, if any.
+///
+/// A worker is stuck when its poll count did not move over `STUCK_WINDOW` *and* its
+/// thread is not waiting for work in the kernel (futex or epoll). tokio's metrics alone
+/// cannot tell a parked worker from a blocked one: both stop counting, and the counts are
+/// published in batches. The threads are tokio's first `num_workers` threads by id (the
+/// runtime starts its workers before any blocking thread). A worker blocked on a lock also
+/// waits in futex and is not seen here; the dump's timeout covers that case.
+async fn stuck_workers(handle: &tokio::runtime::Handle) -> Option<String> {
+    #[cfg(all(tokio_unstable, target_has_atomic = "64", target_os = "linux"))]
+    {
+        let m = handle.metrics();
+        tokio::task::spawn_blocking(move || {
+            let n = m.num_workers();
+            let before: Vec<u64> = (0..n).map(|w| m.worker_poll_count(w)).collect();
+            std::thread::sleep(STUCK_WINDOW);
+            let still = (0..n)
+                .filter(|&w| m.worker_poll_count(w) == before[w])
+                .count();
+            let busy = busy_worker_threads(n)?;
+            let stuck = still.min(busy);
+            (stuck > 0).then(|| {
+                format!(
+                    "{stuck} of {n} async worker threads stayed in one poll for {} ms while \
+                     diag watched (their poll counts did not move, and their threads are not \
+                     waiting for work)",
+                    STUCK_WINDOW.as_millis()
+                )
+            })
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+    #[cfg(not(all(tokio_unstable, target_has_atomic = "64", target_os = "linux")))]
+    {
+        let _ = handle;
+        None
+    }
+}
+
+/// How many of the runtime's `workers` worker threads are not waiting for work in the
+/// kernel; `None` when the threads cannot be found (renamed by the application) or read.
+#[cfg(target_os = "linux")]
+fn busy_worker_threads(workers: usize) -> Option<usize> {
+    /// x86_64 system calls a parked worker waits in: futex, epoll_wait, epoll_pwait,
+    /// epoll_pwait2.
+    const IDLE: [&str; 4] = ["202", "232", "281", "441"];
+    if !cfg!(target_arch = "x86_64") {
+        return None;
+    }
+    let mut tokio_threads: Vec<(u64, std::path::PathBuf)> = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let dir = task.path();
+        let Ok(name) = std::fs::read_to_string(dir.join("comm")) else {
+            continue;
+        };
+        // tokio names its threads `tokio-rt-worker` (older: `tokio-runtime-worker`); the
+        // kernel keeps 15 bytes.
+        if ["tokio-rt-worker", "tokio-runtime-w"].contains(&name.trim_end()) {
+            let tid = task.file_name().to_str()?.parse().ok()?;
+            tokio_threads.push((tid, dir));
+        }
+    }
+    if tokio_threads.len() < workers {
+        return None;
+    }
+    tokio_threads.sort();
+    let mut busy = 0;
+    for (_, dir) in tokio_threads.iter().take(workers) {
+        let syscall = std::fs::read_to_string(dir.join("syscall")).ok()?;
+        let nr = syscall.split_whitespace().next().unwrap_or("");
+        if !IDLE.contains(&nr) {
+            busy += 1;
+        }
+    }
+    Some(busy)
+}
+
+#[cfg(tokio_unstable)]
+async fn dump_with_timeout(
+    handle: &tokio::runtime::Handle,
+    timeout: Duration,
+) -> Result<TaskDump, ApiError> {
+    let taken = SystemTime::now();
+    let at = Instant::now();
+    let dump = tokio::select! {
+        dump = handle.dump() => Ok(dump),
+        () = sleep_off_runtime(timeout) => Err(()),
+    }
+    .map_err(|()| ApiError::Unavailable {
+        message: format!(
+            "the task dump did not finish within timeout={} s. tokio's dump pauses every \
+                 worker at its next poll boundary and re-polls every task; a worker blocked \
+                 in a synchronous call (a blocking lock, sleep or I/O on an async worker, or \
+                 a poll that never yields) never reaches one. The dump was abandoned and the \
+                 runtime runs on; look at a CPU profile for what the worker runs, or retry \
+                 with a longer timeout",
+            timeout.as_secs()
+        ),
+        retry_after: Some(Duration::from_secs(1)),
+    })?;
+    let took = at.elapsed();
+    // Resolving backtraces parses debug info: off the async workers.
+    tokio::task::spawn_blocking(move || {
+        let tasks = dump
+            .tasks()
+            .iter()
+            .map(|t| TaskTrace {
+                id: t.id().to_string(),
+                stacks: t
+                    .trace()
+                    .resolve_backtraces()
+                    .iter()
+                    .map(|bt| {
+                        bt.frames()
+                            .map(|f| Frame {
+                                ip: f.ip() as u64,
+                                lines: f
+                                    .symbols()
+                                    .map(|s| Line {
+                                        function: s
+                                            .name_demangled()
+                                            .map(without_hash)
+                                            .unwrap_or_else(|| format!("{:#x}", f.ip() as u64)),
+                                        file: s
+                                            .filename()
+                                            .map(|p| p.display().to_string())
+                                            .unwrap_or_default(),
+                                        line: s.lineno().unwrap_or(0),
+                                    })
+                                    .collect(),
+                            })
+                            .collect()
+                    })
+                    .collect(),
+            })
+            .collect();
+        TaskDump {
+            taken,
+            at,
+            took,
+            tasks,
+        }
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("resolving the task dump failed: {e}")))
+}
+
+#[cfg(not(tokio_unstable))]
+async fn dump_with_timeout(
+    _handle: &tokio::runtime::Handle,
+    _timeout: Duration,
+) -> Result<TaskDump, ApiError> {
+    Err(ApiError::NotImplemented(NOT_BUILT.to_owned()))
+}
+
+/// `name::h0123456789abcdef` without its hash, as `{:#}` demangling prints it.
+fn without_hash(name: &str) -> String {
+    match name.rsplit_once("::h") {
+        Some((head, hash)) if hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            head.to_owned()
+        }
+        _ => name.to_owned(),
+    }
+}
+
+/// Stacks grouped: each distinct stack with its frames and how many tasks wait there.
+/// Each task counts once, so the counts add up to the tasks, as Go's goroutine counts
+/// do: a task awaiting several leaf futures at once (`select!`, `join!`) is counted at
+/// its deepest stack; `debug=2` shows all of them.
+fn grouped(dump: &TaskDump) -> Vec<(usize, &[Frame])> {
+    let mut groups: BTreeMap<Vec<u64>, (usize, &[Frame])> = BTreeMap::new();
+    for t in &dump.tasks {
+        let s: &[Frame] = t.stacks.iter().max_by_key(|s| s.len()).map_or(&[], |s| s);
+        let key: Vec<u64> = s.iter().map(|f| f.ip).collect();
+        groups.entry(key).or_insert((0, s)).0 += 1;
+    }
+    let mut out: Vec<_> = groups.into_values().collect();
+    out.sort_by_key(|g| std::cmp::Reverse(g.0));
+    out
+}
+
+fn render(dump: &TaskDump, debug: &str, min_interval: Duration, fresh: bool) -> Response {
+    let age = dump.at.elapsed();
+    let header_line = format!(
+        "tokio task dump: {} tasks, taken {} ({} s ago; dumps at most every {} s), took {} ms",
+        dump.tasks.len(),
+        utc(dump.taken),
+        age.as_secs(),
+        min_interval.as_secs(),
+        dump.took.as_millis()
+    );
+    let mut res = match debug {
+        "0" => match to_proto(dump, &header_line) {
+            Ok(body) => (
+                [
+                    (header::CONTENT_TYPE, "application/octet-stream"),
+                    (
+                        header::CONTENT_DISPOSITION,
+                        "attachment; filename=\"goroutine\"",
+                    ),
+                ],
+                body,
+            )
+                .into_response(),
+            Err(e) => {
+                return ApiError::Internal(format!("encoding the task dump failed: {e}"))
+                    .into_response();
+            }
+        },
+        "1" => text(to_grouped_text(dump, &header_line)),
+        _ => text(to_per_task_text(dump, &header_line)),
+    };
+    let h = res.headers_mut();
+    h.insert("x-diag-dump-age-seconds", age.as_secs().into());
+    h.insert("x-diag-tasks", dump.tasks.len().into());
+    if !fresh {
+        if let Ok(v) = HeaderValue::from_str(&format!(
+            "the last dump, {} s old (min interval {} s)",
+            age.as_secs(),
+            min_interval.as_secs()
+        )) {
+            h.insert("x-diag-dump-reused", v);
+        }
+    }
+    res
+}
+
+fn text(body: String) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+}
+
+fn to_proto(dump: &TaskDump, comment: &str) -> std::io::Result<Vec<u8>> {
+    let mut b = ProfileBuilder::new(
+        &[("goroutine", "count")],
+        ("goroutine", "count"),
+        1,
+        crate::maps::current(),
+    );
+    b.time(unix_nanos(dump.taken), dump.took.as_nanos() as i64);
+    b.comment(comment);
+    for (count, frames) in grouped(dump) {
+        if frames.is_empty() {
+            continue;
+        }
+        let locations = frames.iter().map(|f| b.location(f.ip, &f.lines)).collect();
+        b.sample(locations, vec![count as i64], &[]);
+    }
+    proto::gzip(&b.encode())
+}
+
+fn push_frame(out: &mut String, f: &Frame) {
+    // Inlined calls first (innermost), as Go lists them.
+    for l in &f.lines {
+        out.push_str(&format!(
+            "#\t{:#x}\t{}\t{}:{}\n",
+            f.ip, l.function, l.file, l.line
+        ));
+    }
+    if f.lines.is_empty() {
+        out.push_str(&format!("#\t{:#x}\n", f.ip));
+    }
+}
+
+/// Go's `debug=1`: stacks grouped, most common first, `COUNT @ ADDRS` then the frames.
+fn to_grouped_text(dump: &TaskDump, header_line: &str) -> String {
+    let groups = grouped(dump);
+    let mut out = format!(
+        "{header_line}\ngoroutine profile: total {}\n",
+        dump.tasks.len()
+    );
+    for (count, frames) in groups {
+        out.push('\n');
+        out.push_str(&count.to_string());
+        out.push_str(" @");
+        for f in frames {
+            out.push_str(&format!(" {:#x}", f.ip));
+        }
+        out.push('\n');
+        for f in frames {
+            push_frame(&mut out, f);
+        }
+    }
+    out
+}
+
+/// Go's `debug=2`: every task on its own, with its id.
+fn to_per_task_text(dump: &TaskDump, header_line: &str) -> String {
+    let mut out = format!("{header_line}\n");
+    for t in &dump.tasks {
+        out.push_str(&format!("\ntask {}:\n", t.id));
+        if t.stacks.is_empty() {
+            out.push_str("\t(no trace: the task was not waiting on a tokio leaf future)\n");
+        }
+        for (i, s) in t.stacks.iter().enumerate() {
+            if t.stacks.len() > 1 {
+                out.push_str(&format!("  waiting on leaf future {}:\n", i + 1));
+            }
+            for f in s {
+                for l in &f.lines {
+                    out.push_str(&format!("{}\n\t{}:{}\n", l.function, l.file, l.line));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hashes_are_dropped_from_names() {
+        assert_eq!(
+            super::without_hash("demo::nap::{{closure}}::h0123456789abcdef"),
+            "demo::nap::{{closure}}"
+        );
+        assert_eq!(super::without_hash("a::hello"), "a::hello");
+    }
+}
