@@ -5,6 +5,7 @@
 #   scripts/overhead.sh            the full run (about 10 minutes; progress is printed)
 #   scripts/overhead.sh --quick    a few seconds per part: proves the script works end to end
 #   scripts/overhead.sh --rounds N N alternations per overhead pair instead of 10
+#   scripts/overhead.sh --parts "5 6"  only these parts (1 2 3 5 6; 3 covers 4)
 #
 # Measures, printing a summary at the end (docs/performance.md quotes it):
 #  1. overhead: the server's CPU time per request (from /proc/PID/stat) under wrk on `/`
@@ -20,19 +21,24 @@
 #  5. what jemalloc heap profiling costs: the same CPU per request, on `/`, `/work?n=` and
 #     the allocation-heavy `/churn`, with profiling active (B, the demo's default) against
 #     inactive (A, `_RJEM_MALLOC_CONF=prof_active:false`): two processes of the same
-#     binary, alternated; and how long a heap dump takes and how big it is, 64 MiB held.
+#     binary, alternated; and how long a heap dump takes and how big it is, 64 MiB held;
+#  6. what diag's trace layer costs while no /trace window is open: the same CPU per
+#     request with the layer installed and idle (B) against without it (A,
+#     `--no-trace-layer`), two processes of the same binary, alternated.
 # Traffic goes to 127.0.0.1 only, bounded in time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 quick=0
 rounds_arg=""
+parts="1 2 3 5 6"
 while [ $# -gt 0 ]; do
   arg=$1; shift
   case "$arg" in
     --quick) quick=1 ;;
     --rounds) rounds_arg=${1:?--rounds needs a number}; shift ;;
-    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    --parts) parts=${1:?--parts needs a list such as "5 6"}; shift ;;
+    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
     *) echo "unknown argument: $arg (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -43,6 +49,7 @@ else
   rounds=10; run_s=3; fid_s=6; fid_loads="1 2 4"; b2b=20; dumps=20
 fi
 rounds=${rounds_arg:-$rounds}
+want() { case " $parts " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 work_n=100000
 demo_port=18080; demo_diag=16060; go_port=17070
 tck=$(getconf CLK_TCK)
@@ -65,9 +72,10 @@ cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 rss() { awk '/^RssAnon/{a=$2} /^RssFile/{f=$2} END{printf "%d MiB (%d anonymous + %d file-backed)", (a+f)/1024, a/1024, f/1024}' "/proc/$1/status"; }
 wait_http() { for _ in $(seq 100); do curl -sf -o /dev/null "$1" && return 0; sleep 0.05; done; echo "no answer from $1" >&2; exit 1; }
 
-start_demo() { # [PORT DIAG_PORT [MALLOC_CONF]]
-  local port=${1:-$demo_port} diag=${2:-$demo_diag}
-  _RJEM_MALLOC_CONF=${3:-} RUST_LOG=warn target/release/demo --listen 127.0.0.1:$port --diag-listen 127.0.0.1:$diag >/dev/null 2>&1 &
+start_demo() { # [PORT DIAG_PORT [MALLOC_CONF [FLAG...]]]
+  local port=${1:-$demo_port} diag=${2:-$demo_diag} conf=${3:-}
+  shift $(( $# < 3 ? $# : 3 ))
+  _RJEM_MALLOC_CONF=$conf RUST_LOG=warn target/release/demo --listen 127.0.0.1:$port --diag-listen 127.0.0.1:$diag "$@" >/dev/null 2>&1 &
   demo_pid=$!; pids+=($demo_pid)
   wait_http "http://127.0.0.1:$port/healthz"
   kill -0 $demo_pid 2>/dev/null || { echo "the demo exited: is port $port or $diag taken?" >&2; exit 1; }
@@ -106,15 +114,18 @@ overhead() {
   done
 }
 
-echo; echo "== 1. overhead of a running CPU profile ($rounds alternations of ${run_s}s wrk runs)"
+if want 1 || want 2; then
 start_demo; start_go
+fi
+if want 1; then
+echo; echo "== 1. overhead of a running CPU profile ($rounds alternations of ${run_s}s wrk runs)"
 prof_s=$((run_s + 2))
 overhead "demo /" $demo_pid "http://127.0.0.1:$demo_port/" "http://127.0.0.1:$demo_diag/debug/pprof/profile?seconds=$prof_s"
 overhead "demo /work?n=$work_n" $demo_pid "http://127.0.0.1:$demo_port/work?n=$work_n" "http://127.0.0.1:$demo_diag/debug/pprof/profile?seconds=$prof_s"
 overhead "go /" $go_pid "http://127.0.0.1:$go_port/" "http://127.0.0.1:$go_port/debug/pprof/profile?seconds=$prof_s"
 overhead "go /work?n=$work_n" $go_pid "http://127.0.0.1:$go_port/work?n=$work_n" "http://127.0.0.1:$go_port/debug/pprof/profile?seconds=$prof_s"
+fi
 
-echo; echo "== 2. fidelity: sampled CPU / CPU used, ${fid_s}s windows, wrk on / plus N /work loops"
 fidelity() {
   local name=$1 pid=$2 port=$3 profile_url=$4 loops=$5
   local file="$out/cpu-$name-$loops.pb.gz"
@@ -144,21 +155,27 @@ PY
   tail -1 "$out/fidelity" | awk '{printf "  %-5s %s loops: sampled %s s of %s s used: %s\n", $1, $2, $3, $4, $5}'
 }
 : > "$out/fidelity"
+if want 2; then
+echo; echo "== 2. fidelity: sampled CPU / CPU used, ${fid_s}s windows, wrk on / plus N /work loops"
 # Warm the demo's symbol cache so that its first answer's symbolization is not in a window.
 curl -s -o /dev/null "http://127.0.0.1:$demo_diag/debug/pprof/profile?seconds=1"
 for loops in $fid_loads; do
   fidelity demo $demo_pid $demo_port "http://127.0.0.1:$demo_diag/debug/pprof/profile?seconds=$fid_s" "$loops"
   fidelity go $go_pid $go_port "http://127.0.0.1:$go_port/debug/pprof/profile?seconds=$fid_s" "$loops"
 done
+fi
+if want 1 || want 2; then
 kill $demo_pid; wait $demo_pid 2>/dev/null || true
+fi
 
-echo; echo "== 3 and 4. answer latency after the window, and resident memory (fresh demo process)"
-start_demo
-rss0=$(rss $demo_pid)
 latency() { # seconds of the window, then the time from its end to the last byte, in ms
   curl -s -o /dev/null -w '%{time_total}' "http://127.0.0.1:$demo_diag/debug/pprof/profile?seconds=1" |
     python3 -c "import sys; print(f'{(float(sys.stdin.read()) - 1) * 1000:.1f}')"
 }
+if want 3; then
+echo; echo "== 3 and 4. answer latency after the window, and resident memory (fresh demo process)"
+start_demo
+rss0=$(rss $demo_pid)
 # A little traffic, so that the profiles hold stacks to symbolize.
 wrk -t1 -c4 -d"$((b2b + 8))s" "http://127.0.0.1:$demo_port/work?n=$work_n" >/dev/null &
 load=$!
@@ -169,37 +186,56 @@ for i in $(seq "$b2b"); do latency >> "$out/warm"; done
 rss2=$(rss $demo_pid)
 wait $load || true
 kill $demo_pid; wait $demo_pid 2>/dev/null || true
+fi
 
-echo; echo "== 5. jemalloc heap profiling: active (B) against inactive (A), $rounds alternations"
-start_demo 18081 16061 prof_active:false; pid_a=$demo_pid
-start_demo 18082 16062; pid_b=$demo_pid
-heap_pair() {
+heap_pair() { # NAME PATH: alternate A and B (pid_a/port_a, pid_b/port_b) on PATH
   local name=$1 path=$2
   local file="$out/overhead-${name//[\/ ?=&]/_}"
   echo "$name" > "$file.name"
   : > "$file"
   for r in $(seq "$rounds"); do
-    a=$(measure $pid_a "http://127.0.0.1:18081$path")
-    b=$(measure $pid_b "http://127.0.0.1:18082$path")
+    a=$(measure $pid_a "http://127.0.0.1:$port_a$path")
+    b=$(measure $pid_b "http://127.0.0.1:$port_b$path")
     echo "$a $b" >> "$file"
     printf '  %-26s round %2d/%d: A %s us/req, B %s us/req\n' "$name" "$r" "$rounds" "${a%% *}" "${b%% *}"
   done
 }
+: > "$out/dumps"
+if want 5; then
+echo; echo "== 5. jemalloc heap profiling: active (B) against inactive (A), $rounds alternations"
+start_demo 18081 16061 prof_active:false; pid_a=$demo_pid; port_a=18081
+start_demo 18082 16062; pid_b=$demo_pid; port_b=18082
 heap_pair "heap-prof demo /" "/"
 heap_pair "heap-prof demo /work?n=$work_n" "/work?n=$work_n"
 heap_pair "heap-prof demo /churn" "/churn?n=200&bytes=4096"
 curl -sf -o /dev/null -X POST "http://127.0.0.1:18082/hold?mb=64"
-: > "$out/dumps"
 for i in $(seq "$dumps"); do
   curl -s -o /dev/null -w '%{time_total} %{size_download}\n' "http://127.0.0.1:16062/debug/pprof/heap" >> "$out/dumps"
 done
 dump_rss=$(rss $pid_b)
+kill $pid_a $pid_b; wait $pid_a $pid_b 2>/dev/null || true
+fi
+
+if want 6; then
+echo; echo "== 6. diag's trace layer, installed and idle (B) against not installed (A), $rounds alternations"
+start_demo 18083 16063 "" --no-trace-layer; pid_a=$demo_pid; port_a=18083
+start_demo 18084 16064; pid_b=$demo_pid; port_b=18084
+heap_pair "trace-layer demo /" "/"
+heap_pair "trace-layer demo /work?n=$work_n" "/work?n=$work_n"
+# One window, to show the layer records when asked.
+curl -sf -o "$out/trace.json" "http://127.0.0.1:16064/debug/pprof/trace?seconds=1" & trace_curl=$!
+wrk -t1 -c4 -d2s "http://127.0.0.1:18084/" >/dev/null
+wait $trace_curl
+trace_events=$(python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(len(d['traceEvents']), d['otherData']['events_dropped'])" "$out/trace.json")
+fi
 
 echo; echo "================ summary ================"
 echo "machine: $(nproc) cores, $(uname -r), CONFIG_HZ $(zcat /proc/config.gz 2>/dev/null | sed -n 's/^CONFIG_HZ=//p')"
-echo "overhead (server CPU per request B / A: cpu-profile = a CPU profile running / none;"
-echo "  heap-prof = jemalloc profiling active / inactive; median of $rounds pairs [min, max]; throughput A -> B):"
+echo "overhead (server CPU per request B / A: demo/go = a CPU profile running / none;"
+echo "  heap-prof = jemalloc profiling active / inactive; trace-layer = installed and idle / absent;"
+echo "  median of $rounds pairs [min, max]; throughput A -> B):"
 for f in "$out"/overhead-*[!e]; do
+  [ -s "$f" ] || continue
   python3 - "$f" "$(cat "$f.name")" <<'PY'
 import statistics, sys
 rows = [list(map(float, l.split())) for l in open(sys.argv[1]) if l.strip()]
@@ -211,17 +247,22 @@ print(f"  {name:<22} {statistics.median(ratios):.3f} [{ratios[0]:.3f}, {ratios[-
       f"{us_a:.2f} -> {us_b:.2f} us/req, {rps_a:.0f} -> {rps_b:.0f} req/s")
 PY
 done
-echo "fidelity (sampled CPU / CPU used):"
-awk '{printf "  %-5s %s /work loops + wrk on /: %s (%s s of %s s)\n", $1, $2, $5, $3, $4}' "$out/fidelity"
-python3 - "$cold" "$out/warm" <<'PY'
+if [ -s "$out/fidelity" ]; then
+  echo "fidelity (sampled CPU / CPU used):"
+  awk '{printf "  %-5s %s /work loops + wrk on /: %s (%s s of %s s)\n", $1, $2, $5, $3, $4}' "$out/fidelity"
+fi
+if want 3; then
+  python3 - "$cold" "$out/warm" <<'PY'
 import statistics, sys
 warm = sorted(float(l) for l in open(sys.argv[2]) if l.strip())
 print(f"end of window to last byte: cold (first profile) {float(sys.argv[1]):.0f} ms; "
       f"warm median {statistics.median(warm):.0f} ms [{warm[0]:.0f}, {warm[-1]:.0f}] over {len(warm)}")
 PY
-echo "resident memory: $rss0 before any profile; $rss1 after the first;" \
-     "$rss2 after $b2b more back to back"
-python3 - "$out/dumps" "$dump_rss" <<'PY'
+  echo "resident memory: $rss0 before any profile; $rss1 after the first;" \
+       "$rss2 after $b2b more back to back"
+fi
+if [ -s "$out/dumps" ]; then
+  python3 - "$out/dumps" "$dump_rss" <<'PY'
 import statistics, sys
 rows = [tuple(map(float, l.split())) for l in open(sys.argv[1]) if l.strip()]
 ms = [t * 1000 for t, _ in rows]; kib = [b / 1024 for _, b in rows]
@@ -230,3 +271,7 @@ print(f"heap dump with 64 MiB held (request to last byte): first {ms[0]:.0f} ms,
       f"{statistics.median(warm):.0f} ms [{warm[0]:.0f}, {warm[-1]:.0f}] over {len(warm)}; "
       f"{statistics.median(kib):.0f} KiB gzipped; process resident after: {sys.argv[2]}")
 PY
+fi
+if want 6; then
+  echo "a 1 s /trace window under wrk on /: $trace_events (events, dropped)"
+fi

@@ -45,6 +45,10 @@ pub struct Args {
     /// Async worker threads of the runtime (default: one per CPU).
     #[arg(long, env = "DEMO_WORKER_THREADS", value_parser = clap::value_parser!(usize))]
     pub worker_threads: Option<usize>,
+    /// Leave diag's trace layer out of the subscriber (`/debug/pprof/trace` then answers
+    /// 501); for measuring what the idle layer costs.
+    #[arg(long, env = "DEMO_NO_TRACE_LAYER")]
+    pub no_trace_layer: bool,
     /// Log format.
     #[arg(long, env = "DEMO_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
     pub log_format: LogFormat,

@@ -20,7 +20,7 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 pub static MALLOC_CONF: &[u8; 84] =
     b"prof:true,prof_active:true,lg_prof_sample:19,prof_accum:true,background_thread:true\0";
 
-fn init_logging(format: LogFormat, console: Option<diag::ConsoleLayer>) {
+fn init_logging(format: LogFormat, console: Option<diag::ConsoleLayer>, trace: bool) {
     use tracing_subscriber::prelude::*;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let fmt = match format {
@@ -35,6 +35,7 @@ fn init_logging(format: LogFormat, console: Option<diag::ConsoleLayer>) {
     // task spans whatever RUST_LOG says.
     tracing_subscriber::registry()
         .with(console)
+        .with(trace.then(diag::trace_layer))
         .with(fmt.with_filter(filter))
         .init();
 }
@@ -60,7 +61,7 @@ async fn start(args: Args) -> ExitCode {
         match diag::console(&args.console_listen, args.console_retention).await {
             Ok((layer, server)) => Some((layer, server)),
             Err(e) => {
-                init_logging(args.log_format, None);
+                init_logging(args.log_format, None, !args.no_trace_layer);
                 tracing::error!("{e}");
                 return ExitCode::FAILURE;
             }
@@ -69,7 +70,7 @@ async fn start(args: Args) -> ExitCode {
         None
     };
     let (layer, console) = console.unzip();
-    init_logging(args.log_format, layer);
+    init_logging(args.log_format, layer, !args.no_trace_layer);
     match run(args, console).await {
         Ok(code) => code,
         Err(e) => {

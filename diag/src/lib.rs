@@ -32,6 +32,7 @@
 //! |---|---|---|
 //! | `cpu` | yes | `/profile`, `/flamegraph`, `/symbol` (pprof-rs sampling) |
 //! | `console` | no | [`console()`]: tokio-console's layer for your subscriber, and its server, bound and served by diag |
+//! | `trace` | no | `/trace`: spans, events and task polls over a window as Chrome trace-event JSON, recorded by [`trace_layer()`] |
 //! | `taskdump` | no | `/goroutine`, `/tasks`: where every tokio task waits (`Handle::dump`) |
 //! | `heap` | no | `/heap`, `/allocs`, `/heap/stats` from jemalloc's sampling (the application installs tikv-jemallocator as its global allocator and starts with `prof:true`) |
 //!
@@ -41,7 +42,12 @@
 // Without a profiling backend, the shared machinery for heavy endpoints (parameters,
 // limits, dates) has no user yet.
 #![cfg_attr(
-    not(all(feature = "cpu", feature = "heap", feature = "taskdump")),
+    not(all(
+        feature = "cpu",
+        feature = "heap",
+        feature = "taskdump",
+        feature = "trace"
+    )),
     allow(dead_code)
 )]
 
@@ -70,6 +76,8 @@ mod state;
 mod symbols;
 #[cfg(feature = "taskdump")]
 mod tasks;
+#[cfg(feature = "trace")]
+mod trace;
 mod util;
 
 pub use config::{Config, TOKEN_ENV};
@@ -83,3 +91,5 @@ pub use layer::{DiagLayer, DiagService, ResponseFuture};
 pub use router::router;
 pub use server::{DEFAULT_SIDECAR_ADDR, Sidecar, serve};
 pub use shutdown::Shutdown;
+#[cfg(feature = "trace")]
+pub use trace::{MAX_TRACE_EVENTS, TraceFilter, TraceLayer, trace_layer};

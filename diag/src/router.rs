@@ -45,6 +45,17 @@ fn cpu_available() -> Result<(), String> {
     }
 }
 
+fn trace_available() -> Result<(), String> {
+    #[cfg(feature = "trace")]
+    return crate::trace::available();
+    #[cfg(not(feature = "trace"))]
+    Err(TRACE_MISSING.to_owned())
+}
+
+#[cfg(not(feature = "trace"))]
+const TRACE_MISSING: &str = "this build has no /trace: enable diag's `trace` feature and add \
+     diag::trace_layer() to the application's tracing subscriber";
+
 fn tasks_available() -> Result<(), String> {
     #[cfg(feature = "taskdump")]
     return crate::tasks::available();
@@ -117,6 +128,13 @@ pub(crate) const ENDPOINTS: &[Endpoint] = &[
         available: tasks_available,
     },
     Endpoint {
+        path: "trace",
+        summary: "what the process did over ?seconds=N (default 1): tracing spans (each \
+                  request's), events and tokio task polls per thread, as Chrome trace-event \
+                  JSON for Perfetto (not Go's trace format)",
+        available: trace_available,
+    },
+    Endpoint {
         path: "cmdline",
         summary: "the command line of this process, arguments separated by NUL bytes",
         available: always,
@@ -157,6 +175,7 @@ where
     r = cpu_routes(r, &at);
     r = heap_routes(r, &at);
     r = task_routes(r, &at);
+    r = trace_routes(r, &at);
     if !prefix.is_empty() {
         // Go's mux redirects the bare prefix to the index.
         let target = at("");
@@ -190,6 +209,19 @@ fn cpu_routes(r: Router<Diag>, at: &impl Fn(&str) -> String) -> Router<Diag> {
     r.route(&at("profile"), any(missing))
         .route(&at("flamegraph"), any(missing))
         .route(&at("symbol"), any(missing))
+}
+
+#[cfg(feature = "trace")]
+fn trace_routes(r: Router<Diag>, at: &impl Fn(&str) -> String) -> Router<Diag> {
+    r.route(&at("trace"), only_get(get(crate::trace::trace)))
+}
+
+#[cfg(not(feature = "trace"))]
+fn trace_routes(r: Router<Diag>, at: &impl Fn(&str) -> String) -> Router<Diag> {
+    r.route(
+        &at("trace"),
+        any(|| async { ApiError::NotImplemented(TRACE_MISSING.to_owned()) }),
+    )
 }
 
 #[cfg(feature = "taskdump")]
