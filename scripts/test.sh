@@ -81,6 +81,7 @@ if [ $lint = 1 ]; then
   step "diag with heap only" cargo clippy -p diag --no-default-features --features heap -- -D warnings
   step "diag with console only" cargo clippy -p diag --no-default-features --features console -- -D warnings
   step "diag with taskdump only" cargo clippy -p diag --no-default-features --features taskdump -- -D warnings
+  step "diag with trace only" cargo clippy -p diag --no-default-features --features trace -- -D warnings
 fi
 step "cargo test" cargo test --workspace --all-features
 step "diag without features: the 501s" cargo test -q -p diag --no-default-features --test features

@@ -17,9 +17,10 @@ use axum::response::{IntoResponse, Response};
 use http::header;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id};
+use tracing::subscriber::Interest;
 use tracing::{Event, Metadata, Subscriber};
 use tracing_subscriber::Layer;
-use tracing_subscriber::filter::{Filtered, filter_fn};
+use tracing_subscriber::filter::Filtered;
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 
@@ -98,12 +99,32 @@ where
 {
     INSTALLED.store(true, Ordering::Relaxed);
     ORIGIN.get_or_init(Instant::now);
-    let window_open: fn(&Metadata<'_>) -> bool = |_| ACTIVE.load(Ordering::Relaxed);
-    TraceLayer { _private: () }.with_filter(filter_fn(window_open))
+    TraceLayer { _private: () }.with_filter(TraceFilter { _private: () })
 }
 
-/// The filter [`trace_layer`] wears: open while a `/trace` window is.
-pub type TraceFilter = tracing_subscriber::filter::FilterFn<fn(&Metadata<'_>) -> bool>;
+/// The per-layer filter [`trace_layer`] wears: open only while a `/trace` window is.
+///
+/// Callsites that can never be recorded (tokio's resource, async-op and waker
+/// instrumentation) are closed for good when they register, so they stay disabled when
+/// no other layer wants them; the rest ask one atomic load each time.
+#[derive(Debug)]
+pub struct TraceFilter {
+    _private: (),
+}
+
+impl<S> tracing_subscriber::layer::Filter<S> for TraceFilter {
+    fn enabled(&self, _meta: &Metadata<'_>, _cx: &Context<'_, S>) -> bool {
+        ACTIVE.load(Ordering::Relaxed)
+    }
+
+    fn callsite_enabled(&self, meta: &'static Metadata<'static>) -> Interest {
+        if is_task(meta.target(), meta.name()) || !is_tokio_internal(meta.target()) {
+            Interest::sometimes()
+        } else {
+            Interest::never()
+        }
+    }
+}
 
 /// The recording layer inside [`trace_layer`]'s filter.
 #[derive(Debug)]

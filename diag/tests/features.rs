@@ -59,3 +59,18 @@ async fn task_dumps() {
         assert_501(&r, "enable diag's `taskdump` feature");
     }
 }
+
+#[tokio::test]
+async fn trace() {
+    let addr = server().await;
+    let r = get(&format!("http://{addr}/debug/pprof/trace?seconds=1")).await;
+    if cfg!(feature = "trace") {
+        // Built in, but this process never installed diag::trace_layer().
+        assert_501(
+            &r,
+            "add diag::trace_layer() to the application's tracing subscriber",
+        );
+    } else {
+        assert_501(&r, "enable diag's `trace` feature");
+    }
+}
