@@ -130,7 +130,7 @@ async fn short_request(addr: SocketAddr) {
 
 /// Every connection is a task, and console-subscriber keeps ~56 KB of statistics per task
 /// until `retention` after it ends. 100 000 short connections: resident memory while they
-/// run stays under `rate x (retention + 2 s) x 64 KiB` above where it started, and once
+/// run stays under `rate x (retention + 3 s) x 64 KiB` above where it started, and once
 /// the retention has passed the memory is given back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_memory_is_bounded_by_its_retention() {
@@ -170,7 +170,10 @@ async fn console_memory_is_bounded_by_its_retention() {
     running.store(false, Ordering::Relaxed);
     watcher.join().unwrap();
     let rate = REQUESTS as f64 / took;
-    let bound = base_rss + (rate * (RETENTION_S as f64 + 2.0) * 64.0 / 1024.0) as u64;
+    // Records live for the retention plus up to a publish interval (1 s) before the
+    // aggregator drops them, and the rate is an average over a bursty run (a cold CI run
+    // peaked at 5.2 s worth of its average rate): 3 s of margin.
+    let bound = base_rss + (rate * (RETENTION_S as f64 + 3.0) * 64.0 / 1024.0) as u64;
     let peak = peak.load(Ordering::Relaxed);
     assert!(
         peak <= bound,

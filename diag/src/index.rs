@@ -98,6 +98,12 @@ fn page(d: &Diag, host: &str) -> String {
             format!("curl -o cpu.folded '{base}/profile?seconds=30&format=folded'"),
         ),
     ];
+    if cfg!(feature = "trace") {
+        cmds.push((
+            "a 2 s timeline of spans, events and task polls, for https://ui.perfetto.dev",
+            format!("curl -o trace.json '{base}/trace?seconds=2'"),
+        ));
+    }
     if cfg!(feature = "taskdump") {
         cmds.extend([
             (
