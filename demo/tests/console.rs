@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use http::Method;
-use testkit::{Demo, Tmux, get, tokio_console, try_request};
+use testkit::{Demo, Tmux, get, rss_mib, tokio_console, try_request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn bin() -> &'static Path {
@@ -93,17 +93,6 @@ async fn a_taken_console_address_is_a_clear_error() {
     assert!(text.contains("choose another address"), "{text}");
     assert!(!text.contains("panicked"), "{text}");
     drop(taken);
-}
-
-fn rss_mib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap()
-        / 1024
 }
 
 /// jemalloc's `allocated` bytes, from diag's own stats endpoint.

@@ -6,34 +6,10 @@
 use std::path::Path;
 
 use http::{Method, StatusCode};
-use testkit::{Demo, get, go_pprof, request};
+use testkit::{Demo, get, go_pprof_async, pprof_cum_mib, request};
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_demo"))
-}
-
-async fn pprof(args: Vec<String>) -> String {
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        go_pprof(&args)
-    })
-    .await
-    .unwrap()
-}
-
-/// The `cum` column, in MiB, of the `-top -cum -unit=MB` line for a function ending in
-/// `name`.
-fn cum_mib(top: &str, name: &str) -> Option<f64> {
-    let line = top.lines().find(|l| {
-        l.split_whitespace()
-            .last()
-            .is_some_and(|f| f.ends_with(name))
-    })?;
-    line.split_whitespace()
-        .nth(3)?
-        .strip_suffix("MB")?
-        .parse()
-        .ok()
 }
 
 async fn hold(demo: &Demo, mb: usize) {
@@ -45,7 +21,7 @@ async fn hold(demo: &Demo, mb: usize) {
 async fn go_tool_pprof_shows_who_holds_the_memory() {
     let demo = Demo::start(bin(), &[], &[]);
     hold(&demo, 64).await;
-    let top = pprof(vec![
+    let top = go_pprof_async(vec![
         "-top".into(),
         "-cum".into(),
         "-unit=MB".into(),
@@ -56,12 +32,12 @@ async fn go_tool_pprof_shows_who_holds_the_memory() {
     // 64 blocks of 1 MiB, each sampled with chance 1 - e^-2 at the demo's 512 KiB
     // period and weighed by the inverse: 64 MiB expected, a standard deviation of
     // ~3.2 MiB; four of them either side.
-    let mib = cum_mib(&top, "hold_memory").unwrap_or_else(|| panic!("{top}"));
+    let mib = pprof_cum_mib(&top, "hold_memory").unwrap_or_else(|| panic!("{top}"));
     assert!(
         (51.0..=77.0).contains(&mib),
         "hold_memory {mib} MiB:\n{top}"
     );
-    let traces = pprof(vec!["-traces".into(), demo.diag_url("/debug/pprof/heap")]).await;
+    let traces = go_pprof_async(vec!["-traces".into(), demo.diag_url("/debug/pprof/heap")]).await;
     for f in [
         "prof_backtrace",
         "_rjem_",
@@ -76,21 +52,21 @@ async fn go_tool_pprof_shows_who_holds_the_memory() {
     // chance 0.118: a standard deviation of ~6 %; four either side.
     let r = get(&demo.url("/churn?n=2000&bytes=65536")).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-    let raw = pprof(vec!["-raw".into(), demo.diag_url("/debug/pprof/allocs")]).await;
+    let raw = go_pprof_async(vec!["-raw".into(), demo.diag_url("/debug/pprof/allocs")]).await;
     assert!(
         raw.contains(
             "alloc_objects/count alloc_space/bytes[dflt] inuse_objects/count inuse_space/bytes"
         ),
         "{raw}"
     );
-    let top = pprof(vec![
+    let top = go_pprof_async(vec![
         "-top".into(),
         "-cum".into(),
         "-unit=MB".into(),
         demo.diag_url("/debug/pprof/allocs"),
     ])
     .await;
-    let churned = cum_mib(&top, "churn_memory").unwrap_or_else(|| panic!("{top}"));
+    let churned = pprof_cum_mib(&top, "churn_memory").unwrap_or_else(|| panic!("{top}"));
     assert!(
         (94.0..=156.0).contains(&churned),
         "churn_memory {churned} MiB:\n{top}"
@@ -163,7 +139,7 @@ async fn without_prof_accum_allocs_refuses_and_heap_serves_in_use_only() {
         assert!(text.contains("prof_accum:true"), "{text}");
         assert!(text.contains("/heap serves the memory in use"), "{text}");
     }
-    let raw = pprof(vec!["-raw".into(), demo.diag_url("/debug/pprof/heap")]).await;
+    let raw = go_pprof_async(vec!["-raw".into(), demo.diag_url("/debug/pprof/heap")]).await;
     let types = raw
         .lines()
         .skip_while(|l| !l.starts_with("Samples:"))

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use http::{Method, StatusCode};
-use testkit::{Demo, get, get_with, go_pprof, try_request};
+use testkit::{Demo, get, get_with, go_pprof_async, rss_mib, try_request};
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_demo"))
@@ -34,21 +34,12 @@ fn load(demo: &Demo, clients: usize) -> Arc<AtomicBool> {
     on
 }
 
-async fn pprof_top(args: Vec<String>) -> String {
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        go_pprof(&args)
-    })
-    .await
-    .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn go_tool_pprof_finds_spin_cpu_under_load() {
     let demo = Demo::start(bin(), &[], &[]);
     let on = load(&demo, 2);
     // `-seconds` on the command line, as users type it.
-    let top = pprof_top(vec![
+    let top = go_pprof_async(vec![
         "-top".into(),
         "-cum".into(),
         "-seconds".into(),
@@ -87,7 +78,7 @@ async fn go_tool_pprof_sends_the_token_as_basic_auth() {
         "http://:t0ken-42@{}/debug/pprof/profile?seconds=2",
         demo.diag_addr
     );
-    let top = pprof_top(vec!["-top".into(), url]).await;
+    let top = go_pprof_async(vec!["-top".into(), url]).await;
     on.store(false, Ordering::Relaxed);
     assert!(top.contains("Type: cpu"), "{top}");
     // The token never shows in the index page, even to a client that has it.
@@ -187,17 +178,6 @@ async fn go_tool_pprof_web_ui_opens_the_profile() {
         page.text().contains("spin_cpu"),
         "the web UI does not show spin_cpu"
     );
-}
-
-fn rss_mib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    kib / 1024
 }
 
 /// With jemalloc as the allocator, the CPU sampler's freed collector (~65 MB) would stay

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
-use testkit::{Demo, get, go_pprof, try_request};
+use testkit::{Demo, get, go_pprof_async, try_request};
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_demo"))
@@ -45,9 +45,7 @@ async fn go_tool_pprof_finds_the_sleeping_requests_with_their_count() {
     sleepers(&demo, 3);
     wait_for_nappers(&demo, 3).await;
     let url = demo.diag_url("/debug/pprof/goroutine");
-    let top = tokio::task::spawn_blocking(move || go_pprof(&["-top", "-cum", &url]))
-        .await
-        .unwrap();
+    let top = go_pprof_async(vec!["-top".into(), "-cum".into(), url]).await;
     assert!(top.contains("Type: goroutine"), "{top}");
     let line = top
         .lines()

@@ -3,7 +3,11 @@
 //! diag renders from its own folded stacks (not pprof-rs's built-in inferno 0.11 one), so
 //! one inferno version is in the tree and heap profiles render the same way.
 
+use std::collections::{BTreeMap, HashMap};
+
 use inferno::flamegraph::{self, Options};
+
+use crate::symbols::Resolved;
 
 /// What a flamegraph shows: its title, a subtitle (what and when) and the unit of width.
 #[derive(Debug)]
@@ -34,9 +38,39 @@ pub(crate) fn render(folded: &[String], labels: &Labels<'_>) -> std::io::Result<
     Ok(out)
 }
 
+/// Collapsed stacks, one line per distinct stack, root first: `prefix;outer;...;leaf
+/// VALUE`. Each stack is its root prefix (a thread name, or nothing), its addresses leaf
+/// first, and its value; inlined frames of an address come out outermost first, and
+/// stacks that fold to the same line are merged, as the folded format expects.
+pub(crate) fn fold<'a>(
+    stacks: impl IntoIterator<Item = (&'a str, &'a [usize], i64)>,
+    symbols: &HashMap<usize, Resolved>,
+) -> Vec<String> {
+    let mut merged: BTreeMap<String, i64> = BTreeMap::new();
+    for (prefix, ips, value) in stacks {
+        let mut key = folded_frame(prefix);
+        for ip in ips.iter().rev() {
+            if let Some(resolved) = symbols.get(ip) {
+                // Lines are innermost first; folded stacks go root first.
+                for l in resolved.iter().rev() {
+                    if !key.is_empty() {
+                        key.push(';');
+                    }
+                    key.push_str(&folded_frame(&l.function));
+                }
+            }
+        }
+        *merged.entry(key).or_default() += value;
+    }
+    merged
+        .into_iter()
+        .map(|(stack, value)| format!("{stack} {value}"))
+        .collect()
+}
+
 /// Makes a frame name safe for the folded format, where `;` separates frames and the
 /// count follows the last space.
-pub(crate) fn folded_frame(name: &str) -> String {
+fn folded_frame(name: &str) -> String {
     name.replace(';', ":").replace(['\n', '\r'], " ")
 }
 

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
-use testkit::{Reply, get, go_pprof, temp_dir};
+use testkit::{Reply, get, go_pprof_async, pprof_cum_mib, temp_dir};
 
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -85,24 +85,7 @@ async fn pprof(body: &[u8], args: &[&str]) -> String {
     std::fs::write(&path, body).unwrap();
     let mut args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
     args.push(path.display().to_string());
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        go_pprof(&args)
-    })
-    .await
-    .unwrap()
-}
-
-/// The `cum` column of `go tool pprof -top -cum` for the function whose name ends with
-/// `name`, in MiB (`-unit=MB` prints MB, i.e. MiB, as pprof does).
-fn cum_mib(top: &str, name: &str) -> Option<f64> {
-    let line = top.lines().find(|l| {
-        l.split_whitespace()
-            .last()
-            .is_some_and(|f| f.ends_with(name))
-    })?;
-    let cum = line.split_whitespace().nth(3)?;
-    cum.strip_suffix("MB")?.parse().ok()
+    go_pprof_async(args).await
 }
 
 /// The value of the folded line whose last frame ends with `name`, summed.
@@ -137,7 +120,7 @@ async fn held_memory_is_attributed_and_allocator_frames_are_gone() {
     assert_eq!(&r.body[..2], &[0x1f, 0x8b], "gzipped");
     let top = pprof(&r.body, &["-top", "-cum", "-unit=MB"]).await;
     assert!(top.contains("Type: inuse_space"), "{top}");
-    let mib = cum_mib(&top, "held_by_test").unwrap_or_else(|| panic!("{top}"));
+    let mib = pprof_cum_mib(&top, "held_by_test").unwrap_or_else(|| panic!("{top}"));
     // 48 blocks of 1 MiB sampled every 16 KiB on average: all are sampled; the figure
     // is exact up to the unsampling correction.
     assert!(
@@ -191,7 +174,7 @@ async fn four_sample_types_and_allocs_default() {
         ],
     )
     .await;
-    let churned = cum_mib(&top, "churned_by_test").unwrap_or_else(|| panic!("{top}"));
+    let churned = pprof_cum_mib(&top, "churned_by_test").unwrap_or_else(|| panic!("{top}"));
     assert!((110.0..=140.0).contains(&churned), "{churned} MiB:\n{top}");
     let inuse = pprof(
         &allocs.body,
@@ -235,10 +218,10 @@ async fn delta_shows_the_window_only() {
         "attachment; filename=\"heap-delta\""
     );
     let top = pprof(&r.body, &["-top", "-cum", "-unit=MB"]).await;
-    let grew = cum_mib(&top, "grown_during_window").unwrap_or_else(|| panic!("{top}"));
+    let grew = pprof_cum_mib(&top, "grown_during_window").unwrap_or_else(|| panic!("{top}"));
     assert!((30.0..=34.0).contains(&grew), "grown {grew} MiB:\n{top}");
     // Freed during the window: negative, kept.
-    let gone = cum_mib(&top, "freed_during_window").unwrap_or_else(|| panic!("{top}"));
+    let gone = pprof_cum_mib(&top, "freed_during_window").unwrap_or_else(|| panic!("{top}"));
     assert!((-17.0..=-15.0).contains(&gone), "freed {gone} MiB:\n{top}");
     // Held before and still held: not in the delta at all.
     assert!(!top.contains("held_before_window"), "{top}");

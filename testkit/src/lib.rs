@@ -381,6 +381,43 @@ pub fn go_pprof(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// [`go_pprof`] on a blocking thread, for async tests.
+pub async fn go_pprof_async(args: Vec<String>) -> String {
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        go_pprof(&args)
+    })
+    .await
+    .unwrap()
+}
+
+/// The `cum` column, in MiB, of `go tool pprof -top -cum -unit=MB` output for the function
+/// whose name ends with `name` (`MB` there means MiB, as pprof counts).
+pub fn pprof_cum_mib(top: &str, name: &str) -> Option<f64> {
+    let line = top.lines().find(|l| {
+        l.split_whitespace()
+            .last()
+            .is_some_and(|f| f.ends_with(name))
+    })?;
+    line.split_whitespace()
+        .nth(3)?
+        .strip_suffix("MB")?
+        .parse()
+        .ok()
+}
+
+/// The resident memory of process `pid` in MiB (`VmRSS`).
+pub fn rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap()
+        / 1024
+}
+
 /// A fresh, empty directory under the system temp dir for one test.
 pub fn temp_dir(name: &str) -> PathBuf {
     static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);

@@ -2,7 +2,7 @@
 
 mod sampler;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use axum::body::Bytes;
@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, Method, header};
 
 use crate::error::ApiError;
-use crate::flamegraph::{self, folded_frame};
+use crate::flamegraph;
 use crate::params::Params;
 use crate::proto::{self, ProfileBuilder};
 use crate::state::Diag;
@@ -264,24 +264,12 @@ impl CpuProfile {
     /// `thread;a;b;c COUNT`. Threads that share a name (a pool's workers) and stacks that
     /// differ only below what the names show are merged, as the folded format expects.
     fn to_folded(&self) -> Vec<String> {
-        let mut merged: BTreeMap<String, i64> = BTreeMap::new();
-        for s in &self.stacks {
-            let mut key = folded_frame(&s.thread);
-            for ip in s.ips.iter().rev() {
-                if let Some(resolved) = self.symbols.get(ip) {
-                    // Lines are innermost first; folded stacks go root first.
-                    for l in resolved.iter().rev() {
-                        key.push(';');
-                        key.push_str(&folded_frame(&l.function));
-                    }
-                }
-            }
-            *merged.entry(key).or_default() += s.count;
-        }
-        merged
-            .into_iter()
-            .map(|(stack, count)| format!("{stack} {count}"))
-            .collect()
+        flamegraph::fold(
+            self.stacks
+                .iter()
+                .map(|s| (s.thread.as_str(), &s.ips[..], s.count)),
+            &self.symbols,
+        )
     }
 
     fn to_svg(&self) -> std::io::Result<Vec<u8>> {

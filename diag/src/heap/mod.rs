@@ -11,7 +11,7 @@
 mod dump;
 mod jemalloc;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::extract::{RawQuery, State};
@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, header};
 
 use crate::error::ApiError;
-use crate::flamegraph::{self, folded_frame};
+use crate::flamegraph;
 use crate::params::Params;
 use crate::proto::{self, ProfileBuilder};
 use crate::state::Diag;
@@ -367,29 +367,13 @@ impl HeapProfile {
     /// or negative (memory freed during a delta window) are left out: the folded format
     /// and flamegraphs have no negative widths.
     fn to_folded(&self, sample_type: &str) -> Vec<String> {
-        let mut merged: BTreeMap<String, i64> = BTreeMap::new();
-        for (ips, c) in &self.stacks {
-            let v = self.value(c, sample_type);
-            if v <= 0 {
-                continue;
-            }
-            let mut key = String::new();
-            for ip in ips.iter().rev() {
-                if let Some(resolved) = self.symbols.get(ip) {
-                    for l in resolved.iter().rev() {
-                        if !key.is_empty() {
-                            key.push(';');
-                        }
-                        key.push_str(&folded_frame(&l.function));
-                    }
-                }
-            }
-            *merged.entry(key).or_default() += v;
-        }
-        merged
-            .into_iter()
-            .map(|(stack, v)| format!("{stack} {v}"))
-            .collect()
+        flamegraph::fold(
+            self.stacks
+                .iter()
+                .map(|(ips, c)| ("", &ips[..], self.value(c, sample_type)))
+                .filter(|(_, _, v)| *v > 0),
+            &self.symbols,
+        )
     }
 
     fn to_svg(&self, kind: Kind, sample_type: &str) -> std::io::Result<Vec<u8>> {
