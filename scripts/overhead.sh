@@ -5,9 +5,13 @@
 #   scripts/overhead.sh            the full run (about 10 minutes; progress is printed)
 #   scripts/overhead.sh --quick    a few seconds per part: proves the script works end to end
 #   scripts/overhead.sh --rounds N N alternations per overhead pair instead of 10
-#   scripts/overhead.sh --parts "5 6"  only these parts (1 2 3 5 6; 3 covers 4)
+#   scripts/overhead.sh --parts "5 6"  only these parts (0 1 2 3 5 6 7; 3 covers 4)
 #
 # Measures, printing a summary at the end (docs/performance.md quotes it):
+#  0. what diag costs while nobody profiles: the server's CPU time per request under wrk
+#     with diag mounted on the service's own listener and its trace layer installed (B,
+#     `--diag-listen main`) against no diag at all (A, `--diag-listen off
+#     --no-trace-layer`), two processes of the same binary, alternated;
 #  1. overhead: the server's CPU time per request (from /proc/PID/stat) under wrk on `/`
 #     and on fixed-work `/work?n=`, with a CPU profile running (B) against none (A),
 #     alternating A and B; the median of the per-pair ratios B/A, with min and max, and
@@ -24,21 +28,23 @@
 #     binary, alternated; and how long a heap dump takes and how big it is, 64 MiB held;
 #  6. what diag's trace layer costs while no /trace window is open: the same CPU per
 #     request with the layer installed and idle (B) against without it (A,
-#     `--no-trace-layer`), two processes of the same binary, alternated.
+#     `--no-trace-layer`), two processes of the same binary, alternated;
+#  7. what an open /trace window costs: the same CPU per request while a window spans the
+#     wrk run (B) against none (A), in one process, alternated.
 # Traffic goes to 127.0.0.1 only, bounded in time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 quick=0
 rounds_arg=""
-parts="1 2 3 5 6"
+parts="0 1 2 3 5 6 7"
 while [ $# -gt 0 ]; do
   arg=$1; shift
   case "$arg" in
     --quick) quick=1 ;;
     --rounds) rounds_arg=${1:?--rounds needs a number}; shift ;;
     --parts) parts=${1:?--parts needs a list such as "5 6"}; shift ;;
-    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
     *) echo "unknown argument: $arg (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -72,10 +78,11 @@ cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 rss() { awk '/^RssAnon/{a=$2} /^RssFile/{f=$2} END{printf "%d MiB (%d anonymous + %d file-backed)", (a+f)/1024, a/1024, f/1024}' "/proc/$1/status"; }
 wait_http() { for _ in $(seq 100); do curl -sf -o /dev/null "$1" && return 0; sleep 0.05; done; echo "no answer from $1" >&2; exit 1; }
 
-start_demo() { # [PORT DIAG_PORT [MALLOC_CONF [FLAG...]]]
+start_demo() { # [PORT DIAG_PORT|main|off [MALLOC_CONF [FLAG...]]]
   local port=${1:-$demo_port} diag=${2:-$demo_diag} conf=${3:-}
   shift $(( $# < 3 ? $# : 3 ))
-  _RJEM_MALLOC_CONF=$conf RUST_LOG=warn target/release/demo --listen 127.0.0.1:$port --diag-listen 127.0.0.1:$diag "$@" >/dev/null 2>&1 &
+  case $diag in main|off) ;; *) diag=127.0.0.1:$diag ;; esac
+  _RJEM_MALLOC_CONF=$conf RUST_LOG=warn target/release/demo --listen 127.0.0.1:$port --diag-listen $diag "$@" >/dev/null 2>&1 &
   demo_pid=$!; pids+=($demo_pid)
   wait_http "http://127.0.0.1:$port/healthz"
   kill -0 $demo_pid 2>/dev/null || { echo "the demo exited: is port $port or $diag taken?" >&2; exit 1; }
@@ -113,6 +120,36 @@ overhead() {
     printf '  %-26s round %2d/%d: A %s us/req, B %s us/req\n' "$name" "$r" "$rounds" "${a%% *}" "${b%% *}"
   done
 }
+
+# Two processes, A (pid_a/port_a) and B (pid_b/port_b), on PATH: each round measures both,
+# A first in odd rounds and B first in even ones, so that whatever favours the first (or
+# second) run of a round falls on each side equally.
+heap_pair() { # NAME PATH
+  local name=$1 path=$2
+  local file="$out/overhead-${name//[\/ ?=&]/_}"
+  echo "$name" > "$file.name"
+  : > "$file"
+  for r in $(seq "$rounds"); do
+    if [ $((r % 2)) = 1 ]; then
+      a=$(measure $pid_a "http://127.0.0.1:$port_a$path")
+      b=$(measure $pid_b "http://127.0.0.1:$port_b$path")
+    else
+      b=$(measure $pid_b "http://127.0.0.1:$port_b$path")
+      a=$(measure $pid_a "http://127.0.0.1:$port_a$path")
+    fi
+    echo "$a $b" >> "$file"
+    printf '  %-26s round %2d/%d: A %s us/req, B %s us/req\n' "$name" "$r" "$rounds" "${a%% *}" "${b%% *}"
+  done
+}
+
+if want 0; then
+echo; echo "== 0. diag mounted on the service's listener and idle (B) against no diag at all (A), $rounds alternations"
+start_demo 18086 off "" --no-trace-layer; pid_a=$demo_pid; port_a=18086
+start_demo 18087 main; pid_b=$demo_pid; port_b=18087
+heap_pair "diag-idle demo /" "/"
+heap_pair "diag-idle demo /work?n=$work_n" "/work?n=$work_n"
+kill $pid_a $pid_b; wait $pid_a $pid_b 2>/dev/null || true
+fi
 
 if want 1 || want 2; then
 start_demo; start_go
@@ -188,18 +225,6 @@ wait $load || true
 kill $demo_pid; wait $demo_pid 2>/dev/null || true
 fi
 
-heap_pair() { # NAME PATH: alternate A and B (pid_a/port_a, pid_b/port_b) on PATH
-  local name=$1 path=$2
-  local file="$out/overhead-${name//[\/ ?=&]/_}"
-  echo "$name" > "$file.name"
-  : > "$file"
-  for r in $(seq "$rounds"); do
-    a=$(measure $pid_a "http://127.0.0.1:$port_a$path")
-    b=$(measure $pid_b "http://127.0.0.1:$port_b$path")
-    echo "$a $b" >> "$file"
-    printf '  %-26s round %2d/%d: A %s us/req, B %s us/req\n' "$name" "$r" "$rounds" "${a%% *}" "${b%% *}"
-  done
-}
 : > "$out/dumps"
 if want 5; then
 echo; echo "== 5. jemalloc heap profiling: active (B) against inactive (A), $rounds alternations"
@@ -227,12 +252,28 @@ curl -sf -o "$out/trace.json" "http://127.0.0.1:16064/debug/pprof/trace?seconds=
 wrk -t1 -c4 -d2s "http://127.0.0.1:18084/" >/dev/null
 wait $trace_curl
 trace_events=$(python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(len(d['traceEvents']), d['otherData']['events_dropped'])" "$out/trace.json")
+kill $pid_a $pid_b; wait $pid_a $pid_b 2>/dev/null || true
+fi
+
+if want 7; then
+echo; echo "== 7. a /trace window open (B) against none (A), one process, $rounds alternations"
+start_demo 18085 16065; pid_w=$demo_pid
+win_s=$((run_s + 2))
+overhead "trace-window demo /" $pid_w "http://127.0.0.1:18085/" "http://127.0.0.1:16065/debug/pprof/trace?seconds=$win_s"
+overhead "trace-window demo /work?n=$work_n" $pid_w "http://127.0.0.1:18085/work?n=$work_n" "http://127.0.0.1:16065/debug/pprof/trace?seconds=$win_s"
+curl -sf -o "$out/trace7.json" "http://127.0.0.1:16065/debug/pprof/trace?seconds=$win_s" & trace_curl=$!
+sleep 0.5; wrk -t1 -c32 -d"${run_s}s" "http://127.0.0.1:18085/" >/dev/null
+wait $trace_curl
+window_events=$(python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(d['otherData']['events_kept'], d['otherData']['events_dropped'])" "$out/trace7.json")
+kill $pid_w; wait $pid_w 2>/dev/null || true
 fi
 
 echo; echo "================ summary ================"
 echo "machine: $(nproc) cores, $(uname -r), CONFIG_HZ $(zcat /proc/config.gz 2>/dev/null | sed -n 's/^CONFIG_HZ=//p')"
 echo "overhead (server CPU per request B / A: demo/go = a CPU profile running / none;"
+echo "  diag-idle = diag mounted and idle / not mounted;"
 echo "  heap-prof = jemalloc profiling active / inactive; trace-layer = installed and idle / absent;"
+echo "  trace-window = a /trace window open / none;"
 echo "  median of $rounds pairs [min, max]; throughput A -> B):"
 for f in "$out"/overhead-*[!e]; do
   [ -s "$f" ] || continue
@@ -274,4 +315,7 @@ PY
 fi
 if want 6; then
   echo "a 1 s /trace window under wrk on /: $trace_events (events, dropped)"
+fi
+if want 7; then
+  echo "a ${win_s:-} s /trace window under wrk -c32 on /: $window_events (events kept, dropped at the cap)"
 fi

@@ -12,8 +12,9 @@ pub struct Args {
     #[arg(long, env = "DEMO_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
-    /// Address of diag's own listener (loopback by default), or the word `main` to mount
-    /// diag on the service's listener instead.
+    /// Address of diag's own listener (loopback by default), the word `main` to mount
+    /// diag on the service's listener instead, or `off` for no diag at all (for measuring
+    /// what it costs).
     #[arg(long, env = "DEMO_DIAG_LISTEN", default_value = "127.0.0.1:6060")]
     pub diag_listen: DiagListen,
 
@@ -61,18 +62,22 @@ pub enum DiagListen {
     Main,
     /// On a listener of its own at this address.
     Sidecar(SocketAddr),
+    /// Not served at all.
+    Off,
 }
 
 impl FromStr for DiagListen {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s == "main" {
-            return Ok(Self::Main);
+        match s {
+            "main" => return Ok(Self::Main),
+            "off" => return Ok(Self::Off),
+            _ => {}
         }
         s.parse()
             .map(Self::Sidecar)
-            .map_err(|_| format!("{s:?} is neither `main` nor an address such as 127.0.0.1:6060"))
+            .map_err(|_| format!("{s:?} is not `main`, `off` or an address such as 127.0.0.1:6060"))
     }
 }
 
@@ -120,6 +125,7 @@ mod tests {
     #[test]
     fn diag_listen() {
         assert_eq!("main".parse::<DiagListen>(), Ok(DiagListen::Main));
+        assert_eq!("off".parse::<DiagListen>(), Ok(DiagListen::Off));
         assert!(matches!("127.0.0.1:0".parse(), Ok(DiagListen::Sidecar(_))));
         assert!("nowhere".parse::<DiagListen>().is_err());
     }

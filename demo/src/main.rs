@@ -103,14 +103,25 @@ async fn run(args: Args, console: Option<diag::ConsoleServer>) -> Result<ExitCod
         .map_err(|e| format!("no local address: {e}"))?;
 
     let (app, sidecar, diag_addr) = match args.diag_listen {
-        DiagListen::Main => (demo::app(state.clone(), Some(cfg)), None, addr),
+        DiagListen::Main => (demo::app(state.clone(), Some(cfg)), None, Some(addr)),
         DiagListen::Sidecar(at) => {
             let sidecar = diag::serve(cfg, at)
                 .await
                 .map_err(|e| format!("cannot listen for diag on {at}: {e}"))?;
             let diag_addr = sidecar.local_addr();
-            (demo::app(state.clone(), None), Some(sidecar), diag_addr)
+            (
+                demo::app(state.clone(), None),
+                Some(sidecar),
+                Some(diag_addr),
+            )
         }
+        DiagListen::Off => (demo::app(state.clone(), None), None, None),
+    };
+    let diag_url = |path: &str| {
+        diag_addr.map_or_else(
+            || "off (--diag-listen off)".to_owned(),
+            |a| format!("http://{a}/debug/pprof/{path}"),
+        )
     };
 
     let server = {
@@ -124,9 +135,9 @@ async fn run(args: Args, console: Option<diag::ConsoleServer>) -> Result<ExitCod
     state.set_ready(true);
     tracing::info!(
         addr = %addr,
-        diag = %format!("http://{diag_addr}/debug/pprof/"),
-        profile = %format!("go tool pprof -top http://{diag_addr}/debug/pprof/profile?seconds=30"),
-        flamegraph = %format!("curl -o flamegraph.svg http://{diag_addr}/debug/pprof/flamegraph?seconds=30"),
+        diag = %diag_url(""),
+        profile = %format!("go tool pprof -top {}", diag_url("profile?seconds=30")),
+        flamegraph = %format!("curl -o flamegraph.svg {}", diag_url("flamegraph?seconds=30")),
         console = %console_addr.map_or_else(
             || "off (--console turns it on)".to_owned(),
             |at| format!("tokio-console http://{at}")

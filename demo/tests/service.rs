@@ -296,6 +296,23 @@ async fn diag_on_a_sidecar_by_default_or_on_main() {
 }
 
 #[tokio::test]
+async fn diag_off_serves_the_counter_and_no_diagnostics() {
+    let demo = Demo::start(bin(), &["--diag-listen", "off", "--no-trace-layer"], &[]);
+    assert_eq!(demo.diag_addr, demo.addr);
+    let listening = demo
+        .logs()
+        .into_iter()
+        .find(|l| l.contains("\"listening\""))
+        .unwrap();
+    assert!(listening.contains("off (--diag-listen off)"), "{listening}");
+    let r = get(&demo.url("/")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.text().trim(), "1");
+    let r = get(&demo.url("/debug/pprof/")).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
 async fn bad_flags_are_refused_with_a_message() {
     let out = std::process::Command::new(bin())
         .args(["--diag-listen", "nowhere"])
@@ -303,5 +320,5 @@ async fn bad_flags_are_refused_with_a_message() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("neither `main` nor an address"), "{err}");
+    assert!(err.contains("is not `main`, `off` or an address"), "{err}");
 }

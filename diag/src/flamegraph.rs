@@ -3,7 +3,7 @@
 //! diag renders from its own folded stacks (not pprof-rs's built-in inferno 0.11 one), so
 //! one inferno version is in the tree and heap profiles render the same way.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use inferno::flamegraph::{self, Options};
 
@@ -46,32 +46,50 @@ pub(crate) fn fold<'a>(
     stacks: impl IntoIterator<Item = (&'a str, &'a [usize], i64)>,
     symbols: &HashMap<usize, Resolved>,
 ) -> Vec<String> {
-    let mut merged: BTreeMap<String, i64> = BTreeMap::new();
+    // Each address's frames, folded once: `outer;...;inner`, or nothing if unresolved.
+    let mut frames: HashMap<usize, String> = HashMap::new();
+    let mut merged: HashMap<String, i64> = HashMap::new();
     for (prefix, ips, value) in stacks {
-        let mut key = folded_frame(prefix);
+        let mut key = String::with_capacity(64 * ips.len());
+        push_folded(&mut key, prefix);
         for ip in ips.iter().rev() {
-            if let Some(resolved) = symbols.get(ip) {
+            let folded = frames.entry(*ip).or_insert_with(|| {
                 // Lines are innermost first; folded stacks go root first.
-                for l in resolved.iter().rev() {
-                    if !key.is_empty() {
-                        key.push(';');
+                let mut out = String::new();
+                for l in symbols.get(ip).map_or(&[][..], |l| &l[..]).iter().rev() {
+                    if !out.is_empty() {
+                        out.push(';');
                     }
-                    key.push_str(&folded_frame(&l.function));
+                    push_folded(&mut out, &l.function);
                 }
+                out
+            });
+            if folded.is_empty() {
+                continue;
             }
+            if !key.is_empty() {
+                key.push(';');
+            }
+            key.push_str(folded);
         }
         *merged.entry(key).or_default() += value;
     }
-    merged
+    let mut lines: Vec<String> = merged
         .into_iter()
         .map(|(stack, value)| format!("{stack} {value}"))
-        .collect()
+        .collect();
+    lines.sort_unstable();
+    lines
 }
 
 /// Makes a frame name safe for the folded format, where `;` separates frames and the
 /// count follows the last space.
-fn folded_frame(name: &str) -> String {
-    name.replace(';', ":").replace(['\n', '\r'], " ")
+fn push_folded(out: &mut String, name: &str) {
+    out.extend(name.chars().map(|c| match c {
+        ';' => ':',
+        '\n' | '\r' => ' ',
+        c => c,
+    }));
 }
 
 #[cfg(test)]
@@ -115,6 +133,8 @@ mod tests {
 
     #[test]
     fn separators_are_escaped() {
-        assert_eq!(folded_frame("a;b\nc"), "a:b c");
+        let mut out = String::new();
+        push_folded(&mut out, "a;b\nc");
+        assert_eq!(out, "a:b c");
     }
 }

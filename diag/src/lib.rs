@@ -34,6 +34,7 @@
 //! | `console` | no | [`console()`]: tokio-console's layer for your subscriber, and its server, bound and served by diag |
 //! | `trace` | no | `/trace`: spans, events and task polls over a window as Chrome trace-event JSON, recorded by [`trace_layer()`] |
 //! | `taskdump` | no | `/goroutine`, `/tasks`: where every tokio task waits (`Handle::dump`) |
+//! | `criterion` | no | [`criterion::Flamegraphs`]: criterion 0.8's profiler hook, a flamegraph and a profile per benchmark under `cargo bench -- --profile-time N` |
 //! | `heap` | no | `/heap`, `/allocs`, `/heap/stats` from jemalloc's sampling (the application installs tikv-jemallocator as its global allocator and starts with `prof:true`) |
 //!
 //! Endpoints, parameters and errors are listed in the repository's `docs/endpoints.md`;
@@ -51,11 +52,16 @@
     allow(dead_code)
 )]
 
+#[cfg(feature = "bench")]
+#[doc(hidden)]
+pub mod bench;
 mod config;
 #[cfg(feature = "console")]
 mod console;
 #[cfg(feature = "cpu")]
 mod cpu;
+#[cfg(feature = "criterion")]
+pub mod criterion;
 mod error;
 #[cfg(any(feature = "cpu", feature = "heap"))]
 mod flamegraph;

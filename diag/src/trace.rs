@@ -3,7 +3,8 @@
 //! chrome://tracing open). Not Go's trace format: `go tool trace` does not read it.
 //!
 //! The application installs [`trace_layer`] in its subscriber. Outside a window the layer
-//! does one relaxed atomic load per callback and nothing else.
+//! reports no interest in any callsite and `OFF` as its maximum level, so tracing never
+//! calls it; a window re-evaluates callsite interest when it opens and when it closes.
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
@@ -16,6 +17,7 @@ use axum::extract::{RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use http::header;
 use tracing::field::{Field, Visit};
+use tracing::level_filters::LevelFilter;
 use tracing::span::{Attributes, Id};
 use tracing::subscriber::Interest;
 use tracing::{Event, Metadata, Subscriber};
@@ -80,10 +82,12 @@ enum Record {
 /// The layer that records into `/trace` windows. Install it once in the application's
 /// subscriber; without it `/trace` answers 501.
 ///
-/// It carries its own per-layer filter, open only while a window is: outside one, every
-/// span and event the other layers do not want stays disabled (tokio's trace-level task
-/// instrumentation among them), and for the rest it answers "no" with one atomic load.
-/// Spans created before a window opens are not seen in it.
+/// It carries its own per-layer filter, open only while a window is: outside one it tells
+/// tracing that it wants nothing (no callsite, no level), so the subscriber behaves as if
+/// the layer were absent: every span and event the other layers do not want stays
+/// disabled at its callsite (tokio's trace-level task instrumentation among them). Opening
+/// and closing a window re-evaluate every callsite's interest once. Spans created before
+/// a window opens are not seen in it.
 ///
 /// ```no_run
 /// use tracing_subscriber::prelude::*;
@@ -104,9 +108,10 @@ where
 
 /// The per-layer filter [`trace_layer`] wears: open only while a `/trace` window is.
 ///
-/// Callsites that can never be recorded (tokio's resource, async-op and waker
-/// instrumentation) are closed for good when they register, so they stay disabled when
-/// no other layer wants them; the rest ask one atomic load each time.
+/// Outside a window it answers "never" for every callsite and `OFF` as its level, so it
+/// adds nothing to what the other layers enable. Inside one, callsites that are never
+/// recorded (tokio's resource, async-op and waker instrumentation) stay closed; the rest
+/// ask one atomic load each time, so recording stops the moment the window ends.
 #[derive(Debug)]
 pub struct TraceFilter {
     _private: (),
@@ -118,11 +123,42 @@ impl<S> tracing_subscriber::layer::Filter<S> for TraceFilter {
     }
 
     fn callsite_enabled(&self, meta: &'static Metadata<'static>) -> Interest {
-        if is_task(meta.target(), meta.name()) || !is_tokio_internal(meta.target()) {
+        if ACTIVE.load(Ordering::Relaxed)
+            && (is_task(meta.target(), meta.name()) || !is_tokio_internal(meta.target()))
+        {
             Interest::sometimes()
         } else {
             Interest::never()
         }
+    }
+
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        if ACTIVE.load(Ordering::Relaxed) {
+            Some(LevelFilter::TRACE)
+        } else {
+            Some(LevelFilter::OFF)
+        }
+    }
+}
+
+/// Opens a window: the filter starts answering "yes", and every callsite's cached interest
+/// and the global maximum level are worked out again so the callsites the other layers
+/// left off reach this one. Dropping it (the window ended, or the client went away and the
+/// handler was dropped) closes the window the same way, so idle costs nothing again.
+struct OpenWindow(());
+
+impl OpenWindow {
+    fn open() -> OpenWindow {
+        ACTIVE.store(true, Ordering::Release);
+        tracing::callsite::rebuild_interest_cache();
+        OpenWindow(())
+    }
+}
+
+impl Drop for OpenWindow {
+    fn drop(&mut self) {
+        ACTIVE.store(false, Ordering::Release);
+        tracing::callsite::rebuild_interest_cache();
     }
 }
 
@@ -420,13 +456,13 @@ async fn run(d: &Diag, params: &Params) -> Result<Response, ApiError> {
     let started = SystemTime::now();
     let start_us = now_us();
     WINDOW_START.store(start_us.to_bits(), Ordering::Relaxed);
-    ACTIVE.store(true, Ordering::Release);
+    let open = OpenWindow::open();
     let shutdown = d.cfg().shutdown.clone();
     let ended_early = tokio::select! {
         () = tokio::time::sleep(Duration::from_secs(seconds)) => false,
         () = shutdown.triggered() => true,
     };
-    ACTIVE.store(false, Ordering::Release);
+    drop(open);
     let end_us = now_us();
     let records = std::mem::take(&mut *BUFFER.lock().unwrap_or_else(|e| e.into_inner()));
     let dropped = DROPPED.load(Ordering::Relaxed);

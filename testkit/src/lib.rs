@@ -118,7 +118,7 @@ pub struct Demo {
     logs: Arc<Mutex<Vec<String>>>,
     /// The service's address.
     pub addr: SocketAddr,
-    /// Where diag answers (the sidecar's address, or `addr` when mounted on main).
+    /// Where diag answers (the sidecar's address, or `addr` when mounted on main or off).
     pub diag_addr: SocketAddr,
     /// Where tokio-console attaches, when the demo serves it (`--console`).
     pub console_addr: Option<SocketAddr>,
@@ -166,21 +166,24 @@ impl Demo {
                 .cloned();
             if let Some(line) = found {
                 let addr = json_field(&line, "addr").expect("addr in the listening line");
+                let addr: SocketAddr = addr.parse().unwrap();
                 let diag = json_field(&line, "diag").expect("diag in the listening line");
+                // `--diag-listen off` logs "off (...)": diag is then nowhere, and its
+                // paths on the service's address answer 404.
                 let diag_addr = diag
                     .trim_start_matches("http://")
                     .split('/')
                     .next()
                     .unwrap()
                     .parse()
-                    .unwrap();
+                    .unwrap_or(addr);
                 let console_addr = json_field(&line, "console")
                     .and_then(|c| c.strip_prefix("tokio-console http://").map(str::to_owned))
                     .map(|a| a.parse().unwrap());
                 return Demo {
                     child,
                     logs,
-                    addr: addr.parse().unwrap(),
+                    addr,
                     diag_addr,
                     console_addr,
                 };

@@ -170,9 +170,75 @@ async fn capture(d: &Diag, window: Duration, frequency: u32) -> Result<Capture, 
     })
 }
 
+/// A CPU recording driven from synchronous code (the criterion hook): [`Recording::start`]
+/// joins the shared sampler like a `/profile` request does, [`Recording::finish`] takes
+/// the end snapshot and symbolizes.
+#[cfg(feature = "criterion")]
+pub(crate) struct Recording {
+    lease: Lease,
+    start_counts: sampler::Counts,
+    start: Mark,
+}
+
+#[cfg(feature = "criterion")]
+impl std::fmt::Debug for Recording {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recording")
+            .field("lease", &self.lease)
+            .field("start", &self.start)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(feature = "criterion")]
+impl Recording {
+    /// Starts (or joins) the sampler at `frequency`; the error says why it could not.
+    pub(crate) fn start(frequency: u32) -> Result<Recording, String> {
+        let joined = sampler::on_sampler_thread_blocking(move || {
+            Lease::join(frequency, Duration::from_secs(3600))
+        })
+        .ok_or("the CPU sampler failed")?;
+        match joined {
+            Ok((lease, start_counts)) => Ok(Recording {
+                lease,
+                start_counts,
+                start: Mark::now(),
+            }),
+            Err(JoinError::OtherFrequency { running, .. }) => Err(format!(
+                "the CPU sampler already runs at {running} Hz in this process"
+            )),
+            Err(JoinError::Start(msg)) => Err(format!("could not start the CPU profiler: {msg}")),
+        }
+    }
+
+    /// Ends the recording: the samples taken since [`Recording::start`], symbolized.
+    pub(crate) fn finish(self) -> CpuProfile {
+        let Recording {
+            lease,
+            start_counts,
+            start,
+        } = self;
+        let frequency = lease.frequency();
+        let (end_counts, end) = sampler::on_sampler_thread_blocking(move || {
+            let counts = lease.snapshot();
+            let end = Mark::now();
+            drop(lease);
+            (counts, end)
+        })
+        .unwrap_or_else(|| (None, Mark::now()));
+        CpuProfile::resolve(Capture {
+            stacks: sampler::delta(&start_counts, end_counts),
+            start,
+            end,
+            frequency,
+            ended_early: false,
+        })
+    }
+}
+
 /// A symbolized CPU profile, ready to encode in any format.
 #[derive(Debug)]
-struct CpuProfile {
+pub(crate) struct CpuProfile {
     stacks: Vec<Stack>,
     symbols: HashMap<usize, Resolved>,
     start: SystemTime,
@@ -235,7 +301,13 @@ impl CpuProfile {
     }
 
     /// gzipped profile.proto with Go's CPU sample types.
-    fn to_proto(&self) -> std::io::Result<Vec<u8>> {
+    /// How many samples the profile holds.
+    #[cfg(feature = "criterion")]
+    pub(crate) fn samples(&self) -> i64 {
+        self.samples
+    }
+
+    pub(crate) fn to_proto(&self) -> std::io::Result<Vec<u8>> {
         let mut b = ProfileBuilder::new(
             &[("samples", "count"), ("cpu", "nanoseconds")],
             ("cpu", "nanoseconds"),
@@ -263,7 +335,7 @@ impl CpuProfile {
     /// Collapsed stacks, root first, one line per distinct stack and thread name:
     /// `thread;a;b;c COUNT`. Threads that share a name (a pool's workers) and stacks that
     /// differ only below what the names show are merged, as the folded format expects.
-    fn to_folded(&self) -> Vec<String> {
+    pub(crate) fn to_folded(&self) -> Vec<String> {
         flamegraph::fold(
             self.stacks
                 .iter()
@@ -272,15 +344,76 @@ impl CpuProfile {
         )
     }
 
-    fn to_svg(&self) -> std::io::Result<Vec<u8>> {
+    pub(crate) fn to_svg(&self) -> std::io::Result<Vec<u8>> {
+        self.to_svg_titled("CPU flamegraph")
+    }
+
+    pub(crate) fn to_svg_titled(&self, title: &str) -> std::io::Result<Vec<u8>> {
         flamegraph::render(
             &self.to_folded(),
             &flamegraph::Labels {
-                title: "CPU flamegraph",
+                title,
                 subtitle: &self.subtitle(),
                 count_name: "samples",
             },
         )
+    }
+}
+
+#[cfg(feature = "bench")]
+impl CpuProfile {
+    /// A profile of `samples` samples, each its own stack `depth` frames deep, drawn from
+    /// a pool of made-up functions so that stacks share prefixes as real ones do (a few
+    /// roots, wider towards the leaves). For benchmarks of the encoders.
+    pub(crate) fn synthetic(samples: usize, depth: usize) -> CpuProfile {
+        let mut symbols = HashMap::new();
+        let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let stacks: Vec<Stack> = (0..samples)
+            .map(|_| {
+                // Frame i (from the root) is one of 2 + 4*i functions at that level.
+                let ips = (0..depth)
+                    .rev()
+                    .map(|level| {
+                        let choices = 2 + 4 * level as u64;
+                        0x10_0000 + (level as u64 * 4096 + next() % choices) as usize * 16
+                    })
+                    .collect();
+                Stack {
+                    ips,
+                    thread: format!("worker-{}", next() % 4),
+                    count: 1,
+                }
+            })
+            .collect();
+        for s in &stacks {
+            for &ip in &s.ips {
+                symbols.entry(ip).or_insert_with(|| -> Resolved {
+                    vec![proto::Line {
+                        function: format!("app::module_{}::function_{ip:x}", ip / 65536),
+                        file: format!("src/module_{}.rs", ip / 65536),
+                        line: (ip % 997) as u32,
+                    }]
+                    .into()
+                });
+            }
+        }
+        CpuProfile {
+            symbols,
+            start: SystemTime::now(),
+            duration: Duration::from_secs(30),
+            cpu_used: Duration::from_secs_f64(samples as f64 / 99.0),
+            frequency: DEFAULT_FREQUENCY,
+            samples: stacks.len() as i64,
+            period_ns: 1_000_000_000 / i64::from(DEFAULT_FREQUENCY),
+            stacks,
+            ended_early: false,
+        }
     }
 }
 

@@ -89,6 +89,19 @@ pub(crate) async fn on_sampler_thread<T: Send + 'static>(
     rx.await.ok()
 }
 
+/// Runs `f` on the `diag-sampler` thread and blocks this thread until it is done, for
+/// callers outside any runtime (the criterion hook). `None` if the job was lost.
+#[cfg(feature = "criterion")]
+pub(crate) fn on_sampler_thread_blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    submit(Box::new(move || {
+        let _ = tx.send(f());
+    }));
+    rx.recv().ok()
+}
+
 /// Why a reader could not join the sampler.
 #[derive(Debug)]
 pub(crate) enum JoinError {
