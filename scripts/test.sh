@@ -2,7 +2,8 @@
 # The one test command: every check and every test, on a fresh machine too.
 # Installs what the tests drive for real (Debian's Go for `go tool pprof`, wrk,
 # Chromium with playwright-core for the browser test, tmux and tokio-console, a C
-# toolchain for jemalloc) when missing, and prints how long each step took.
+# toolchain for jemalloc, kubernetes-validate and dockerfile from PyPI for the deployment
+# checks) when missing, and prints how long each step took.
 #
 #   scripts/test.sh            everything
 #   scripts/test.sh --no-lint  skip fmt, clippy and doc (a quicker loop while developing)
@@ -64,6 +65,9 @@ install_tools() {
     mkdir -p target/browser
     npm install --silent --no-audit --no-fund --prefix target/browser playwright-core@1.65 >/dev/null
   fi
+  # The deployment checks: Kubernetes schemas, BuildKit's Dockerfile parser, YAML.
+  python3 -c 'import kubernetes_validate, dockerfile, yaml' 2>/dev/null ||
+    python3 -m pip install -q --disable-pip-version-check kubernetes-validate dockerfile pyyaml
   rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
   go version
 }
@@ -82,7 +86,9 @@ if [ $lint = 1 ]; then
   step "diag with console only" cargo clippy -p diag --no-default-features --features console -- -D warnings
   step "diag with taskdump only" cargo clippy -p diag --no-default-features --features taskdump -- -D warnings
   step "diag with trace only" cargo clippy -p diag --no-default-features --features trace -- -D warnings
+  step "diag with criterion only" cargo clippy -p diag --no-default-features --features criterion -- -D warnings
 fi
+step "deployment files" python3 scripts/check_deploy.py
 step "cargo test" cargo test --workspace --all-features
 step "diag without features: the 501s" cargo test -q -p diag --no-default-features --test features
 step "cargo bench --no-run" cargo bench --workspace --no-run
@@ -94,6 +100,8 @@ build_unwinder_benches() { # one build per unwinder: their pprof-rs features exc
 }
 step "unwinder benches --no-run" build_unwinder_benches
 step "overhead.sh --quick" scripts/overhead.sh --quick
+# After the release build and the bench build above, so the guide's cargo commands are quick.
+step "the guide's commands" python3 scripts/check_guide.py
 
 echo
 echo "step                          time"

@@ -86,6 +86,12 @@ mod tasks;
 mod trace;
 mod util;
 
+/// docs/guide.md's Rust blocks, compiled (and run, where not `no_run`) as doctests so the
+/// guide cannot drift from the API.
+#[cfg(all(doctest, feature = "heap", feature = "trace"))]
+#[doc = include_str!("../../docs/guide.md")]
+mod guide {}
+
 pub use config::{Config, TOKEN_ENV};
 #[cfg(feature = "console")]
 pub use console::{

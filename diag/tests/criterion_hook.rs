@@ -36,16 +36,7 @@ fn profile_mode_writes_a_flamegraph_and_a_profile_per_benchmark() {
         let dir = out.join(bench).join("profile");
         let svg = std::fs::read_to_string(dir.join("flamegraph.svg"))
             .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-        let opts = roxmltree::ParsingOptions {
-            allow_dtd: true,
-            ..roxmltree::ParsingOptions::default()
-        };
-        let doc = roxmltree::Document::parse_with_options(&svg, opts).expect("valid SVG");
-        let frames: Vec<&str> = doc
-            .descendants()
-            .filter(|n| n.has_tag_name("title"))
-            .filter_map(|n| n.text())
-            .collect();
+        let frames = testkit::svg_titles(&svg);
         assert!(
             frames.iter().any(|t| t.contains("spin_for_the_hook")),
             "{bench}: no spin_for_the_hook frame among {} titles",

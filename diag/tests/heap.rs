@@ -253,16 +253,7 @@ async fn flamegraph_and_folded_weigh_bytes() {
     let r = ok(&format!("http://{addr}/debug/pprof/heap?format=svg")).await;
     assert_eq!(r.header("content-type"), "image/svg+xml");
     let svg = r.text();
-    let opts = roxmltree::ParsingOptions {
-        allow_dtd: true,
-        ..roxmltree::ParsingOptions::default()
-    };
-    let doc = roxmltree::Document::parse_with_options(&svg, opts).expect("valid SVG");
-    let titles: Vec<&str> = doc
-        .descendants()
-        .filter(|n| n.has_tag_name("title"))
-        .filter_map(|n| n.text())
-        .collect();
+    let titles = testkit::svg_titles(&svg);
     let frame = titles
         .iter()
         .find(|t| t.contains("held_by_test"))

@@ -409,6 +409,23 @@ pub fn pprof_cum_mib(top: &str, name: &str) -> Option<f64> {
         .ok()
 }
 
+/// The `<title>` of every frame of a flamegraph SVG, after checking it is well-formed XML
+/// whose root is `<svg>` (inferno's SVG starts with a DOCTYPE, which roxmltree refuses
+/// unless told).
+pub fn svg_titles(svg: &str) -> Vec<String> {
+    let opts = roxmltree::ParsingOptions {
+        allow_dtd: true,
+        ..roxmltree::ParsingOptions::default()
+    };
+    let doc = roxmltree::Document::parse_with_options(svg, opts).expect("valid XML");
+    assert_eq!(doc.root_element().tag_name().name(), "svg");
+    doc.descendants()
+        .filter(|n| n.has_tag_name("title"))
+        .filter_map(|n| n.text())
+        .map(str::to_owned)
+        .collect()
+}
+
 /// The resident memory of process `pid` in MiB (`VmRSS`).
 pub fn rss_mib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
