@@ -11,7 +11,8 @@ running are handled as a reader would:
 
 - `... cargo run --release -p demo ...` starts the demo in the background (stopping the
   one before) and waits until it answers on 127.0.0.1:8080;
-- a command ending in `&` runs in the background until the end of its block;
+- a command ending in `&` (before any comment) runs in the background until the end of
+  its block;
 - `tokio-console URL` runs in a tmux pane; its screen must show TEXT within 30 s;
 - `go tool pprof -http=...` gets `-no_browser`, and the page it serves must answer.
 
@@ -115,7 +116,8 @@ class Checker:
             ["bash", "-c", cmd[:-1]], cwd=cwd, stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL, start_new_session=True,
         ))
-        time.sleep(0.5)
+        # Let it reach the server before the next command looks for it.
+        time.sleep(1.5)
 
     def end_block(self):
         for p in self.background:
@@ -177,8 +179,8 @@ class Checker:
                 self.ran += 1
                 if re.match(r"^(\S+=\S+\s+)*cargo run --release -p demo\b", cmd):
                     self.start_demo(cmd, lineno)
-                elif cmd.endswith("&"):
-                    self.run_background(cmd, cwd)
+                elif re.sub(r"\s+#[^'\"]*$", "", cmd).endswith("&"):
+                    self.run_background(re.sub(r"\s+#[^'\"]*$", "", cmd), cwd)
                 elif cmd.startswith("tokio-console "):
                     self.tokio_console(cmd, expect, lineno)
                 elif cmd.startswith("go tool pprof") and " -http=" in cmd:
@@ -199,7 +201,7 @@ class Checker:
                     if r.returncode != 0:
                         self.fail(lineno, cmd, f"exit {r.returncode}:\n{out[-3000:]}")
                     elif expect and expect not in out:
-                        self.fail(lineno, cmd, f"output lacks {expect!r}:\n{out[-3000:]}")
+                        self.fail(lineno, cmd, f"output lacks {expect!r}:\n{out[:1500]}\n...\n{out[-1500:]}")
                     if os.path.exists(marker):
                         cwd = open(marker).read().strip()
             self.end_block()

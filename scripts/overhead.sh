@@ -2,7 +2,7 @@
 # What a running CPU profile costs the demo, and how faithful it is, measured side by side
 # with Go's net/http/pprof (../shared/peers/go-counter) in the same run.
 #
-#   scripts/overhead.sh            the full run (about 10 minutes; progress is printed)
+#   scripts/overhead.sh            the full run (about 20 minutes; progress is printed)
 #   scripts/overhead.sh --quick    a few seconds per part: proves the script works end to end
 #   scripts/overhead.sh --rounds N N alternations per overhead pair instead of 10
 #   scripts/overhead.sh --parts "5 6"  only these parts (0 1 2 3 5 6 7; 3 covers 4)
@@ -70,6 +70,14 @@ done
 peer=../shared/peers/go-counter
 [ -d "$peer" ] || { echo "the Go peer is missing at $peer" >&2; exit 1; }
 
+# Rough minutes per part at 10 rounds of 3 s (part 2 and 3 do not depend on rounds).
+estimate=$(python3 -c "
+per = {'0': 2.2, '1': 4.5, '2': 1.2, '3': 2.0, '5': 3.5, '6': 2.2, '7': 3.0}
+fixed = {'2', '3'}
+total = sum(per[p] * (1 if p in fixed else $rounds / 10) * ($run_s / 3 if p not in fixed else 1)
+            for p in '$parts'.split() if p in per)
+print(max(1, round(total)))")
+echo "parts $parts, $rounds rounds: about $estimate minutes after the build; progress below."
 echo "building the demo (release) and the Go peer..."
 cargo build --release -q -p demo
 (cd "$peer" && GOFLAGS=-mod=mod go build -o "$OLDPWD/target/go-counter" .)

@@ -56,6 +56,7 @@ install_tools() {
   need_deb chromium chromium
   need_deb node nodejs
   need_deb tmux tmux    # the tokio-console test reads its screen through tmux
+  need_deb dot graphviz # go tool pprof's web UI draws its graph view with it (the guide's check)
   if ! command -v tokio-console >/dev/null && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/tokio-console" ]; then
     echo "installing tokio-console (cargo install, a few minutes once)"
     cargo install -q tokio-console --locked

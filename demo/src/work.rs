@@ -52,12 +52,14 @@ pub fn spin_for(duration: Duration) -> u64 {
 }
 
 /// Allocates `mb` MiB in 1 MiB blocks and touches every page, so the memory is resident and
-/// heap profiles attribute it here. Never inlined.
+/// heap profiles attribute it here. Never inlined, and never a tail call: a release build
+/// otherwise jumps straight into `collect` and this frame vanishes from the stacks.
 #[inline(never)]
 pub fn hold_memory(mb: usize) -> Vec<Box<[u8]>> {
-    (0..mb)
+    let held = (0..mb)
         .map(|i| vec![(i % 251) as u8 + 1; MIB].into_boxed_slice())
-        .collect()
+        .collect();
+    std::hint::black_box(held)
 }
 
 /// Allocates `n` blocks of `bytes` bytes one after another, writing one byte of each and

@@ -24,8 +24,12 @@ use crate::util::{unix_nanos, utc};
 pub(crate) const DEFAULT_TIMEOUT_S: u64 = 5;
 /// The longest `timeout` accepted.
 pub(crate) const MAX_TIMEOUT_S: u64 = 60;
-/// How long a worker must stay in one poll, while diag watches, to count as stuck.
-const STUCK_WINDOW: Duration = Duration::from_millis(100);
+/// How long a worker must stay in one poll, while diag watches, to count as stuck. Long
+/// enough for tokio's batched metrics to show a busy worker's progress on a loaded machine
+/// (at 100 ms, a scraper's dump was refused under load: see docs/internals.md).
+const STUCK_WINDOW: Duration = Duration::from_millis(500);
+/// How often the poll counts and the threads' states are read within the window.
+const STUCK_SAMPLE: Duration = Duration::from_millis(20);
 
 /// One frame of a task's stack: its address and source lines (innermost first).
 #[derive(Debug, Clone)]
@@ -144,12 +148,15 @@ async fn sleep_off_runtime(d: Duration) {
 
 /// Describes the async workers that look stuck in one poll, if any.
 ///
-/// A worker is stuck when its poll count did not move over `STUCK_WINDOW` *and* its
-/// thread is not waiting for work in the kernel (futex or epoll). tokio's metrics alone
-/// cannot tell a parked worker from a blocked one: both stop counting, and the counts are
-/// published in batches. The threads are tokio's first `num_workers` threads by id (the
-/// runtime starts its workers before any blocking thread). A worker blocked on a lock also
-/// waits in futex and is not seen here; the dump's timeout covers that case.
+/// A worker is stuck when its poll count did not move over `STUCK_WINDOW` *and* as many
+/// worker threads were out of the kernel's wait-for-work calls (futex or epoll) at every
+/// reading. tokio's metrics alone cannot tell a parked worker from a blocked one: both
+/// stop counting, and the counts are published in batches (on park, and every 61 polls),
+/// so a busy, healthy worker on a loaded machine can look still for a while. The readings
+/// stop early, usually after one, once every worker has moved or every thread waits. The
+/// threads are tokio's first `num_workers` threads by id (the runtime starts its workers
+/// before any blocking thread). A worker blocked on a lock also waits in futex and is not
+/// seen here; the dump's timeout covers that case.
 async fn stuck_workers(handle: &tokio::runtime::Handle) -> Option<String> {
     #[cfg(all(tokio_unstable, target_has_atomic = "64", target_os = "linux"))]
     {
@@ -157,12 +164,22 @@ async fn stuck_workers(handle: &tokio::runtime::Handle) -> Option<String> {
         tokio::task::spawn_blocking(move || {
             let n = m.num_workers();
             let before: Vec<u64> = (0..n).map(|w| m.worker_poll_count(w)).collect();
-            std::thread::sleep(STUCK_WINDOW);
-            let still = (0..n)
-                .filter(|&w| m.worker_poll_count(w) == before[w])
-                .count();
-            let busy = busy_worker_threads(n)?;
-            let stuck = still.min(busy);
+            let mut moved = vec![false; n];
+            let mut busy_always = n;
+            let started = Instant::now();
+            loop {
+                std::thread::sleep(STUCK_SAMPLE);
+                for (w, moved) in moved.iter_mut().enumerate() {
+                    *moved |= m.worker_poll_count(w) != before[w];
+                }
+                busy_always = busy_always.min(busy_worker_threads(n)?);
+                let still = moved.iter().filter(|m| !**m).count();
+                if still == 0 || busy_always == 0 || started.elapsed() >= STUCK_WINDOW {
+                    break;
+                }
+            }
+            let still = moved.iter().filter(|m| !**m).count();
+            let stuck = still.min(busy_always);
             (stuck > 0).then(|| {
                 format!(
                     "{stuck} of {n} async worker threads stayed in one poll for {} ms while \
