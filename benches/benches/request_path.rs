@@ -59,7 +59,8 @@ fn counter_get(c: &mut Criterion) {
                     with.clone()
                         .oneshot(support::get("/debug/pprof/profile?seconds=3600")),
                 );
-                rt.block_on(async { tokio::time::sleep(Duration::from_millis(50)).await });
+                // Starting allocates the sampler's collector; let that finish untimed.
+                rt.block_on(async { tokio::time::sleep(Duration::from_millis(300)).await });
                 assert!(!p.is_finished(), "the CPU profile did not start");
                 *running.borrow_mut() = Some(p);
             },
@@ -67,6 +68,8 @@ fn counter_get(c: &mut Criterion) {
                 if let Some(p) = running.borrow_mut().take() {
                     p.abort();
                     let _ = rt.block_on(p);
+                    // Stopping frees the collector on the sampler thread: untimed too.
+                    std::thread::sleep(Duration::from_millis(300));
                 }
             },
         );
