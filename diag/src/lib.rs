@@ -88,7 +88,13 @@ mod util;
 
 /// docs/guide.md's Rust blocks, compiled (and run, where not `no_run`) as doctests so the
 /// guide cannot drift from the API.
-#[cfg(all(doctest, feature = "heap", feature = "trace"))]
+#[cfg(all(
+    doctest,
+    feature = "heap",
+    feature = "trace",
+    feature = "console",
+    feature = "criterion"
+))]
 #[doc = include_str!("../../docs/guide.md")]
 mod guide {}
 
