@@ -64,8 +64,14 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 
+# wrk and Go come from Debian's packages, installed here when missing (as scripts/test.sh does).
 for tool in wrk go curl python3; do
-  command -v $tool >/dev/null || { echo "$tool is missing: apt-get install -y ${tool/go/golang-go}" >&2; exit 1; }
+  command -v $tool >/dev/null && continue
+  pkg=${tool/go/golang-go}
+  echo "installing $pkg (for $tool)"
+  sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+  { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$pkg" >/dev/null; } ||
+    { echo "$tool is missing and could not be installed: apt-get install -y $pkg" >&2; exit 1; }
 done
 peer=../shared/peers/go-counter
 [ -d "$peer" ] || { echo "the Go peer is missing at $peer" >&2; exit 1; }

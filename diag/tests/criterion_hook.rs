@@ -52,12 +52,13 @@ fn profile_mode_writes_a_flamegraph_and_a_profile_per_benchmark() {
             .lines()
             .find(|l| l.contains("spin_for_the_hook"))
             .unwrap_or_else(|| panic!("{bench}: go tool pprof -top lacks the loop:\n{top}"));
-        // The loop is nearly all the benchmark's CPU time: at least half of it, flat.
-        let flat_pct: f64 = line
+        // The benchmark runs nothing but the loop: nearly all the samples are under it
+        // (cum), whatever share the inlined arithmetic leaves to it as flat.
+        let cum_pct: f64 = line
             .split_whitespace()
-            .nth(1)
+            .nth(4)
             .and_then(|p| p.trim_end_matches('%').parse().ok())
             .unwrap_or_else(|| panic!("unreadable line: {line}"));
-        assert!(flat_pct >= 50.0, "{bench}: {line}");
+        assert!(cum_pct >= 80.0, "{bench}: {line}");
     }
 }
