@@ -30,13 +30,15 @@ async fn search_and_zoom_work_in_chromium() {
         tools.display()
     );
     let demo = Demo::start(Path::new(env!("CARGO_BIN_EXE_demo")), &[], &[]);
-    // CPU in spin_cpu beside counter traffic, so the flamegraph has more than one tower.
+    // CPU in spin_cpu beside CPU in churn_memory, so the flamegraph has more than one
+    // tower and zooming into spin_cpu hides the other. (Counter traffic alone was too
+    // little CPU to be sampled reliably: one cold CI run had spin_cpu at 100 %.)
     let work = demo.url("/work?ms=2500");
     let load = tokio::spawn(async move { get(&work).await });
-    let counter = demo.url("/");
+    let churn = demo.url("/churn?n=2000&bytes=65536");
     let traffic = tokio::spawn(async move {
         for _ in 0..3000 {
-            get(&counter).await;
+            get(&churn).await;
         }
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
