@@ -15,6 +15,21 @@ fn call(rt: &tokio::runtime::Runtime, app: &axum::Router) {
     assert_eq!(res.status(), 200);
 }
 
+/// Starts a long CPU profile through `app` and waits, untimed, until the sampler runs
+/// (starting allocates its collector).
+fn start_profile(
+    rt: &tokio::runtime::Runtime,
+    app: &axum::Router,
+) -> tokio::task::JoinHandle<Result<axum::response::Response, std::convert::Infallible>> {
+    let p = rt.spawn(
+        app.clone()
+            .oneshot(support::get("/debug/pprof/profile?seconds=3600")),
+    );
+    rt.block_on(async { tokio::time::sleep(Duration::from_millis(300)).await });
+    assert!(!p.is_finished(), "the CPU profile did not start");
+    p
+}
+
 fn counter_get(c: &mut Criterion) {
     let rt = support::runtime();
     let without = demo::app(demo::AppState::new(), None);
@@ -26,12 +41,7 @@ fn counter_get(c: &mut Criterion) {
     group.bench_function("with diag merged", |b| b.iter(|| call(&rt, &with)));
     // A CPU profile over the rest of the group: the sampler interrupts this thread 99
     // times per CPU-second, as it would a service's worker.
-    let profile = rt.spawn(
-        with.clone()
-            .oneshot(support::get("/debug/pprof/profile?seconds=3600")),
-    );
-    rt.block_on(async { tokio::time::sleep(Duration::from_millis(300)).await });
-    assert!(!profile.is_finished(), "the CPU profile did not start");
+    let profile = start_profile(&rt, &with);
     group.bench_function("with diag merged, CPU profile running", |b| {
         b.iter(|| call(&rt, &with))
     });
@@ -54,16 +64,7 @@ fn counter_get(c: &mut Criterion) {
             100_000,
             || call(&rt, &with),
             || call(&rt, &with),
-            || {
-                let p = rt.spawn(
-                    with.clone()
-                        .oneshot(support::get("/debug/pprof/profile?seconds=3600")),
-                );
-                // Starting allocates the sampler's collector; let that finish untimed.
-                rt.block_on(async { tokio::time::sleep(Duration::from_millis(300)).await });
-                assert!(!p.is_finished(), "the CPU profile did not start");
-                *running.borrow_mut() = Some(p);
-            },
+            || *running.borrow_mut() = Some(start_profile(&rt, &with)),
             || {
                 if let Some(p) = running.borrow_mut().take() {
                     p.abort();

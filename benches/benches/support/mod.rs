@@ -37,10 +37,7 @@ pub(crate) fn measuring(name: &str) -> bool {
     {
         return false;
     }
-    let filters: Vec<&String> = args
-        .iter()
-        .filter(|a| !a.starts_with('-') && a.as_str() != "--bench")
-        .collect();
+    let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
     filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()))
 }
 
