@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use http::StatusCode;
-use testkit::{get, go_pprof, request, temp_dir};
+use testkit::{get, go_pprof, profile_running, request, temp_dir};
 
 /// Burns CPU under a name the profiles must show.
 #[inline(never)]
@@ -333,17 +333,20 @@ async fn memory_does_not_grow_over_back_to_back_windows() {
     }
     let (_serial, addr) = server().await;
     let on = burners(1);
-    let mut after_warmup = 0;
-    for i in 0..12 {
-        let r = get(&format!("http://{addr}/debug/pprof/profile?seconds=1")).await;
+    let url = format!("http://{addr}/debug/pprof/profile?seconds=1");
+    let index = format!("http://{addr}/debug/pprof/");
+    // Read while each next window runs, once the previous window's stop has finished
+    // (read right after an answer, a stop may be halfway, holding two collectors).
+    let mut during = Vec::new();
+    for i in 0..13 {
+        let profile = profile_running(&url, &index).await;
+        during.push(rss_kib());
+        eprintln!("window {i}: RSS {} KiB", during[i]);
+        let r = profile.await.unwrap();
         assert_eq!(r.status, StatusCode::OK);
-        eprintln!("window {i}: RSS {} KiB", rss_kib());
-        if i == 2 {
-            after_warmup = rss_kib();
-        }
     }
     on.store(false, Ordering::Relaxed);
-    let end = rss_kib();
+    let (after_warmup, end) = (during[3], during[12]);
     eprintln!("RSS after 3 windows {after_warmup} KiB, after 12 {end} KiB");
     assert!(
         end < after_warmup + 8 * 1024,

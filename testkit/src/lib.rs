@@ -426,6 +426,28 @@ pub fn svg_titles(svg: &str) -> Vec<String> {
         .collect()
 }
 
+/// Starts a CPU profile of `seconds` at `profile_url` in the background and returns once
+/// diag's index page (`index_url`) shows it running, with its answer still to come.
+///
+/// A point fixed by the sampler's own order, for reading memory between back-to-back
+/// profiles: diag starts a profile only after the previous one's stop has finished (a
+/// stop runs after its answer goes out), so the process holds exactly one collector here.
+pub async fn profile_running(profile_url: &str, index_url: &str) -> tokio::task::JoinHandle<Reply> {
+    let url = profile_url.to_owned();
+    let profile = tokio::spawn(async move { get(&url).await });
+    for _ in 0..500 {
+        if get(index_url)
+            .await
+            .text()
+            .contains("A CPU profile is running")
+        {
+            return profile;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("{profile_url} never showed as running on {index_url} (10 s)");
+}
+
 /// The resident memory of process `pid` in MiB (`VmRSS`).
 pub fn rss_mib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
