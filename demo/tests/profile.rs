@@ -149,13 +149,9 @@ async fn go_tool_pprof_web_ui_opens_the_profile() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let mut ui = std::process::Command::new(testkit::go())
-        .args([
-            "tool",
-            "pprof",
-            "-no_browser",
-            &format!("-http=127.0.0.1:{port}"),
-        ])
+    // The tool itself, not the `go` wrapper, so that killing it stops the web UI.
+    let mut ui = std::process::Command::new(testkit::go_tool("pprof"))
+        .args(["-no_browser", &format!("-http=127.0.0.1:{port}")])
         .arg(&file)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

@@ -281,6 +281,21 @@ pub fn go() -> PathBuf {
         })
 }
 
+/// The binary behind `go tool NAME` (`go tool -n NAME` prints its path), for a test that
+/// must stop the tool itself: killing the `go` wrapper would leave the tool running.
+pub fn go_tool(name: &str) -> PathBuf {
+    let out = std::process::Command::new(go())
+        .args(["tool", "-n", name])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "go tool -n {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
 /// The `tokio-console` binary. Tests that need it fail with instructions when it is
 /// missing: `scripts/test.sh` installs it with `cargo install tokio-console --locked`.
 pub fn tokio_console() -> PathBuf {
