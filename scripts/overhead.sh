@@ -65,14 +65,11 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 
 # wrk and Go come from Debian's packages, installed here when missing (as scripts/test.sh does).
-for tool in wrk go curl python3; do
-  command -v $tool >/dev/null && continue
-  pkg=${tool/go/golang-go}
-  echo "installing $pkg (for $tool)"
-  sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
-  { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$pkg" >/dev/null; } ||
-    { echo "$tool is missing and could not be installed: apt-get install -y $pkg" >&2; exit 1; }
-done
+. scripts/lib.sh
+need_deb wrk wrk
+need_deb go golang-go
+need_deb curl curl
+need_deb python3 python3
 peer=../shared/peers/go-counter
 [ -d "$peer" ] || { echo "the Go peer is missing at $peer" >&2; exit 1; }
 
