@@ -132,6 +132,14 @@ fn load(demo: &Demo, on: Arc<AtomicBool>) -> (Arc<AtomicU64>, Arc<AtomicU64>) {
     (served, failed)
 }
 
+/// Borrowed header pairs, as requests take them, from owned ones a task can hold.
+fn refs(headers: &[(String, String)]) -> Vec<(&str, &str)> {
+    headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect()
+}
+
 /// Writes a scraped body to a file and has `go tool pprof` parse it: its sample types.
 async fn parses(body: &[u8], name: &str) -> String {
     let file = temp_dir("fleet").join(format!("{name}.pb.gz"));
@@ -148,13 +156,16 @@ async fn replay(token: Option<&str>) {
 
     let env: Vec<(&str, &str)> = token.map(|t| ("DIAG_TOKEN", t)).into_iter().collect();
     let demo = Demo::start(bin(), &[], &env);
-    let auth = token.map(|t| format!("Bearer {t}"));
-    let headers: Vec<(&str, &str)> = auth
-        .as_deref()
-        .map(|a| ("authorization", a))
+    let auth: Vec<(String, String)> = token
+        .map(|t| ("authorization".to_owned(), format!("Bearer {t}")))
         .into_iter()
-        .chain([("user-agent", "Alloy/v1.10.0 (replay)")])
         .collect();
+    let scraper: Arc<Vec<(String, String)>> = Arc::new(
+        auth.iter()
+            .cloned()
+            .chain([("user-agent".to_owned(), "Alloy/v1.10.0 (replay)".to_owned())])
+            .collect(),
+    );
     if token.is_some() {
         let r = try_request(Method::GET, &demo.diag_url("/debug/pprof/allocs"), &[], b"")
             .await
@@ -180,16 +191,10 @@ async fn replay(token: Option<&str>) {
             } else {
                 (demo.diag_url(&s.path), timeout)
             };
-            let headers: Vec<(String, String)> = headers
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect();
+            let headers = scraper.clone();
             let name = format!("{}-{cycle}", s.name);
             jobs.push(tokio::spawn(async move {
-                let h: Vec<(&str, &str)> = headers
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_str()))
-                    .collect();
+                let h = refs(&headers);
                 let t = Instant::now();
                 let r = tokio::time::timeout(limit, try_request(Method::GET, &url, &h, b""))
                     .await
@@ -211,14 +216,11 @@ async fn replay(token: Option<&str>) {
             );
             let pprof = tokio::spawn(go_pprof_async(vec!["-top".into(), url]));
             let svg_url = demo.diag_url("/debug/pprof/flamegraph?seconds=2");
-            let h: Vec<(String, String)> = auth
-                .iter()
-                .map(|a| ("authorization".to_owned(), a.clone()))
-                .collect();
+            let h = auth.clone();
             let svg = tokio::spawn(async move {
-                let h: Vec<(&str, &str)> =
-                    h.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-                try_request(Method::GET, &svg_url, &h, b"").await.unwrap()
+                try_request(Method::GET, &svg_url, &refs(&h), b"")
+                    .await
+                    .unwrap()
             });
             Some((pprof, svg))
         } else {

@@ -167,7 +167,7 @@ async fn stuck_workers(handle: &tokio::runtime::Handle) -> Option<String> {
             let mut moved = vec![false; n];
             let mut busy_always = n;
             let started = Instant::now();
-            loop {
+            let still = loop {
                 std::thread::sleep(STUCK_SAMPLE);
                 for (w, moved) in moved.iter_mut().enumerate() {
                     *moved |= m.worker_poll_count(w) != before[w];
@@ -175,10 +175,9 @@ async fn stuck_workers(handle: &tokio::runtime::Handle) -> Option<String> {
                 busy_always = busy_always.min(busy_worker_threads(n)?);
                 let still = moved.iter().filter(|m| !**m).count();
                 if still == 0 || busy_always == 0 || started.elapsed() >= STUCK_WINDOW {
-                    break;
+                    break still;
                 }
-            }
-            let still = moved.iter().filter(|m| !**m).count();
+            };
             let stuck = still.min(busy_always);
             (stuck > 0).then(|| {
                 format!(

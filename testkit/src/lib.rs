@@ -441,8 +441,9 @@ pub fn svg_titles(svg: &str) -> Vec<String> {
         .collect()
 }
 
-/// Starts a CPU profile of `seconds` at `profile_url` in the background and returns once
-/// diag's index page (`index_url`) shows it running, with its answer still to come.
+/// Starts the CPU profile at `profile_url` (its window in the URL) in the background and
+/// returns once diag's index page (`index_url`) shows it running, with its answer still
+/// to come.
 ///
 /// A point fixed by the sampler's own order, for reading memory between back-to-back
 /// profiles: diag starts a profile only after the previous one's stop has finished (a
