@@ -23,6 +23,11 @@ pub struct Args {
     #[arg(long, env = "DEMO_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
 
+    /// Connections the app's listener serves at once; one more is answered 503 and
+    /// closed (diag's sidecar has its own cap, 64).
+    #[arg(long, env = "DEMO_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+
     /// How long `/readyz` answers 503 while still accepting, before the listener closes
     /// (set it to the readiness probe's period behind a load balancer).
     #[arg(long, env = "DEMO_DRAIN_DELAY", default_value = "0s", value_parser = parse_duration)]

@@ -82,7 +82,17 @@ async fn start(args: Args) -> ExitCode {
 
 async fn run(args: Args, console: Option<diag::ConsoleServer>) -> Result<ExitCode, String> {
     let stop = diag::Shutdown::new();
+    // Slow or idle clients cannot hold connections (or the shutdown): both listeners close
+    // stuck connections, and at shutdown every connection with no request in flight. A
+    // request still running when the shutdown timeout runs out is reported below (exit 1);
+    // the listeners' own grace is a second longer, so that report comes first.
+    let limits = diag::conn::ConnLimits::default()
+        .with_max_connections(args.max_connections)
+        .with_shutdown_grace(args.shutdown_timeout + std::time::Duration::from_secs(1));
     let mut cfg = diag::Config::default()
+        .with_conn_limits(
+            limits.with_max_connections(diag::conn::ConnLimits::DEFAULT_MAX_CONNECTIONS),
+        )
         .with_default_env()
         .with_shutdown(stop.clone())
         .with_min_dump_interval(args.dump_interval);
@@ -127,9 +137,7 @@ async fn run(args: Args, console: Option<diag::ConsoleServer>) -> Result<ExitCod
     let server = {
         let stop = stop.clone();
         demo::spawn_named("demo::serve", async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.triggered().await })
-                .await
+            diag::conn::serve(listener, app, limits, stop).await
         })
     };
     state.set_ready(true);

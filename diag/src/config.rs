@@ -35,6 +35,8 @@ pub struct Config {
     /// The application's runtime, whose tasks a dump shows, when diag is served from a
     /// runtime of its own (the sidecar); `None`: the runtime serving the request.
     pub(crate) app_runtime: Option<tokio::runtime::Handle>,
+    /// The sidecar's connection limits.
+    pub(crate) conn_limits: crate::conn::ConnLimits,
 }
 
 impl Config {
@@ -64,6 +66,7 @@ impl Config {
             app_runtime: None,
             shutdown: Shutdown::new(),
             console_addr: None,
+            conn_limits: crate::conn::ConnLimits::new(),
         }
     }
 
@@ -131,6 +134,14 @@ impl Config {
         self
     }
 
+    /// The sidecar's connection limits ([`crate::serve`]): header-read and idle timeouts,
+    /// concurrent connections, shutdown grace. Routers merged into the application's own
+    /// listener are under that listener's limits instead (see [`crate::conn::serve`]).
+    pub fn with_conn_limits(mut self, limits: crate::conn::ConnLimits) -> Self {
+        self.conn_limits = limits;
+        self
+    }
+
     /// Tells the index page that a tokio-console server listens at `addr`, so that it can
     /// show the command to attach.
     pub fn with_console_addr(mut self, addr: impl Into<String>) -> Self {
@@ -182,6 +193,7 @@ impl fmt::Debug for Config {
             .field("console_addr", &self.console_addr)
             .field("min_dump_interval", &self.min_dump_interval)
             .field("app_runtime", &self.app_runtime.is_some())
+            .field("conn_limits", &self.conn_limits)
             .finish_non_exhaustive()
     }
 }

@@ -43,6 +43,8 @@ pub(crate) enum ApiError {
 }
 
 impl ApiError {
+    /// A 400 naming the parameter, the value received (cut to [`MAX_ECHO`] bytes, so a
+    /// 2 MiB bad input is not sent back whole) and what is allowed.
     pub(crate) fn bad_param(
         name: &'static str,
         value: impl Into<String>,
@@ -50,7 +52,7 @@ impl ApiError {
     ) -> Self {
         Self::BadParam {
             name,
-            value: value.into(),
+            value: truncated(value.into()),
             allowed: allowed.into(),
         }
     }
@@ -103,6 +105,25 @@ impl ApiError {
     }
 }
 
+/// The most of a client's bad input an error echoes back.
+pub(crate) const MAX_ECHO: usize = 120;
+
+/// `s` cut to at most [`MAX_ECHO`] bytes (at a character boundary), saying how much was
+/// left out.
+pub(crate) fn truncated(mut s: String) -> String {
+    if s.len() <= MAX_ECHO {
+        return s;
+    }
+    let mut cut = MAX_ECHO;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let left = s.len() - cut;
+    s.truncate(cut);
+    s.push_str(&format!("... ({left} more bytes)"));
+    s
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut body = self.message();
@@ -152,6 +173,16 @@ mod tests {
             e.message(),
             "invalid value for \"seconds\": \"abc\"; allowed: an integer from 1 to 300"
         );
+    }
+
+    #[test]
+    fn long_bad_input_is_echoed_truncated() {
+        let long = "é".repeat(1 << 20);
+        let e = ApiError::bad_param("address", long, "hexadecimal addresses");
+        let msg = e.message();
+        assert!(msg.len() < 400, "{} bytes", msg.len());
+        assert!(msg.contains("more bytes)"), "{msg}");
+        assert_eq!(truncated("short".into()), "short");
     }
 
     #[test]

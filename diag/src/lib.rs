@@ -56,6 +56,7 @@
 #[doc(hidden)]
 pub mod bench;
 mod config;
+pub mod conn;
 #[cfg(feature = "console")]
 mod console;
 #[cfg(feature = "cpu")]
@@ -110,4 +111,6 @@ pub use router::router;
 pub use server::{DEFAULT_SIDECAR_ADDR, Sidecar, serve};
 pub use shutdown::Shutdown;
 #[cfg(feature = "trace")]
-pub use trace::{MAX_TRACE_EVENTS, TraceFilter, TraceLayer, trace_layer};
+pub use trace::{
+    MAX_FIELD_BYTES, MAX_TRACE_BYTES, MAX_TRACE_EVENTS, TraceFilter, TraceLayer, trace_layer,
+};

@@ -19,12 +19,11 @@ impl Params {
         Self { pairs }
     }
 
-    /// The last value given for `name` (as Go's `FormValue` takes the first, repeated
-    /// parameters are rare; the last one wins here, as with most query parsers).
+    /// The first value given for `name`, as Go's `FormValue` takes it: a client that
+    /// repeats a parameter gets what `go tool pprof` users get from Go.
     pub(crate) fn get(&self, name: &str) -> Option<&str> {
         self.pairs
             .iter()
-            .rev()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     }
@@ -102,6 +101,13 @@ mod tests {
                 .ok(),
             Some("proto")
         );
+    }
+
+    #[test]
+    fn the_first_of_repeated_parameters_wins_as_in_go() {
+        let p = Params::parse(Some("seconds=5&seconds=300&seconds=x"));
+        assert_eq!(p.get("seconds"), Some("5"));
+        assert_eq!(p.int_in::<u64>("seconds", 30, 1, 10).ok(), Some(5));
     }
 
     #[test]

@@ -261,16 +261,28 @@ fn only_get(m: MethodRouter<Diag>) -> MethodRouter<Diag> {
     })
 }
 
-/// The token check, then `nosniff` on whatever is answered.
+/// The token check, then `nosniff` on whatever is answered, and `X-Go-Pprof: 1` on every
+/// plain-text error, axum's own rejections included (a body over the limit, say), so
+/// `go tool pprof` shows their text too.
 async fn guard(State(d): State<Diag>, req: Request, next: Next) -> Response {
     let mut res = match &d.cfg().token {
         Some(token) if !authorized(req.headers(), token) => ApiError::Unauthorized.into_response(),
         _ => next.run(req).await,
     };
-    res.headers_mut().insert(
+    let error_text = (res.status().is_client_error() || res.status().is_server_error())
+        && res
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|t| t.starts_with("text/plain"));
+    let headers = res.headers_mut();
+    headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
+    if error_text {
+        headers.insert(crate::error::X_GO_PPROF, HeaderValue::from_static("1"));
+    }
     res
 }
 

@@ -25,6 +25,11 @@ pub const DEFAULT_SIDECAR_ADDR: &str = "127.0.0.1:6060";
 /// called: it stops accepting, profiles in flight end early and answer with what they
 /// have, and then its thread ends.
 ///
+/// Connections are held to [`Config::with_conn_limits`]: a header-read timeout, an idle
+/// timeout and a cap on concurrent connections (64 by default; one more is answered 503
+/// and closed at once), so slow or idle clients cannot exhaust the process's file
+/// descriptors or hold its shutdown past the grace period.
+///
 /// ```no_run
 /// # async fn run() -> std::io::Result<()> {
 /// let stop = diag::Shutdown::new();
@@ -70,6 +75,7 @@ pub async fn serve(mut cfg: Config, addr: impl ToSocketAddrs) -> io::Result<Side
     }
     let shutdown = cfg.shutdown.clone();
     let signal = shutdown.clone();
+    let limits = cfg.conn_limits;
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -82,9 +88,7 @@ pub async fn serve(mut cfg: Config, addr: impl ToSocketAddrs) -> io::Result<Side
                 let listener = TcpListener::from_std(listener)?;
                 let app = crate::router::<()>(cfg);
                 let served = crate::util::spawn_named("diag::sidecar", async move {
-                    axum::serve(listener, app)
-                        .with_graceful_shutdown(async move { signal.triggered().await })
-                        .await
+                    crate::conn::serve(listener, app, limits, signal).await
                 });
                 match served.await {
                     Ok(r) => r,

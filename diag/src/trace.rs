@@ -38,11 +38,21 @@ pub(crate) const DEFAULT_SECONDS: u64 = 1;
 pub(crate) const MAX_SECONDS: u64 = 60;
 /// Events kept per window; beyond it they are counted and dropped, and the answer says so.
 pub const MAX_TRACE_EVENTS: usize = 200_000;
+/// Bytes a window's records may hold (their strings and their own size), beside the event
+/// cap: past it events are counted and dropped like past the cap. Requests with 60 KB
+/// paths would otherwise fill hundreds of MiB within the event cap.
+pub const MAX_TRACE_BYTES: usize = 32 << 20;
+/// The longest field value kept; longer ones are cut and end with a marker saying how
+/// many bytes were left out.
+pub const MAX_FIELD_BYTES: usize = 512;
 
 static INSTALLED: AtomicBool = AtomicBool::new(false);
 static ACTIVE: AtomicBool = AtomicBool::new(false);
 static DROPPED: AtomicU64 = AtomicU64::new(0);
-static BUFFER: Mutex<Vec<Record>> = Mutex::new(Vec::new());
+static BUFFER: Mutex<Buffer> = Mutex::new(Buffer {
+    records: Vec::new(),
+    bytes: 0,
+});
 static WINDOW: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
 
@@ -212,13 +222,47 @@ fn in_window(t: f64) -> bool {
     t >= f64::from_bits(WINDOW_START.load(Ordering::Relaxed))
 }
 
+/// A window's records and what they weigh.
+#[derive(Debug)]
+struct Buffer {
+    records: Vec<Record>,
+    /// The records' own size plus their strings' capacity.
+    bytes: usize,
+}
+
+impl Buffer {
+    fn lock() -> std::sync::MutexGuard<'static, Buffer> {
+        BUFFER.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Empties the buffer and gives its memory back.
+    fn clear(&mut self) {
+        self.records = Vec::new();
+        self.bytes = 0;
+    }
+}
+
+impl Record {
+    /// What keeping this record costs, in bytes.
+    fn weight(&self) -> usize {
+        let strings = match self {
+            Record::Span { fields, .. } | Record::Instant { fields, .. } => fields.capacity(),
+            Record::Poll { name, fields, .. } => name.capacity() + fields.capacity(),
+            Record::Thread { name, .. } => name.capacity(),
+        };
+        std::mem::size_of::<Record>() + strings
+    }
+}
+
 fn push(r: Record) {
-    let mut b = BUFFER.lock().unwrap_or_else(|e| e.into_inner());
-    if b.len() >= MAX_TRACE_EVENTS {
+    let weight = r.weight();
+    let mut b = Buffer::lock();
+    if b.records.len() >= MAX_TRACE_EVENTS || b.bytes + weight > MAX_TRACE_BYTES {
         DROPPED.fetch_add(1, Ordering::Relaxed);
         return;
     }
-    b.push(r);
+    b.bytes += weight;
+    b.records.push(r);
 }
 
 /// Names this thread in the current window's output, once.
@@ -236,19 +280,61 @@ fn note_thread(tid: u64) {
 #[derive(Default)]
 struct Fields(String);
 
-impl Visit for Fields {
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+/// Appends to a string up to a limit and counts what it left out, so that a huge value
+/// is never copied whole.
+struct Bounded<'a> {
+    out: &'a mut String,
+    room: usize,
+    cut: usize,
+}
+
+impl std::fmt::Write for Bounded<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        if s.len() <= self.room {
+            self.out.push_str(s);
+            self.room -= s.len();
+        } else {
+            let mut take = self.room;
+            while !s.is_char_boundary(take) {
+                take -= 1;
+            }
+            self.out.push_str(&s[..take]);
+            self.room = 0;
+            self.cut += s.len() - take;
+        }
+        Ok(())
+    }
+}
+
+impl Fields {
+    /// Appends `name` and `value`, the value cut to [`MAX_FIELD_BYTES`] and then marked
+    /// with how many bytes were left out.
+    fn push(&mut self, name: &str, value: std::fmt::Arguments<'_>) {
         if !self.0.is_empty() {
             self.0.push('\u{1f}');
         }
-        let _ = write!(self.0, "{}\u{1e}{:?}", field.name(), value);
+        self.0.push_str(name);
+        self.0.push('\u{1e}');
+        let mut w = Bounded {
+            out: &mut self.0,
+            room: MAX_FIELD_BYTES,
+            cut: 0,
+        };
+        let _ = w.write_fmt(value);
+        let cut = w.cut;
+        if cut > 0 {
+            let _ = write!(self.0, "…[{cut} bytes cut]");
+        }
+    }
+}
+
+impl Visit for Fields {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.push(field.name(), format_args!("{value:?}"));
     }
 
     fn record_str(&mut self, field: &Field, value: &str) {
-        if !self.0.is_empty() {
-            self.0.push('\u{1f}');
-        }
-        let _ = write!(self.0, "{}\u{1e}{}", field.name(), value);
+        self.push(field.name(), format_args!("{value}"));
     }
 }
 
@@ -446,11 +532,10 @@ async fn run(d: &Diag, params: &Params) -> Result<Response, ApiError> {
         )
     })?;
     let _permit = d.heavy()?;
-    {
-        let mut b = BUFFER.lock().unwrap_or_else(|e| e.into_inner());
-        b.clear();
-        b.shrink_to(4096);
-    }
+    Buffer::lock().clear();
+    // Whatever ends this handler (the window's end, or the client going away and hyper
+    // dropping it mid-window), the records go with it, not with the next window.
+    let _release = ReleaseOnDrop;
     DROPPED.store(0, Ordering::Relaxed);
     WINDOW_SEQ.fetch_add(1, Ordering::Relaxed);
     let started = SystemTime::now();
@@ -464,7 +549,8 @@ async fn run(d: &Diag, params: &Params) -> Result<Response, ApiError> {
     };
     drop(open);
     let end_us = now_us();
-    let records = std::mem::take(&mut *BUFFER.lock().unwrap_or_else(|e| e.into_inner()));
+    let records = std::mem::take(&mut Buffer::lock().records);
+    Buffer::lock().clear();
     let dropped = DROPPED.load(Ordering::Relaxed);
     let body = tokio::task::spawn_blocking(move || {
         render(&records, started, start_us, end_us, dropped, ended_early)
@@ -484,6 +570,15 @@ async fn run(d: &Diag, params: &Params) -> Result<Response, ApiError> {
         .into_response())
 }
 
+/// Empties the window's buffer when dropped.
+struct ReleaseOnDrop;
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        Buffer::lock().clear();
+    }
+}
+
 fn render(
     records: &[Record],
     started: SystemTime,
@@ -494,9 +589,18 @@ fn render(
 ) -> String {
     use serde_json::{Value, json};
     let pid = std::process::id();
-    let mut events: Vec<Value> = Vec::with_capacity(records.len() * 2 + 8);
+    // Each event is written out as it is made, so the answer's peak memory is the text
+    // itself, not a tree of every event beside it.
+    let mut out = String::from("{\"traceEvents\":[");
+    let mut first = true;
+    let mut emit = |event: Value| {
+        if !std::mem::take(&mut first) {
+            out.push(',');
+        }
+        out.push_str(&event.to_string());
+    };
     let mut threads: BTreeMap<u64, &str> = BTreeMap::new();
-    events.push(
+    emit(
         json!({"ph": "M", "name": "process_name", "pid": pid, "tid": 0,
         "args": {"name": std::env::args().next().unwrap_or_default()}}),
     );
@@ -523,9 +627,9 @@ fn render(
                     "duration_us".into(),
                     json!(((end - start) * 1000.0).round() / 1000.0),
                 );
-                events.push(json!({"ph": "b", "cat": "span", "name": name, "id": id,
+                emit(json!({"ph": "b", "cat": "span", "name": name, "id": id,
                     "ts": rel(*start), "pid": pid, "tid": tid, "args": Value::Object(args)}));
-                events.push(json!({"ph": "e", "cat": "span", "name": name, "id": id,
+                emit(json!({"ph": "e", "cat": "span", "name": name, "id": id,
                     "ts": rel(*end), "pid": pid, "tid": tid}));
             }
             Record::Poll {
@@ -535,7 +639,7 @@ fn render(
                 start,
                 end,
             } => {
-                events.push(json!({"ph": "X", "cat": "poll", "name": name,
+                emit(json!({"ph": "X", "cat": "poll", "name": name,
                     "ts": rel(*start), "dur": ((end - start) * 1000.0).round() / 1000.0,
                     "pid": pid, "tid": tid, "args": Value::Object(args_json(fields))}));
             }
@@ -550,31 +654,32 @@ fn render(
                 args.insert("target".into(), Value::String((*target).to_owned()));
                 let name: String = field(fields, "message")
                     .map_or_else(|| (*name).to_owned(), |m| m.chars().take(80).collect());
-                events.push(json!({"ph": "i", "s": "t", "cat": "event", "name": name,
+                emit(json!({"ph": "i", "s": "t", "cat": "event", "name": name,
                     "ts": rel(*ts), "pid": pid, "tid": tid, "args": Value::Object(args)}));
             }
         }
     }
     for (tid, name) in threads {
-        events.push(
+        emit(
             json!({"ph": "M", "name": "thread_name", "pid": pid, "tid": tid,
             "args": {"name": name}}),
         );
     }
-    let doc = json!({
-        "traceEvents": events,
-        "displayTimeUnit": "ms",
-        "otherData": {
-            "producer": "diag /debug/pprof/trace",
-            "format": "Chrome trace-event JSON (Perfetto, chrome://tracing); not Go's trace format",
-            "start": utc(started),
-            "start_unix_nanos": unix_nanos(started),
-            "window_us": ((end_us - start_us) * 1000.0).round() / 1000.0,
-            "events_kept": records.len(),
-            "events_dropped": dropped,
-            "event_cap": MAX_TRACE_EVENTS,
-            "ended_early_by_shutdown": ended_early,
-        }
+    let other = json!({
+        "producer": "diag /debug/pprof/trace",
+        "format": "Chrome trace-event JSON (Perfetto, chrome://tracing); not Go's trace format",
+        "start": utc(started),
+        "start_unix_nanos": unix_nanos(started),
+        "window_us": ((end_us - start_us) * 1000.0).round() / 1000.0,
+        "events_kept": records.len(),
+        "events_dropped": dropped,
+        "event_cap": MAX_TRACE_EVENTS,
+        "byte_budget": MAX_TRACE_BYTES,
+        "ended_early_by_shutdown": ended_early,
     });
-    doc.to_string()
+    drop(emit);
+    out.push_str("],\"displayTimeUnit\":\"ms\",\"otherData\":");
+    out.push_str(&other.to_string());
+    out.push('}');
+    out
 }

@@ -4,6 +4,8 @@
 //! Nothing here fakes a server or a tool: every helper talks to something running.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod mem;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

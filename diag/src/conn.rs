@@ -1,0 +1,421 @@
+//! Serving a router with the connection limits Go's `http.Server` offers: a header-read
+//! timeout, an idle keep-alive timeout, a cap on concurrent connections, and a shutdown
+//! that slow clients cannot hold past its grace period.
+//!
+//! `axum::serve` has none of them: a client that trickles a request one byte at a time,
+//! or opens connections and sends nothing, holds them for ever, and enough of them exhaust
+//! the process's file descriptors (every listener of the process then stops accepting).
+//! The sidecar ([`crate::serve`]) uses this module; an application can serve its own
+//! router through [`serve`] too (the demo does).
+//!
+//! ```no_run
+//! # async fn run() -> std::io::Result<()> {
+//! use std::time::Duration;
+//! let app = axum::Router::new();
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! let stop = diag::Shutdown::new();
+//! let limits = diag::conn::ConnLimits::default().with_max_connections(10_000);
+//! diag::conn::serve(listener, app, limits, stop).await
+//! # }
+//! ```
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::shutdown::Shutdown;
+
+/// Limits on the connections one listener serves. A consuming builder; every limit has a
+/// `DEFAULT_*` constant.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnLimits {
+    header_read_timeout: Duration,
+    idle_timeout: Duration,
+    max_connections: usize,
+    shutdown_grace: Duration,
+}
+
+impl ConnLimits {
+    /// How long a client may take to send a request's headers, from its first byte (Go's
+    /// `ReadHeaderTimeout`). Past it the connection is closed.
+    pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+    /// How long a keep-alive connection may sit with no request in flight and no byte
+    /// moving before it is closed (Go's `IdleTimeout`). A profile in flight is not idle.
+    pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+    /// Connections served at once; one more is answered `503` and closed at once.
+    pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
+    /// After shutdown begins, how long connections get to finish their requests before
+    /// they are dropped.
+    pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+    /// The defaults above.
+    pub fn new() -> Self {
+        Self {
+            header_read_timeout: Self::DEFAULT_HEADER_READ_TIMEOUT,
+            idle_timeout: Self::DEFAULT_IDLE_TIMEOUT,
+            max_connections: Self::DEFAULT_MAX_CONNECTIONS,
+            shutdown_grace: Self::DEFAULT_SHUTDOWN_GRACE,
+        }
+    }
+
+    /// Sets the header-read timeout (at least 1 ms).
+    pub fn with_header_read_timeout(mut self, timeout: Duration) -> Self {
+        self.header_read_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Sets the idle keep-alive timeout (at least 1 ms).
+    pub fn with_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Sets the cap on concurrent connections (at least 1).
+    pub fn with_max_connections(mut self, max: usize) -> Self {
+        self.max_connections = max.max(1);
+        self
+    }
+
+    /// Sets the grace period connections get once shutdown begins.
+    pub fn with_shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+
+    /// The header-read timeout.
+    pub fn header_read_timeout(&self) -> Duration {
+        self.header_read_timeout
+    }
+
+    /// The idle keep-alive timeout.
+    pub fn idle_timeout(&self) -> Duration {
+        self.idle_timeout
+    }
+
+    /// The cap on concurrent connections.
+    pub fn max_connections(&self) -> usize {
+        self.max_connections
+    }
+
+    /// The shutdown grace period.
+    pub fn shutdown_grace(&self) -> Duration {
+        self.shutdown_grace
+    }
+}
+
+impl Default for ConnLimits {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What a refused connection is told before it is closed.
+const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+content-type: text/plain; charset=utf-8\r\nx-go-pprof: 1\r\n\
+x-content-type-options: nosniff\r\nconnection: close\r\ncontent-length: 66\r\n\r\n\
+too many connections to this listener; close idle ones and retry\r\n";
+
+/// Serves `app` on `listener` within `limits` until `shutdown` is triggered; then stops
+/// accepting, closes connections with no request in flight at once (idle ones, and heads
+/// still trickling in), asks the others to finish (HTTP/1 keep-alive off, HTTP/2
+/// GOAWAY), and drops those still open after the grace period. Errors accepting (such as running
+/// out of file descriptors) are waited out, never returned.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: ConnLimits,
+    shutdown: Shutdown,
+) -> io::Result<()> {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut conns = JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.triggered() => break,
+            accepted = listener.accept() => accepted,
+            // Reap finished connections so the set does not grow.
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(_) => {
+                // EMFILE and the like: give other connections time to close rather than
+                // spin on a listener that stays readable.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            // Refused at once; a best-effort answer that never waits on the client.
+            let _ = stream.try_write(REFUSED);
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let stop = shutdown.clone();
+        conns.spawn(async move {
+            serve_connection(stream, app, limits, stop).await;
+            drop(slot);
+        });
+    }
+    drop(listener);
+    let grace = tokio::time::sleep(limits.shutdown_grace);
+    tokio::pin!(grace);
+    loop {
+        tokio::select! {
+            next = conns.join_next() => if next.is_none() { break },
+            () = &mut grace => {
+                conns.abort_all();
+                while conns.join_next().await.is_some() {}
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The moments that decide whether a connection is stuck, in milliseconds since `origin`.
+#[derive(Debug)]
+struct Activity {
+    origin: Instant,
+    /// When a byte last moved either way.
+    last_io: AtomicU64,
+    /// When the first byte of the request being read arrived (`u64::MAX`: none pending).
+    header_started: AtomicU64,
+    /// Requests whose handler has not answered yet.
+    in_flight: AtomicUsize,
+}
+
+impl Activity {
+    fn now(&self) -> u64 {
+        self.origin.elapsed().as_millis() as u64
+    }
+}
+
+/// The socket, noting when bytes move.
+struct Watched {
+    inner: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            let a = &self.activity;
+            let now = a.now();
+            a.last_io.store(now, Ordering::Relaxed);
+            if a.in_flight.load(Ordering::Relaxed) == 0 {
+                // Bytes with no request in flight: the next request's head has begun.
+                let _ = a.header_started.compare_exchange(
+                    u64::MAX,
+                    now,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+            }
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = polled {
+            if n > 0 {
+                let now = self.activity.now();
+                self.activity.last_io.store(now, Ordering::Relaxed);
+            }
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = polled {
+            if n > 0 {
+                let now = self.activity.now();
+                self.activity.last_io.store(now, Ordering::Relaxed);
+            }
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Counts a request in flight from the moment hyper hands it over until its handler's
+/// future completes or is dropped.
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn begin(activity: &Arc<Activity>) -> Self {
+        activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        activity.header_started.store(u64::MAX, Ordering::Relaxed);
+        Self(activity.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let now = self.0.now();
+        self.0.last_io.store(now, Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Why the watchdog closes a connection at `now`, or the time until it should look again.
+fn verdict(a: &Activity, limits: &ConnLimits, now: u64) -> Result<Duration, &'static str> {
+    let header = limits.header_read_timeout.as_millis() as u64;
+    let idle = limits.idle_timeout.as_millis() as u64;
+    let started = a.header_started.load(Ordering::Relaxed);
+    if started != u64::MAX {
+        let waited = now.saturating_sub(started);
+        if waited >= header {
+            return Err("header read timeout");
+        }
+        return Ok(Duration::from_millis(header - waited));
+    }
+    if a.in_flight.load(Ordering::Relaxed) > 0 {
+        return Ok(limits.idle_timeout.min(limits.header_read_timeout));
+    }
+    let quiet = now.saturating_sub(a.last_io.load(Ordering::Relaxed));
+    if quiet >= idle {
+        return Err("idle timeout");
+    }
+    Ok(Duration::from_millis(idle - quiet))
+}
+
+async fn serve_connection(stream: TcpStream, app: Router, limits: ConnLimits, stop: Shutdown) {
+    use hyper_util::server::conn::auto::Builder;
+    use tower::ServiceExt as _;
+
+    let activity = Arc::new(Activity {
+        origin: Instant::now(),
+        last_io: AtomicU64::new(0),
+        header_started: AtomicU64::new(u64::MAX),
+        in_flight: AtomicUsize::new(0),
+    });
+    let io = TokioIo::new(Watched {
+        inner: stream,
+        activity: activity.clone(),
+    });
+    let counted = activity.clone();
+    let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let guard = InFlight::begin(&counted);
+        let app = app.clone();
+        async move {
+            let res = app.oneshot(req.map(axum::body::Body::new)).await;
+            drop(guard);
+            res
+        }
+    });
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).keep_alive(true);
+    builder.http2().timer(TokioTimer::new());
+    let conn = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(conn);
+    let mut stopping = false;
+    loop {
+        // A head can begin while the watchdog sleeps towards the idle deadline: look at
+        // least four times per header-read timeout, so a head is cut within 1.25 of it.
+        let check = match verdict(&activity, &limits, activity.now()) {
+            Ok(after) => after.min(limits.header_read_timeout / 4),
+            Err(why) => {
+                // Stuck: dropping the connection closes the socket.
+                tracing::debug!(target: "diag::conn", "closing a connection: {why}");
+                return;
+            }
+        };
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            () = tokio::time::sleep(check) => {}
+            () = stop.triggered(), if !stopping => {
+                if activity.in_flight.load(Ordering::Relaxed) == 0 {
+                    // Idle, or a head still trickling in: nothing to finish, so nothing
+                    // may hold the shutdown.
+                    return;
+                }
+                stopping = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn activity(last_io: u64) -> Activity {
+        Activity {
+            origin: Instant::now(),
+            last_io: AtomicU64::new(last_io),
+            header_started: AtomicU64::new(u64::MAX),
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+
+    #[test]
+    fn a_quiet_connection_without_requests_is_idle() {
+        let limits = ConnLimits::new().with_idle_timeout(Duration::from_secs(1));
+        let a = activity(100_000);
+        assert_eq!(
+            verdict(&a, &limits, 100_400),
+            Ok(Duration::from_millis(600))
+        );
+        assert_eq!(verdict(&a, &limits, 101_000), Err("idle timeout"));
+        // A request in flight (a long profile) is never idle, however quiet.
+        a.in_flight.store(1, Ordering::Relaxed);
+        assert!(verdict(&a, &limits, 200_000).is_ok());
+    }
+
+    #[test]
+    fn a_head_that_takes_too_long_is_cut() {
+        let limits = ConnLimits::new().with_header_read_timeout(Duration::from_secs(2));
+        let a = activity(100_000);
+        a.header_started.store(99_000, Ordering::Relaxed);
+        assert_eq!(
+            verdict(&a, &limits, 100_000),
+            Ok(Duration::from_millis(1000))
+        );
+        assert_eq!(verdict(&a, &limits, 101_000), Err("header read timeout"));
+        // Trickling bytes does not help: the clock runs from the head's first byte.
+        a.last_io.store(101_000, Ordering::Relaxed);
+        assert_eq!(verdict(&a, &limits, 101_000), Err("header read timeout"));
+    }
+}

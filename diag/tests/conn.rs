@@ -1,0 +1,144 @@
+//! The sidecar's connection limits over real sockets: a head trickled in byte by byte is
+//! cut at the header-read timeout, an idle keep-alive connection at the idle timeout
+//! (while a long profile in flight is not), one connection past the cap is answered 503
+//! at once, and a trickling client cannot hold the shutdown.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use diag::conn::ConnLimits;
+
+async fn sidecar(limits: ConnLimits) -> (diag::Sidecar, SocketAddr) {
+    let sidecar = diag::serve(
+        diag::Config::default().with_conn_limits(limits),
+        "127.0.0.1:0",
+    )
+    .await
+    .unwrap();
+    let addr = sidecar.local_addr();
+    (sidecar, addr)
+}
+
+/// Reads until the peer closes, or fails the test after `within`; returns what was read
+/// and how long the close took.
+fn read_to_close(s: &mut TcpStream, within: Duration) -> (Vec<u8>, Duration) {
+    let t = Instant::now();
+    s.set_read_timeout(Some(within)).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return (got, t.elapsed()),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return (got, t.elapsed()),
+            Err(e) => panic!("the connection stayed open {:?}: {e}", t.elapsed()),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_head_is_cut_at_the_header_read_timeout() {
+    let limits = ConnLimits::default().with_header_read_timeout(Duration::from_millis(800));
+    let (_sidecar, addr) = sidecar(limits).await;
+    let cut = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        let t = Instant::now();
+        // One byte every 100 ms: the connection is never quiet, but the head never ends.
+        let head =
+            b"GET /debug/pprof/ HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+        for b in head.iter().cycle() {
+            if s.write_all(&[*b]).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            assert!(t.elapsed() < Duration::from_secs(10), "never cut");
+        }
+        t.elapsed()
+    })
+    .await
+    .unwrap();
+    assert!(cut >= Duration::from_millis(800), "cut after {cut:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_is_closed_but_a_long_answer_is_not() {
+    let limits = ConnLimits::default().with_idle_timeout(Duration::from_millis(700));
+    let (_sidecar, addr) = sidecar(limits).await;
+    tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        // A request that takes longer than the idle timeout to answer.
+        s.write_all(
+            b"GET /debug/pprof/profile?seconds=2&format=folded HTTP/1.1\r\nHost: x\r\n\r\n",
+        )
+        .unwrap();
+        let mut buf = vec![0u8; 1 << 16];
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let n = s.read(&mut buf).unwrap();
+        let head = String::from_utf8_lossy(&buf[..n]);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        // Then idle: closed after ~0.7 s, with nothing more said.
+        let (rest, took) = read_to_close(&mut s, Duration::from_secs(5));
+        let rest = String::from_utf8_lossy(&rest);
+        assert!(!rest.contains("HTTP/1.1"), "{rest}");
+        assert!(took < Duration::from_secs(4), "closed after {took:?}");
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_past_the_cap_is_refused_at_once_in_go_style() {
+    let limits = ConnLimits::default().with_max_connections(3);
+    let (_sidecar, addr) = sidecar(limits).await;
+    tokio::task::spawn_blocking(move || {
+        let held: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        // Let the sidecar accept all three before the fourth.
+        std::thread::sleep(Duration::from_millis(200));
+        let mut fourth = TcpStream::connect(addr).unwrap();
+        let (answer, took) = read_to_close(&mut fourth, Duration::from_secs(2));
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        assert!(answer.contains("x-go-pprof: 1"), "{answer}");
+        assert!(answer.contains("too many connections"), "{answer}");
+        assert!(took < Duration::from_secs(1), "refused after {took:?}");
+        // A held connection is served; once one closes, a new one is too.
+        drop(held);
+        std::thread::sleep(Duration::from_millis(200));
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(b"GET /debug/pprof/cmdline HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let (answer, _) = read_to_close(&mut s, Duration::from_secs(5));
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickling_client_cannot_hold_the_shutdown() {
+    // Timeouts far longer than the test: only the shutdown can end the connection.
+    let limits = ConnLimits::default()
+        .with_header_read_timeout(Duration::from_secs(60))
+        .with_shutdown_grace(Duration::from_secs(30));
+    let (sidecar, addr) = sidecar(limits).await;
+    let trickler = std::thread::spawn(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        for b in b"GET /debug/pprof/ HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaa" {
+            if s.write_all(&[*b]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t = Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), sidecar.shutdown())
+        .await
+        .expect("the sidecar stopped")
+        .unwrap();
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    trickler.join().unwrap();
+}
