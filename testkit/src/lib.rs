@@ -4,6 +4,10 @@
 //! Nothing here fakes a server or a tool: every helper talks to something running.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod redis;
+
+pub use redis::{RedisServer, Resp, redis_server_bin};
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
