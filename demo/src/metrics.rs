@@ -127,7 +127,9 @@ impl StoreMetrics {
     }
 
     pub(crate) fn set_up(&self, store: &'static str, up: bool) {
-        self.up.get_or_create(&[("store", store)]).set(i64::from(up));
+        self.up
+            .get_or_create(&[("store", store)])
+            .set(i64::from(up));
     }
 }
 

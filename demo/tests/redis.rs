@@ -76,7 +76,10 @@ async fn two_demos_on_one_redis_answer_one_sequence() {
     let b = Demo::start(
         bin(),
         &[],
-        &[("DEMO_REDIS", &redis.url()), ("DEMO_REDIS_KEY", "test:shared")],
+        &[
+            ("DEMO_REDIS", &redis.url()),
+            ("DEMO_REDIS_KEY", "test:shared"),
+        ],
     );
     for demo in [&a, &b] {
         let line = demo
@@ -85,7 +88,10 @@ async fn two_demos_on_one_redis_answer_one_sequence() {
             .find(|l| l.contains("\"count store\""))
             .unwrap();
         assert!(line.contains("\"store\":\"redis\""), "{line}");
-        assert!(line.contains(&format!("redis at 127.0.0.1:{}", redis.port())), "{line}");
+        assert!(
+            line.contains(&format!("redis at 127.0.0.1:{}", redis.port())),
+            "{line}"
+        );
         assert!(line.contains("test:shared"), "{line}");
     }
 
@@ -147,7 +153,12 @@ async fn without_redis_the_count_is_in_memory_and_says_so() {
 #[tokio::test]
 async fn a_bad_redis_url_is_refused_at_start() {
     let out = std::process::Command::new(bin())
-        .args(["--redis", "http://:hunter2@nowhere", "--listen", "127.0.0.1:0"])
+        .args([
+            "--redis",
+            "http://:hunter2@nowhere",
+            "--listen",
+            "127.0.0.1:0",
+        ])
         .args(["--diag-listen", "off"])
         .output()
         .unwrap();
@@ -203,8 +214,17 @@ async fn redis_frozen_mid_load_loses_nothing_and_counts_nothing_twice() {
 
     tokio::time::sleep(Duration::from_millis(400)).await;
     redis.pause();
-    let r = wait_ready(&demo, StatusCode::SERVICE_UNAVAILABLE, Duration::from_secs(5)).await;
-    assert!(r.text().contains("redis") && r.text().contains("unavailable"), "{}", r.text());
+    let r = wait_ready(
+        &demo,
+        StatusCode::SERVICE_UNAVAILABLE,
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(
+        r.text().contains("redis") && r.text().contains("unavailable"),
+        "{}",
+        r.text()
+    );
     assert_eq!(get(&demo.url("/healthz")).await.status, StatusCode::OK);
     tokio::time::sleep(Duration::from_millis(1000)).await;
     redis.resume();
@@ -225,11 +245,17 @@ async fn redis_frozen_mid_load_loses_nothing_and_counts_nothing_twice() {
     assert_eq!(distinct.len(), counts.len(), "a count was answered twice");
     let slowest = answers.iter().map(|a| a.took).max().unwrap();
     // The command timeout is 300 ms: nothing waits for Redis much longer than that.
-    assert!(slowest < Duration::from_secs(2), "an answer took {slowest:?}");
+    assert!(
+        slowest < Duration::from_secs(2),
+        "an answer took {slowest:?}"
+    );
 
     let total = redis.get_u64("demo:count").unwrap();
     let uncertain = metric(&demo, "store_uncertain_increments_total{store=\"redis\"}").await as u64;
-    assert!(unavailable > 0 && uncertain > 0, "{unavailable} 503s, {uncertain} uncertain");
+    assert!(
+        unavailable > 0 && uncertain > 0,
+        "{unavailable} 503s, {uncertain} uncertain"
+    );
     assert_eq!(
         total,
         counts.len() as u64 + uncertain,
@@ -262,13 +288,26 @@ async fn readiness_follows_redis_and_a_restart_reset_is_logged() {
     let first_run = redis.run_id();
 
     redis.stop();
-    let r = wait_ready(&demo, StatusCode::SERVICE_UNAVAILABLE, Duration::from_secs(5)).await;
-    assert!(r.text().contains("redis") && r.text().contains("unavailable"), "{}", r.text());
+    let r = wait_ready(
+        &demo,
+        StatusCode::SERVICE_UNAVAILABLE,
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(
+        r.text().contains("redis") && r.text().contains("unavailable"),
+        "{}",
+        r.text()
+    );
     assert_eq!(get(&demo.url("/healthz")).await.status, StatusCode::OK);
     let start = Instant::now();
     let r = get(&demo.url("/")).await;
     assert!(is_unavailable(&r), "{} {}", r.status, r.text());
-    assert!(start.elapsed() < Duration::from_secs(2), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
     assert_eq!(metric(&demo, "store_up{store=\"redis\"}").await, 0.0);
     assert!(
         metric(
@@ -293,8 +332,9 @@ async fn readiness_follows_redis_and_a_restart_reset_is_logged() {
         logs.join("\n")
     );
     assert!(
-        logs.iter()
-            .any(|l| l.contains("count reset") && l.contains("\"was\":5") && l.contains("\"now\":0")),
+        logs.iter().any(|l| l.contains("count reset")
+            && l.contains("\"was\":5")
+            && l.contains("\"now\":0")),
         "{}",
         logs.join("\n")
     );

@@ -414,5 +414,8 @@ async fn concurrent_holds_never_pass_the_cap_together() {
     // The reservation is returned: the whole cap can be held again.
     let r = request(Method::POST, &demo.url("/hold?mb=1"), &[], b"").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-    assert!(stated.is_some(), "the start-up line states no /hold cap: {line}");
+    assert!(
+        stated.is_some(),
+        "the start-up line states no /hold cap: {line}"
+    );
 }

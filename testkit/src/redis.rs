@@ -174,8 +174,7 @@ impl RedisServer {
 
     /// Sends one command on a new connection and reads its answer (5 s at most).
     pub fn command(&self, args: &[&str]) -> Result<Resp, String> {
-        let mut stream =
-            TcpStream::connect(("127.0.0.1", self.port)).map_err(|e| e.to_string())?;
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).map_err(|e| e.to_string())?;
         stream
             .set_read_timeout(Some(Duration::from_secs(5)))
             .map_err(|e| e.to_string())?;
@@ -203,7 +202,9 @@ impl RedisServer {
                 let mut body = vec![0; len as usize + 2];
                 std::io::Read::read_exact(&mut reader, &mut body).map_err(|e| e.to_string())?;
                 body.truncate(len as usize);
-                Ok(Resp::Bulk(Some(String::from_utf8_lossy(&body).into_owned())))
+                Ok(Resp::Bulk(Some(
+                    String::from_utf8_lossy(&body).into_owned(),
+                )))
             }
             _ => Err(format!("unexpected answer {line:?}")),
         }

@@ -309,7 +309,11 @@ impl RedisStore {
                 .compare_exchange(current, n, Ordering::SeqCst, Ordering::SeqCst)
                 .is_ok()
             {
-                self.count_reset(current, n, "an INCR answered less than a count seen before it");
+                self.count_reset(
+                    current,
+                    n,
+                    "an INCR answered less than a count seen before it",
+                );
                 return;
             }
         }
@@ -345,11 +349,9 @@ impl RedisStore {
         };
         let timeout = self.config.timeout;
         let start = Instant::now();
-        let pong = tokio::time::timeout(
-            timeout,
-            redis::cmd("PING").query_async::<String>(&mut conn),
-        )
-        .await;
+        let pong =
+            tokio::time::timeout(timeout, redis::cmd("PING").query_async::<String>(&mut conn))
+                .await;
         self.metrics.observe(STORE, "ping", start.elapsed());
         let reason = match pong {
             Ok(Ok(_)) => {
@@ -443,7 +445,11 @@ impl RedisStore {
                 .compare_exchange(seen, count, Ordering::SeqCst, Ordering::SeqCst)
                 .is_ok()
         {
-            self.count_reset(seen, count, "on reconnecting, the key held less than seen before");
+            self.count_reset(
+                seen,
+                count,
+                "on reconnecting, the key held less than seen before",
+            );
         }
         let generation = self.generations.fetch_add(1, Ordering::SeqCst) + 1;
         *lock(&self.live) = Some(Live { generation, conn });
@@ -511,10 +517,7 @@ mod tests {
 
     #[test]
     fn passwords_are_redacted() {
-        assert_eq!(
-            redact("redis://:secret@db:6379/0"),
-            "redis://***@db:6379/0"
-        );
+        assert_eq!(redact("redis://:secret@db:6379/0"), "redis://***@db:6379/0");
         assert_eq!(redact("redis://u:p@w@db/1"), "redis://***@db/1");
         assert_eq!(redact("redis://db:6379"), "redis://db:6379");
         assert_eq!(redact("nonsense"), "nonsense");
