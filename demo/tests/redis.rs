@@ -270,6 +270,13 @@ async fn redis_frozen_mid_load_loses_nothing_and_counts_nothing_twice() {
     )
     .await;
     assert!(timeouts >= 1.0, "{timeouts}");
+    // Frozen is slow, not broken: no failure may pass for a broken connection.
+    let broken = metric(
+        &demo,
+        "store_errors_total{store=\"redis\",command=\"incr\",kind=\"connection\"}",
+    )
+    .await;
+    assert_eq!(broken, 0.0);
     eprintln!(
         "{} answers: {} counts, {unavailable} 503s, {uncertain} uncertain, slowest {slowest:?}",
         answers.len(),

@@ -377,9 +377,12 @@ impl RedisStore {
     async fn connect(&self) -> Result<(), String> {
         let timeout = self.config.timeout;
         let within = |what: &str| format!("no answer to {what} within {} ms", timeout.as_millis());
+        // Responses are timed here, around each command, not by the client: its own timeout
+        // error does not say it is one (`is_timeout()` is false), which would pass a slow
+        // Redis for a broken connection.
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout));
+            .set_response_timeout(None);
         let start = Instant::now();
         let conn = tokio::time::timeout(
             timeout,
