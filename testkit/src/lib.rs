@@ -4,10 +4,6 @@
 //! Nothing here fakes a server or a tool: every helper talks to something running.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod redis;
-
-pub use redis::{RedisServer, Resp, redis_server_bin};
-
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -489,3 +485,6 @@ pub fn temp_dir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+mod redis;
+pub use redis::{RedisServer, Resp, redis_server_bin};
