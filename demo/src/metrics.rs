@@ -73,8 +73,8 @@ impl StoreMetrics {
         registry.register(
             "store_errors",
             "Commands to the count's store that failed, by store, command and kind \
-             (unavailable: not sent; timeout, connection: sent, answer lost; response: the \
-             store answered an error)",
+             (unavailable: not sent; timeout, connection: sent, answer lost; cancelled: \
+             the client went away with it in flight; response: the store answered an error)",
             errors.clone(),
         );
         let uncertain = Family::<StoreLabels, Counter>::default();

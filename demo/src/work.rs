@@ -214,19 +214,24 @@ pub(crate) async fn hold(
             ),
         ));
     }
-    let Ok(blocks) = run_blocking("demo::hold", move || hold_memory(mb)).await else {
+    // The blocks are stored by the blocking task itself, so a client that goes away
+    // mid-allocation cannot leave its reservation behind without the memory it stands for.
+    let keeper = state.clone();
+    let stored = run_blocking("demo::hold", move || {
+        let blocks = hold_memory(mb);
+        let mut all = keeper.inner.held.lock();
+        all.extend(blocks);
+        keeper.metrics().set_held(all.len());
+        all.len()
+    })
+    .await;
+    let Ok(total) = stored else {
         held.unreserve(mb);
         return Ok(text(
             StatusCode::INTERNAL_SERVER_ERROR,
             "allocation failed\n".to_owned(),
         ));
     };
-    let total = {
-        let mut all = held.lock();
-        all.extend(blocks);
-        all.len()
-    };
-    state.metrics().set_held(total);
     tracing::info!(mb, total_mb = total, "holding memory");
     Ok(text(
         StatusCode::OK,

@@ -353,3 +353,47 @@ async fn readiness_follows_redis_and_a_restart_reset_is_logged() {
         logs.join("\n")
     );
 }
+
+#[tokio::test]
+async fn a_client_gone_mid_increment_is_counted_uncertain() {
+    use std::io::Write;
+    let redis = RedisServer::start();
+    let demo = Demo::start(
+        bin(),
+        &["--redis", &redis.url(), "--redis-timeout", "5s"],
+        &[],
+    );
+    assert_eq!(get(&demo.url("/")).await.text(), "1\n");
+    redis.pause();
+    // A client that sends GET / and hangs up while its INCR waits on the frozen Redis.
+    let mut client = std::net::TcpStream::connect(demo.addr).unwrap();
+    client
+        .write_all(b"GET / HTTP/1.1\r\nhost: demo\r\n\r\n")
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(client);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.resume();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let cancelled = metric(
+            &demo,
+            "store_errors_total{store=\"redis\",command=\"incr\",kind=\"cancelled\"}",
+        )
+        .await;
+        if cancelled == 1.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no cancelled INCR counted:\n{}",
+            get(&demo.url("/metrics")).await.text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The INCR reached Redis: the count holds it, and the demo's figures account for it.
+    assert_eq!(redis.get_u64("demo:count"), Some(2));
+    let uncertain = metric(&demo, "store_uncertain_increments_total{store=\"redis\"}").await;
+    assert_eq!(uncertain, 1.0);
+    assert_eq!(get(&demo.url("/")).await.text(), "3\n");
+}

@@ -222,6 +222,10 @@ impl RedisStore {
         } = live;
         let before = self.last_seen.load(Ordering::SeqCst);
         let timeout = self.config.timeout;
+        let mut abandoned = Abandoned {
+            store: self,
+            armed: true,
+        };
         let start = Instant::now();
         let answer = tokio::time::timeout(
             timeout,
@@ -230,6 +234,7 @@ impl RedisStore {
                 .query_async::<i64>(&mut conn),
         )
         .await;
+        abandoned.armed = false;
         self.metrics.observe(STORE, "incr", start.elapsed());
         const UNSURE: &str = "the increment may or may not have been made, and is not retried";
         let error = match answer {
@@ -500,6 +505,24 @@ impl RedisStore {
             );
         }
         *lock(&self.down_reason) = reason;
+    }
+}
+
+/// An INCR whose request was dropped while it was in flight (its client went away): it
+/// may have been applied and nobody will know its answer, so it counts as uncertain
+/// (`kind="cancelled"`), keeping the count in Redis within the 200s answered plus the
+/// uncertain increments.
+struct Abandoned<'a> {
+    store: &'a RedisStore,
+    armed: bool,
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.store.metrics.error(STORE, "incr", "cancelled");
+            self.store.metrics.uncertain(STORE);
+        }
     }
 }
 
