@@ -397,3 +397,31 @@ async fn a_client_gone_mid_increment_is_counted_uncertain() {
     assert_eq!(uncertain, 1.0);
     assert_eq!(get(&demo.url("/")).await.text(), "3\n");
 }
+
+#[tokio::test]
+async fn a_demo_started_before_redis_waits_unready_then_counts() {
+    let mut redis = RedisServer::start();
+    redis.stop();
+    let demo = demo_on(&redis, &[]);
+    assert!(
+        demo.logs()
+            .iter()
+            .any(|l| l.contains("Redis is unavailable at start")),
+        "{}",
+        demo.logs().join("\n")
+    );
+    let r = get(&demo.url("/readyz")).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
+    let r = get(&demo.url("/")).await;
+    assert!(is_unavailable(&r), "{} {}", r.status, r.text());
+    assert!(r.text().contains("nothing was counted"), "{}", r.text());
+    assert_eq!(get(&demo.url("/healthz")).await.status, StatusCode::OK);
+    redis.restart();
+    wait_ready(&demo, StatusCode::OK, Duration::from_secs(10)).await;
+    assert_eq!(get(&demo.url("/")).await.text(), "1\n");
+    // Not sent, so not uncertain.
+    assert_eq!(
+        metric(&demo, "store_uncertain_increments_total{store=\"redis\"}").await,
+        0.0
+    );
+}
