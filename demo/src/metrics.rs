@@ -203,7 +203,7 @@ impl Metrics {
     }
 
     /// Records one answered request. `route` is the matched route's template (bounded by
-    /// the router); `method` is folded by [`method_label`].
+    /// the router); `method` is folded into `_OTHER` unless it is one of the standard ones.
     pub fn observe(&self, route: &str, method: &str, status: u16, seconds: f64) {
         self.requests
             .get_or_create(&[
