@@ -172,7 +172,8 @@ impl Metrics {
         let counter_value = Gauge::<u64, AtomicU64>::default();
         registry.register(
             "counter_value",
-            "The counter's current value",
+            "The count as this process last saw it (with Redis, other processes may have \
+             counted since)",
             counter_value.clone(),
         );
         let held_bytes = Gauge::<u64, AtomicU64>::default();

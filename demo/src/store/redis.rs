@@ -285,13 +285,19 @@ impl RedisStore {
         if kind.uncertain() {
             self.metrics.uncertain(STORE);
         }
-        tracing::warn!(
-            store = STORE,
-            kind = kind.as_str(),
-            uncertain = kind.uncertain(),
-            error = %error,
-            "increment failed"
-        );
+        if kind == StoreErrorKind::Unavailable {
+            // Redis going down was logged once, at warn; each request's 503 is in its
+            // `answered` line.
+            tracing::debug!(store = STORE, kind = kind.as_str(), error = %error, "increment not sent");
+        } else {
+            tracing::warn!(
+                store = STORE,
+                kind = kind.as_str(),
+                uncertain = kind.uncertain(),
+                error = %error,
+                "increment failed"
+            );
+        }
         error
     }
 
