@@ -5,7 +5,9 @@ needs. No cluster and no container engine run here, so this is what can be check
 - deploy/k8s/*.yaml: every object validated by kubernetes-validate (the Kubernetes
   OpenAPI schemas, strict: unknown fields are errors), then: liveness on /healthz and
   readiness on /readyz, a grace period covering --drain-delay + --shutdown-timeout,
-  a Service exposing the application's port and not diag's, a non-root container.
+  a Service exposing the application's port and not diag's, a non-root container; Redis
+  (a StatefulSet or Deployment and its Service) with probes, resources and a non-root
+  user, and the demo's DEMO_REDIS pointing at that Service's name and port.
 - Dockerfile: parsed by `dockerfile` (BuildKit's own parser): a build stage and a
   runtime stage, the binary copied from the build stage, a numeric non-root USER last.
 - deploy/parca/parca.yaml: YAML with Parca's keys; block and mutex off; CPU, memory and
@@ -52,8 +54,8 @@ def k8s():
             check(True, f"{name} is valid Kubernetes {K8S_VERSION} (strict)")
         except kubernetes_validate.ValidationError as e:
             check(False, f"{name}: {e.message} at {list(e.path)}")
-    by_kind = {d["kind"]: d for d in docs}
-    dep = by_kind["Deployment"]["spec"]["template"]["spec"]
+    by_name = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    dep = by_name[("Deployment", "demo")]["spec"]["template"]["spec"]
     c = dep["containers"][0]
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     check(c["livenessProbe"]["httpGet"]["path"] == "/healthz", "liveness probe on /healthz")
@@ -64,7 +66,7 @@ def k8s():
     check(grace > need, f"grace period {grace} s covers drain delay + shutdown timeout ({need} s)")
     diag_port = int(args["diag-listen"].rsplit(":", 1)[1])
     check(ports.get("diag") == diag_port, f"container port 'diag' is --diag-listen's {diag_port}")
-    svc = by_kind["Service"]["spec"]["ports"]
+    svc = by_name[("Service", "demo")]["spec"]["ports"]
     targets = {p.get("targetPort") for p in svc}
     check("diag" not in targets and diag_port not in targets and
           all(p["port"] != diag_port for p in svc), "the Service does not expose diag's port")
@@ -74,6 +76,40 @@ def k8s():
     env = {e["name"]: e for e in c.get("env", [])}
     check("secretKeyRef" in env.get("DIAG_TOKEN", {}).get("valueFrom", {}),
           "DIAG_TOKEN comes from a Secret")
+    redis(by_name, env)
+
+
+def redis(by_name, demo_env):
+    """Redis for the count: a workload with probes and resources, its Service, and the
+    demo pointed at that Service."""
+    work = by_name.get(("StatefulSet", "redis")) or by_name.get(("Deployment", "redis"))
+    check(work is not None, "a Redis StatefulSet or Deployment named redis")
+    svc = by_name.get(("Service", "redis"))
+    check(svc is not None, "a Service named redis")
+    if work is None or svc is None:
+        return
+    pod = work["spec"]["template"]
+    c = pod["spec"]["containers"][0]
+    check(pod["metadata"]["labels"].items() >= svc["spec"]["selector"].items(),
+          "the redis Service selects the Redis pods")
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    targets = {p["port"]: p.get("targetPort", p["port"]) for p in svc["spec"]["ports"]}
+    check(any(t in ports or t in ports.values() for t in targets.values()),
+          "the redis Service targets the Redis container's port")
+    check("livenessProbe" in c and "readinessProbe" in c, "Redis has liveness and readiness probes")
+    res = c.get("resources", {})
+    check({"cpu", "memory"} <= set(res.get("requests", {})) and "memory" in res.get("limits", {}),
+          "Redis requests CPU and memory and has a memory limit")
+    sc = pod["spec"].get("securityContext", {})
+    check(sc.get("runAsNonRoot") is True and sc.get("runAsUser", 0) != 0, "Redis runs as non-root")
+    url = demo_env.get("DEMO_REDIS", {}).get("value", "")
+    m = re.fullmatch(r"redis://([^:/@]+)(?::(\d+))?(/\d+)?", url)
+    check(m is not None, f"the demo's DEMO_REDIS is a redis:// URL ({url!r})")
+    if m:
+        host, port = m.group(1), int(m.group(2) or 6379)
+        check(host in ("redis", f"redis.{svc['metadata'].get('namespace', 'default')}.svc"),
+              f"DEMO_REDIS names the redis Service ({host})")
+        check(port in targets, f"DEMO_REDIS's port {port} is the redis Service's")
 
 
 def docker():

@@ -44,6 +44,7 @@ install_tools() {
   need_deb node nodejs
   need_deb tmux tmux    # the tokio-console test reads its screen through tmux
   need_deb dot graphviz # go tool pprof's web UI draws its graph view with it (the guide's check)
+  need_deb redis-server redis-server  # demo/tests/redis.rs runs real Redis servers
   if ! command -v tokio-console >/dev/null && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/tokio-console" ]; then
     echo "installing tokio-console (cargo install, a few minutes once)"
     cargo install -q tokio-console --locked

@@ -58,6 +58,46 @@ pub struct Args {
     /// Log format.
     #[arg(long, env = "DEMO_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
     pub log_format: LogFormat,
+
+    /// Keep the count in Redis at this URL (`redis://[:PASSWORD@]HOST[:PORT][/DB]`), shared
+    /// by every process pointed at it; without it the count is kept in memory. A password
+    /// is better given through DEMO_REDIS: diag's /debug/pprof/cmdline shows the flags.
+    #[arg(long, env = "DEMO_REDIS")]
+    pub redis: Option<String>,
+    /// The Redis key the count is kept under.
+    #[arg(long, env = "DEMO_REDIS_KEY", default_value = crate::RedisConfig::DEFAULT_KEY)]
+    pub redis_key: String,
+    /// How long connecting to Redis and each command may take; past it `GET /` answers
+    /// 503 (and the increment is counted as uncertain, never retried).
+    #[arg(long, env = "DEMO_REDIS_TIMEOUT", default_value = "500ms", value_parser = parse_duration)]
+    pub redis_timeout: Duration,
+    /// How often the demo PINGs Redis (or tries to reconnect); `/readyz` follows.
+    #[arg(long, env = "DEMO_REDIS_PROBE_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub redis_probe_interval: Duration,
+    /// The most memory `POST /hold` keeps in all, in MiB (default: a quarter of the
+    /// cgroup memory limit when there is one, else 1024).
+    #[arg(long, env = "DEMO_MAX_HELD_MB", value_parser = clap::value_parser!(u64).range(1..=crate::MAX_HELD_MB as u64))]
+    pub max_held_mb: Option<u64>,
+}
+
+impl Args {
+    /// The service's [`Options`](crate::Options) as the flags say; an error names a bad
+    /// `--redis` URL.
+    pub fn options(&self) -> Result<crate::Options, String> {
+        let mut options = crate::Options::default();
+        if let Some(url) = &self.redis {
+            options = options.with_redis(
+                crate::RedisConfig::new(url)?
+                    .with_key(self.redis_key.clone())
+                    .with_timeout(self.redis_timeout)
+                    .with_probe_interval(self.redis_probe_interval),
+            );
+        }
+        if let Some(mb) = self.max_held_mb {
+            options = options.with_max_held_mb(mb as usize);
+        }
+        Ok(options)
+    }
 }
 
 /// Where diag is served.

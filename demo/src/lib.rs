@@ -1,6 +1,7 @@
 //! The demo counter service: every `GET /` adds one and answers the new value, with health
 //! and readiness probes, request ids, Prometheus metrics, and endpoints that burn CPU or
-//! hold memory so that diag's profiles have something to show.
+//! hold memory so that diag's profiles have something to show. The count is kept in
+//! memory, or in Redis ([`Options::with_redis`]) where every replica shares it.
 //!
 //! The binary (`cargo run --release -p demo`) adds flags, logging, graceful shutdown and
 //! diag; this library is the application itself, so tests and benches drive the real
@@ -11,14 +12,16 @@
 //! # let _: axum::Router = app;
 //! ```
 
+mod cgroup;
 mod cli;
 mod metrics;
 mod request_id;
+mod store;
 mod tasks;
 mod work;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::State;
@@ -29,6 +32,7 @@ use axum::routing::{get, post};
 pub use cli::{Args, DiagListen, LogFormat, parse_duration};
 pub use metrics::Metrics;
 pub use request_id::REQUEST_ID;
+pub use store::{RedisConfig, StoreError, StoreErrorKind};
 pub use tasks::{run_blocking, spawn_named};
 pub use work::{
     MAX_BLOCK_MS, MAX_CHURN_BLOCKS, MAX_CHURN_BYTES, MAX_HELD_MB, MAX_ITERATIONS, MAX_SLEEP_MS,
@@ -43,38 +47,106 @@ pub struct AppState {
 
 #[derive(Debug)]
 struct Inner {
-    counter: AtomicU64,
+    store: store::Store,
     ready: AtomicBool,
     held: work::Held,
     metrics: Metrics,
 }
 
+/// How [`AppState::start`] builds the service: where the count lives and how much `/hold`
+/// may keep.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    redis: Option<RedisConfig>,
+    max_held_mb: Option<usize>,
+}
+
+impl Options {
+    /// Keeps the count in Redis instead of in memory.
+    pub fn with_redis(mut self, redis: RedisConfig) -> Self {
+        self.redis = Some(redis);
+        self
+    }
+
+    /// The most memory `/hold` keeps in all, in MiB (1 to [`MAX_HELD_MB`]); by default a
+    /// quarter of the cgroup memory limit when there is one, else [`MAX_HELD_MB`].
+    pub fn with_max_held_mb(mut self, mb: usize) -> Self {
+        self.max_held_mb = Some(mb.clamp(1, MAX_HELD_MB));
+        self
+    }
+}
+
 impl AppState {
-    /// A fresh service: the counter at zero, not ready yet, nothing held.
+    /// A fresh service counting in memory: the counter at zero, not ready yet, nothing
+    /// held, `/hold`'s default cap.
     pub fn new() -> Self {
+        Self::build(store::Store::memory(), Metrics::new(), None)
+    }
+
+    /// A fresh service as `options` say. With Redis this connects once (within the
+    /// command timeout; the service starts whether or not Redis answers) and spawns the
+    /// probe that reconnects, so it must run inside a tokio runtime.
+    pub async fn start(options: Options) -> Self {
+        let metrics = Metrics::new();
+        let store = match options.redis {
+            Some(cfg) => store::Store::redis(cfg, metrics.store()).await,
+            None => store::Store::memory(),
+        };
+        Self::build(store, metrics, options.max_held_mb)
+    }
+
+    fn build(store: store::Store, metrics: Metrics, max_held_mb: Option<usize>) -> Self {
+        let (cap, why) = match max_held_mb {
+            Some(mb) => (mb, "set by --max-held-mb".to_owned()),
+            None => cgroup::default_hold_cap(),
+        };
         Self {
             inner: Arc::new(Inner {
-                counter: AtomicU64::new(0),
+                store,
                 ready: AtomicBool::new(false),
-                held: work::Held::default(),
-                metrics: Metrics::new(),
+                held: work::Held::new(cap, why),
+                metrics,
             }),
         }
     }
 
-    /// Marks the service ready to take traffic (`/readyz` 200) or not (503).
+    /// Marks the service ready to take traffic or not; `/readyz` answers 200 when it is
+    /// and its count's store is available.
     pub fn set_ready(&self, ready: bool) {
         self.inner.ready.store(ready, Ordering::SeqCst);
     }
 
-    /// Whether `/readyz` answers 200.
+    /// Whether `/readyz` answers 200: marked ready, and the store available.
     pub fn is_ready(&self) -> bool {
-        self.inner.ready.load(Ordering::SeqCst)
+        self.readiness().is_ok()
     }
 
-    /// The counter's current value.
+    fn readiness(&self) -> Result<(), String> {
+        if !self.inner.ready.load(Ordering::SeqCst) {
+            return Err("starting or shutting down".to_owned());
+        }
+        self.inner.store.available()
+    }
+
+    /// The counter's current value as this process last saw it (in Redis, other
+    /// processes may have counted since).
     pub fn count(&self) -> u64 {
-        self.inner.counter.load(Ordering::SeqCst)
+        self.inner.store.last_seen()
+    }
+
+    /// Where the count is kept: `memory` or `redis`.
+    pub fn store_name(&self) -> &'static str {
+        self.inner.store.name()
+    }
+
+    /// Where the count is kept, in a sentence for the start-up log.
+    pub fn store_description(&self) -> String {
+        self.inner.store.describe()
+    }
+
+    /// The cap of `/hold` in MiB, and where it comes from.
+    pub fn hold_cap(&self) -> (usize, &str) {
+        self.inner.held.cap()
     }
 
     /// The service's metrics.
@@ -122,10 +194,18 @@ fn text(status: StatusCode, body: String) -> Response {
         .into_response()
 }
 
-/// `GET /`: adds one to the counter and answers the new value.
+/// `GET /`: adds one to the counter and answers the new value; 503 when the store cannot
+/// give one (never a made-up number).
 async fn count(State(state): State<AppState>) -> Response {
-    let n = state.inner.counter.fetch_add(1, Ordering::SeqCst) + 1;
-    text(StatusCode::OK, format!("{n}\n"))
+    match state.inner.store.incr().await {
+        Ok(n) => text(StatusCode::OK, format!("{n}\n")),
+        Err(e) => {
+            let mut res = text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n"));
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            res
+        }
+    }
 }
 
 async fn healthz() -> Response {
@@ -133,13 +213,12 @@ async fn healthz() -> Response {
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
-    if state.is_ready() {
-        text(StatusCode::OK, "ready\n".to_owned())
-    } else {
-        text(
+    match state.readiness() {
+        Ok(()) => text(StatusCode::OK, "ready\n".to_owned()),
+        Err(why) => text(
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: starting or shutting down\n".to_owned(),
-        )
+            format!("not ready: {why}\n"),
+        ),
     }
 }
 

@@ -104,7 +104,15 @@ async fn run(args: Args, console: Option<diag::ConsoleServer>) -> Result<ExitCod
     if let Some(at) = console_addr {
         cfg = cfg.with_console_addr(at.to_string());
     }
-    let state = AppState::new();
+    let state = AppState::start(args.options()?).await;
+    let (hold_cap_mb, hold_cap) = state.hold_cap();
+    tracing::info!(
+        store = state.store_name(),
+        count = %state.store_description(),
+        hold_cap_mb,
+        hold_cap,
+        "count store"
+    );
     let listener = TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -18,6 +19,119 @@ use crate::AppState;
 
 type RequestLabels = [(&'static str, String); 3];
 type RouteLabels = [(&'static str, String); 1];
+type StoreLabels = [(&'static str, &'static str); 1];
+type StoreCommandLabels = [(&'static str, &'static str); 2];
+type StoreErrorLabels = [(&'static str, &'static str); 3];
+
+/// The `method` label: the methods of RFC 9110 and PATCH as they are, any other folded
+/// into `_OTHER` (as OpenTelemetry's HTTP conventions do), so that invented methods cannot
+/// grow `/metrics`.
+pub(crate) fn method_label(method: &str) -> &'static str {
+    match method {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "CONNECT" => "CONNECT",
+        "OPTIONS" => "OPTIONS",
+        "TRACE" => "TRACE",
+        "PATCH" => "PATCH",
+        _ => "_OTHER",
+    }
+}
+
+/// The count store's metrics, shared with the store and its probe.
+#[derive(Clone)]
+pub(crate) struct StoreMetrics {
+    latency: Family<StoreCommandLabels, Histogram>,
+    errors: Family<StoreErrorLabels, Counter>,
+    uncertain: Family<StoreLabels, Counter>,
+    resets: Family<StoreLabels, Counter>,
+    up: Family<StoreLabels, Gauge>,
+}
+
+impl fmt::Debug for StoreMetrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreMetrics").finish_non_exhaustive()
+    }
+}
+
+impl StoreMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let latency = Family::<StoreCommandLabels, Histogram>::new_with_constructor(|| {
+            // 50 µs to ~3.3 s.
+            Histogram::new(exponential_buckets(0.00005, 2.0, 17))
+        });
+        registry.register(
+            "store_command_duration_seconds",
+            "Time from sending a command to the count's store to its answer (or to giving \
+             up), by store and command",
+            latency.clone(),
+        );
+        let errors = Family::<StoreErrorLabels, Counter>::default();
+        registry.register(
+            "store_errors",
+            "Commands to the count's store that failed, by store, command and kind \
+             (unavailable: not sent; timeout, connection: sent, answer lost; cancelled: \
+             the client went away with it in flight; response: the store answered an error)",
+            errors.clone(),
+        );
+        let uncertain = Family::<StoreLabels, Counter>::default();
+        registry.register(
+            "store_uncertain_increments",
+            "Increments sent whose answer was lost (timed out, or the connection broke): the \
+             store may or may not have applied them; they are never retried",
+            uncertain.clone(),
+        );
+        let resets = Family::<StoreLabels, Counter>::default();
+        registry.register(
+            "store_resets",
+            "Times the count in the store was seen to go back (a restart without \
+             persistence, a flush, a deleted key)",
+            resets.clone(),
+        );
+        let up = Family::<StoreLabels, Gauge>::default();
+        registry.register(
+            "store_up",
+            "1 while the last command to the count's store succeeded, else 0",
+            up.clone(),
+        );
+        Self {
+            latency,
+            errors,
+            uncertain,
+            resets,
+            up,
+        }
+    }
+
+    pub(crate) fn observe(&self, store: &'static str, command: &'static str, took: Duration) {
+        self.latency
+            .get_or_create(&[("store", store), ("command", command)])
+            .observe(took.as_secs_f64());
+    }
+
+    pub(crate) fn error(&self, store: &'static str, command: &'static str, kind: &'static str) {
+        self.errors
+            .get_or_create(&[("store", store), ("command", command), ("kind", kind)])
+            .inc();
+    }
+
+    pub(crate) fn uncertain(&self, store: &'static str) {
+        self.uncertain.get_or_create(&[("store", store)]).inc();
+    }
+
+    pub(crate) fn reset(&self, store: &'static str) {
+        self.resets.get_or_create(&[("store", store)]).inc();
+    }
+
+    pub(crate) fn set_up(&self, store: &'static str, up: bool) {
+        self.up
+            .get_or_create(&[("store", store)])
+            .set(i64::from(up));
+    }
+}
 
 /// The service's metrics and the registry that renders them.
 pub struct Metrics {
@@ -26,6 +140,7 @@ pub struct Metrics {
     latency: Family<RouteLabels, Histogram>,
     counter_value: Gauge<u64, AtomicU64>,
     held_bytes: Gauge<u64, AtomicU64>,
+    store: StoreMetrics,
     /// jemalloc's statistics, when jemalloc is the allocator (in the demo binary).
     jemalloc: Vec<Gauge<u64, AtomicU64>>,
 }
@@ -57,7 +172,8 @@ impl Metrics {
         let counter_value = Gauge::<u64, AtomicU64>::default();
         registry.register(
             "counter_value",
-            "The counter's current value",
+            "The count as this process last saw it (with Redis, other processes may have \
+             counted since)",
             counter_value.clone(),
         );
         let held_bytes = Gauge::<u64, AtomicU64>::default();
@@ -66,6 +182,7 @@ impl Metrics {
             "Memory kept by POST /hold",
             held_bytes.clone(),
         );
+        let store = StoreMetrics::register(&mut registry);
         // The same names as diag's /debug/pprof/heap/stats?format=prometheus.
         let mut jemalloc = Vec::new();
         if let Ok(stats) = diag::heap_stats() {
@@ -81,22 +198,28 @@ impl Metrics {
             latency,
             counter_value,
             held_bytes,
+            store,
             jemalloc,
         }
     }
 
-    /// Records one answered request.
+    /// Records one answered request. `route` is the matched route's template (bounded by
+    /// the router); `method` is folded into `_OTHER` unless it is one of the standard ones.
     pub fn observe(&self, route: &str, method: &str, status: u16, seconds: f64) {
         self.requests
             .get_or_create(&[
                 ("route", route.to_owned()),
-                ("method", method.to_owned()),
+                ("method", method_label(method).to_owned()),
                 ("status", status.to_string()),
             ])
             .inc();
         self.latency
             .get_or_create(&[("route", route.to_owned())])
             .observe(seconds);
+    }
+
+    pub(crate) fn store(&self) -> StoreMetrics {
+        self.store.clone()
     }
 
     pub(crate) fn set_held(&self, mb: usize) {

@@ -53,6 +53,7 @@ pub(crate) async fn track(State(state): State<AppState>, req: Request, next: Nex
         request_id = %id,
         method = %method,
         path = %req.uri().path(),
+        store = state.store_name(),
     );
     let start = Instant::now();
     let mut res = next.run(req).instrument(span.clone()).await;

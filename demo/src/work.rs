@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::extract::{Query, State};
@@ -19,7 +20,9 @@ pub const MAX_WORK_MS: u64 = 5_000;
 pub const MAX_BLOCK_MS: u64 = 10_000;
 /// The most `ms` a `/sleep` request may wait.
 pub const MAX_SLEEP_MS: u64 = 60_000;
-/// The most memory `/hold` keeps in all, in MiB.
+/// The most memory one `/hold` request may ask for, and the highest cap on all it keeps,
+/// in MiB. The cap itself is lower under a cgroup memory limit (a quarter of it) or when
+/// `--max-held-mb` says so.
 pub const MAX_HELD_MB: usize = 1024;
 /// The most blocks one `/churn` request may allocate.
 pub const MAX_CHURN_BLOCKS: u64 = 1_000_000;
@@ -76,19 +79,46 @@ pub fn churn_memory(n: u64, bytes: usize) -> u64 {
     sum
 }
 
-/// Memory kept by `/hold`.
-#[derive(Debug, Default)]
+/// Memory kept by `/hold`, and its cap. A request reserves its MiB against the cap before
+/// it allocates anything, so concurrent requests can never together exceed it.
+#[derive(Debug)]
 pub(crate) struct Held {
     blocks: Mutex<Vec<Box<[u8]>>>,
+    /// MiB held plus MiB being allocated by requests in flight; never above `cap_mb`.
+    reserved: AtomicUsize,
+    cap_mb: usize,
+    cap_why: String,
 }
 
 impl Held {
+    pub(crate) fn new(cap_mb: usize, cap_why: String) -> Self {
+        Self {
+            blocks: Mutex::new(Vec::new()),
+            reserved: AtomicUsize::new(0),
+            cap_mb,
+            cap_why,
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Box<[u8]>>> {
         self.blocks.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn mb(&self) -> usize {
-        self.lock().len()
+    pub(crate) fn cap(&self) -> (usize, &str) {
+        (self.cap_mb, &self.cap_why)
+    }
+
+    /// Reserves `mb` MiB, or answers how many are reserved when that would pass the cap.
+    fn reserve(&self, mb: usize) -> Result<(), usize> {
+        self.reserved
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |r| {
+                (r + mb <= self.cap_mb).then_some(r + mb)
+            })
+            .map(drop)
+    }
+
+    fn unreserve(&self, mb: usize) {
+        self.reserved.fetch_sub(mb, Ordering::SeqCst);
     }
 }
 
@@ -160,7 +190,7 @@ pub(crate) async fn churn(
     }
 }
 
-/// `POST /hold?mb=N` allocates N MiB more and keeps it (at most 1024 MiB in all).
+/// `POST /hold?mb=N` allocates N MiB more and keeps it, within the cap on all it keeps.
 pub(crate) async fn hold(
     State(state): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
@@ -169,40 +199,39 @@ pub(crate) async fn hold(
         .ok_or_else(|| bad("mb", "", &format!("an integer from 1 to {MAX_HELD_MB}")))?
         as usize;
     let held = &state.inner.held;
-    // Allocate outside the lock, then check the cap again under it.
-    let before = held.mb();
-    if before + mb > MAX_HELD_MB {
+    let cap = held.cap_mb;
+    // Reserve first: a request that passes this has its MiB counted against the cap
+    // before a byte is allocated.
+    if let Err(reserved) = held.reserve(mb) {
         return Err(bad(
             "mb",
             &mb.to_string(),
             &format!(
-                "at most {MAX_HELD_MB} MiB held in all; {before} MiB are held, so at most {} more",
-                MAX_HELD_MB - before
+                "at most {cap} MiB held in all ({}); {reserved} MiB are held or being \
+                 allocated, so at most {} more",
+                held.cap_why,
+                cap.saturating_sub(reserved)
             ),
         ));
     }
-    let blocks = run_blocking("demo::hold", move || hold_memory(mb)).await;
-    let Ok(blocks) = blocks else {
+    // The blocks are stored by the blocking task itself, so a client that goes away
+    // mid-allocation cannot leave its reservation behind without the memory it stands for.
+    let keeper = state.clone();
+    let stored = run_blocking("demo::hold", move || {
+        let blocks = hold_memory(mb);
+        let mut all = keeper.inner.held.lock();
+        all.extend(blocks);
+        keeper.metrics().set_held(all.len());
+        all.len()
+    })
+    .await;
+    let Ok(total) = stored else {
+        held.unreserve(mb);
         return Ok(text(
             StatusCode::INTERNAL_SERVER_ERROR,
             "allocation failed\n".to_owned(),
         ));
     };
-    let total = {
-        let mut all = held.lock();
-        if all.len() + mb > MAX_HELD_MB {
-            let now = all.len();
-            drop(all);
-            return Err(bad(
-                "mb",
-                &mb.to_string(),
-                &format!("at most {MAX_HELD_MB} MiB held in all; {now} MiB are held now"),
-            ));
-        }
-        all.extend(blocks);
-        all.len()
-    };
-    state.metrics().set_held(total);
     tracing::info!(mb, total_mb = total, "holding memory");
     Ok(text(
         StatusCode::OK,
@@ -212,10 +241,13 @@ pub(crate) async fn hold(
 
 /// `DELETE /hold` frees everything `/hold` keeps.
 pub(crate) async fn release(State(state): State<AppState>) -> Response {
-    let freed = std::mem::take(&mut *state.inner.held.lock());
+    let held = &state.inner.held;
+    let freed = std::mem::take(&mut *held.lock());
     let mb = freed.len();
     drop(freed);
-    state.metrics().set_held(0);
+    // Reservations of requests still allocating stay.
+    held.unreserve(mb);
+    state.metrics().set_held(held.lock().len());
     tracing::info!(mb, "released memory");
     text(StatusCode::OK, format!("freed {mb} MiB\n"))
 }

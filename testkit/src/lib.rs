@@ -487,3 +487,6 @@ pub fn temp_dir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+mod redis;
+pub use redis::{RedisServer, Resp, redis_server_bin};
