@@ -221,3 +221,136 @@ async fn bad_parameters_name_what_is_allowed() {
         StatusCode::OK
     );
 }
+
+/// CPU time of each thread of `pid` in ns (from schedstat), by thread id and name.
+fn thread_cpu(pid: u32) -> Vec<(u32, String, u64)> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for t in dir.flatten() {
+        let Some(tid) = t.file_name().to_str().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        let name = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        let ns = std::fs::read_to_string(t.path().join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+            .unwrap_or(0);
+        out.push((tid, name.trim_end().to_owned(), ns));
+    }
+    out
+}
+
+/// The hardening issue's item 1: with a request blocking a worker for 3 s, a forced dump
+/// 0.3 s later made tokio's barrier keep a worker forever in `trace_core`, and the process
+/// never exited after SIGTERM (8 of 8 trials). Traced dumps stop no worker: the dump
+/// answers and the process exits within its shutdown timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_dump_beside_a_blocked_worker_never_wedges_shutdown() {
+    for trial in 0..2 {
+        let mut demo = Demo::start(
+            bin(),
+            &["--dump-interval", "0s", "--shutdown-timeout", "5s"],
+            &[],
+        );
+        let started = Instant::now();
+        let blocker = {
+            let url = demo.url("/block?ms=3000");
+            tokio::spawn(async move { try_request(Method::GET, &url, &[], b"").await })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let dump = {
+            let url = demo.diag_url("/debug/pprof/goroutine?debug=1&force=1");
+            tokio::spawn(async move { try_request(Method::GET, &url, &[], b"").await })
+        };
+        tokio::time::sleep(Duration::from_secs(4).saturating_sub(started.elapsed())).await;
+        let dump = dump.await.unwrap().expect("the dump answers before SIGTERM");
+        assert_eq!(dump.status, StatusCode::OK, "trial {trial}: {}", dump.text());
+        assert!(dump.text().contains("goroutine profile: total"), "{}", dump.text());
+        blocker.await.unwrap().expect("the blocking request ends");
+
+        demo.signal("TERM");
+        let t = Instant::now();
+        let status = tokio::task::block_in_place(|| demo.wait(Duration::from_secs(15)));
+        assert!(
+            t.elapsed() < Duration::from_secs(7),
+            "trial {trial}: exited {:?} after SIGTERM (shutdown timeout 5 s)",
+            t.elapsed()
+        );
+        assert!(status.success(), "trial {trial}: {status}");
+    }
+}
+
+/// The hardening issue's item 2: with one worker blocked for 10 s, five forced dumps with
+/// timeout=1 each left a dump thread spinning (threads 6 -> 13, both cores burnt until the
+/// block ended). Traced dumps start no thread of their own and wait on the sidecar's
+/// timer: the thread count stays put, no thread burns CPU, and each answer names the
+/// blocked request with how long it has been in its poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timed_out_dumps_leave_no_thread_behind_and_nothing_spinning() {
+    let demo = Demo::start(
+        bin(),
+        &["--worker-threads", "1", "--dump-interval", "0s"],
+        &[],
+    );
+    let pid = demo.pid();
+    // One dump first, so that the sidecar's blocking thread (symbolization) exists.
+    assert_eq!(
+        get(&demo.diag_url("/debug/pprof/goroutine?debug=1")).await.status,
+        StatusCode::OK
+    );
+    let blocker = {
+        let url = demo.url("/block?ms=10000");
+        tokio::spawn(async move { try_request(Method::GET, &url, &[], b"").await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let threads_before = thread_cpu(pid).len();
+    let cpu_before = thread_cpu(pid);
+    let mut replies = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let r = get(&demo.diag_url("/debug/pprof/goroutine?debug=1&force=1&timeout=1")).await;
+        replies.push((r, t.elapsed()));
+    }
+    // Give a leaked thread the time to show itself.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let cpu_after = thread_cpu(pid);
+    let spent: Vec<(String, u64)> = cpu_after
+        .iter()
+        .map(|(tid, name, ns)| {
+            let before = cpu_before
+                .iter()
+                .find(|(t, _, _)| t == tid)
+                .map_or(0, |(_, _, ns)| *ns);
+            (format!("{name} {tid}"), ns.saturating_sub(before) / 1_000_000)
+        })
+        .collect();
+    let total_ms: u64 = spent.iter().map(|(_, ms)| ms).sum();
+    assert!(
+        cpu_after.len() <= threads_before,
+        "threads {threads_before} -> {}: {spent:?}",
+        cpu_after.len()
+    );
+    // Five dumps of a few ms each over ~5.5 s; a spinning thread burns a whole core.
+    assert!(
+        spent.iter().all(|(_, ms)| *ms < 500) && total_ms < 1000,
+        "CPU ms per thread while the dumps waited: {spent:?}"
+    );
+    for (r, took) in replies {
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        assert!(took < Duration::from_millis(2500), "{took:?}");
+        let text = r.text();
+        assert!(text.contains("did not report within timeout=1 s"), "{text}");
+        let line = text
+            .lines()
+            .find(|l| l.contains("\"GET /block\""))
+            .unwrap_or_else(|| panic!("{text}"));
+        assert!(line.contains("inside one poll for"), "{line}");
+    }
+    blocker.await.unwrap().expect("the blocking request ends");
+    // The worker is free again: every traced task reports.
+    let r = get(&demo.diag_url("/debug/pprof/goroutine?debug=1&timeout=5")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.header("x-diag-tasks-missing"), "0", "{}", r.text());
+}
