@@ -354,3 +354,66 @@ async fn timed_out_dumps_leave_no_thread_behind_and_nothing_spinning() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert_eq!(r.header("x-diag-tasks-missing"), "0", "{}", r.text());
 }
+
+/// The hardening issue's second review: on an idle runtime, 5 back-to-back dumps hit
+/// tokio's 250 ms barrier timeout in some runs, stalled the runtime, and then hung a
+/// worker for good (a dump that never answers, a process that does not stop). Traced
+/// dumps, 5 runs of 5: each answers at once, requests pinged every millisecond meanwhile
+/// are never held up long, and every run stops at once on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn back_to_back_dumps_on_an_idle_runtime_never_hang_it() {
+    for run in 0..5 {
+        let mut demo = Demo::start(
+            bin(),
+            &["--dump-interval", "0s", "--shutdown-timeout", "5s"],
+            &[],
+        );
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let pinger = {
+            let url = demo.url("/healthz");
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut worst = Duration::ZERO;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let t = Instant::now();
+                    let r = try_request(Method::GET, &url, &[], b"").await;
+                    assert_eq!(r.map(|r| r.status).ok(), Some(StatusCode::OK));
+                    worst = worst.max(t.elapsed());
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                worst
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for i in 0..5 {
+            let t = Instant::now();
+            let r = tokio::time::timeout(
+                Duration::from_secs(10),
+                get(&demo.diag_url("/debug/pprof/goroutine?debug=1")),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("run {run} dump {i}: no answer within 10 s"));
+            assert_eq!(r.status, StatusCode::OK, "run {run} dump {i}: {}", r.text());
+            assert!(
+                t.elapsed() < Duration::from_secs(2),
+                "run {run} dump {i}: {:?}",
+                t.elapsed()
+            );
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let worst = pinger.await.unwrap();
+        // tokio's barrier held the workers 250-550 ms; generous for a loaded machine.
+        assert!(
+            worst < Duration::from_millis(200),
+            "run {run}: a request waited {worst:?} during the dumps"
+        );
+        demo.signal("TERM");
+        let t = Instant::now();
+        tokio::task::block_in_place(|| demo.wait(Duration::from_secs(15)));
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "run {run}: exited {:?} after SIGTERM",
+            t.elapsed()
+        );
+    }
+}
