@@ -265,9 +265,21 @@ async fn a_forced_dump_beside_a_blocked_worker_never_wedges_shutdown() {
             tokio::spawn(async move { try_request(Method::GET, &url, &[], b"").await })
         };
         tokio::time::sleep(Duration::from_secs(4).saturating_sub(started.elapsed())).await;
-        let dump = dump.await.unwrap().expect("the dump answers before SIGTERM");
-        assert_eq!(dump.status, StatusCode::OK, "trial {trial}: {}", dump.text());
-        assert!(dump.text().contains("goroutine profile: total"), "{}", dump.text());
+        let dump = dump
+            .await
+            .unwrap()
+            .expect("the dump answers before SIGTERM");
+        assert_eq!(
+            dump.status,
+            StatusCode::OK,
+            "trial {trial}: {}",
+            dump.text()
+        );
+        assert!(
+            dump.text().contains("goroutine profile: total"),
+            "{}",
+            dump.text()
+        );
         blocker.await.unwrap().expect("the blocking request ends");
 
         demo.signal("TERM");
@@ -297,7 +309,9 @@ async fn timed_out_dumps_leave_no_thread_behind_and_nothing_spinning() {
     let pid = demo.pid();
     // One dump first, so that the sidecar's blocking thread (symbolization) exists.
     assert_eq!(
-        get(&demo.diag_url("/debug/pprof/goroutine?debug=1")).await.status,
+        get(&demo.diag_url("/debug/pprof/goroutine?debug=1"))
+            .await
+            .status,
         StatusCode::OK
     );
     let blocker = {
@@ -323,7 +337,10 @@ async fn timed_out_dumps_leave_no_thread_behind_and_nothing_spinning() {
                 .iter()
                 .find(|(t, _, _)| t == tid)
                 .map_or(0, |(_, _, ns)| *ns);
-            (format!("{name} {tid}"), ns.saturating_sub(before) / 1_000_000)
+            (
+                format!("{name} {tid}"),
+                ns.saturating_sub(before) / 1_000_000,
+            )
         })
         .collect();
     let total_ms: u64 = spent.iter().map(|(_, ms)| ms).sum();

@@ -213,9 +213,10 @@ fn trim(mut stack: Vec<Frame>) -> Vec<Frame> {
     if let Some(i) = leaf {
         stack.drain(..=i);
     }
-    while stack.last().is_some_and(|f| {
-        !f.lines.is_empty() && f.lines.iter().all(|l| is_machinery(&l.function))
-    }) {
+    while stack
+        .last()
+        .is_some_and(|f| !f.lines.is_empty() && f.lines.iter().all(|l| is_machinery(&l.function)))
+    {
         stack.pop();
     }
     stack
@@ -254,11 +255,17 @@ mod tests {
             frame(2, "tokio::runtime::task::trace::trace_leaf::{{closure}}"),
             frame(3, "tokio::runtime::task::trace::Context::try_with_current"),
             frame(4, "tokio::runtime::task::trace::trace_leaf"),
-            frame(5, "<tokio::time::sleep::Sleep as core::future::future::Future>::poll"),
+            frame(
+                5,
+                "<tokio::time::sleep::Sleep as core::future::future::Future>::poll",
+            ),
             frame(6, "app::handler::{{closure}}"),
             frame(7, "diag::tasks::traced::traced_poll::{{closure}}"),
             frame(8, "tokio::runtime::task::trace::trace_with"),
-            frame(9, "<diag::tasks::traced::Traced<F> as core::future::future::Future>::poll"),
+            frame(
+                9,
+                "<diag::tasks::traced::Traced<F> as core::future::future::Future>::poll",
+            ),
         ];
         let trimmed = trim(stack);
         assert_eq!(trimmed.iter().map(|f| f.ip).collect::<Vec<_>>(), [5, 6]);

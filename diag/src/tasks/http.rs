@@ -12,10 +12,10 @@ use axum::extract::{RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, header};
 
-use crate::error::ApiError;
-use crate::params::Params;
 use super::dump::{self, Frame, Silence, TaskDump, Wait};
 use super::registry::{MAX_TRACED_TASKS, Outcome};
+use crate::error::ApiError;
+use crate::params::Params;
 use crate::proto::{self, ProfileBuilder};
 use crate::state::Diag;
 use crate::util::{unix_nanos, utc};
@@ -61,8 +61,7 @@ async fn run(d: &Diag, params: &Params, default_debug: &'static str) -> Result<R
         return Ok(render(&last, debug, min_interval, false));
     }
     let _flight = IN_FLIGHT.try_lock().map_err(|_| ApiError::Unavailable {
-        message: "a task dump is already in progress (one at a time); retry in a moment"
-            .to_owned(),
+        message: "a task dump is already in progress (one at a time); retry in a moment".to_owned(),
         retry_after: Some(Duration::from_secs(1)),
     })?;
     // Another request may have dumped while this one waited for the lock.
@@ -404,7 +403,13 @@ fn to_per_task_text(dump: &TaskDump, header_line: &str) -> String {
             Outcome::Completed => "completed during the dump".to_owned(),
             Outcome::Dropped => "dropped during the dump".to_owned(),
         };
-        let _ = write!(out, "\ntask {} {:?} [{state}, age {}", t.id, &*t.name, secs(t.age));
+        let _ = write!(
+            out,
+            "\ntask {} {:?} [{state}, age {}",
+            t.id,
+            &*t.name,
+            secs(t.age)
+        );
         if let Some(id) = &t.tokio_id {
             let _ = write!(out, ", tokio task {id}");
         }
@@ -426,4 +431,3 @@ fn to_per_task_text(dump: &TaskDump, header_line: &str) -> String {
     push_missing(&mut out, dump);
     out
 }
-

@@ -90,7 +90,10 @@ mod tests {
         // walk -> inner -> middle -> outer: three return addresses, the last inside outer.
         assert_eq!(stack.len(), 3, "{stack:x?}");
         let last = stack[2];
-        assert!(last > outer_fn && last - outer_fn < 4096, "{stack:x?} {outer_fn:x}");
+        assert!(
+            last > outer_fn && last - outer_fn < 4096,
+            "{stack:x?} {outer_fn:x}"
+        );
         let middle_fn = middle as *const () as usize;
         assert!(stack[1] > middle_fn && stack[1] - middle_fn < 4096);
     }
