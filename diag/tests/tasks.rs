@@ -263,7 +263,8 @@ fn tasks_name_where_they_wait_and_a_blocked_one_is_named_as_missing() {
 }
 
 /// What one dump costs with 10, 1,000 and 10,000 traced tasks: the answer's time, the
-/// CPU the application's workers spend in it, and the longest stall of a 1 ms ticker.
+/// CPU the application's workers spend in it, and the longest stall of a 1 ms ticker;
+/// beside it tokio's `Handle::dump` of the same runtime (its dump only, no symbols).
 /// `cargo test --release -p diag --features taskdump --test tasks -- --ignored --nocapture`
 #[test]
 #[ignore = "a measurement for docs/performance.md"]
@@ -297,10 +298,42 @@ fn dump_cost() {
                 r.header("x-diag-tasks").to_owned(),
             ));
         }
+        // Beside it, in the same process: tokio's own dump (the barrier), unsymbolized.
+        let mut tokio_rows = Vec::new();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        for _ in 0..5 {
+            std::thread::sleep(Duration::from_millis(200));
+            worst.store(0, Ordering::Relaxed);
+            let cpu0 = worker_cpu_ms();
+            let t = Instant::now();
+            let h = app.handle().clone();
+            let dumped = rt.block_on(async {
+                tokio::time::timeout(Duration::from_secs(5), h.dump())
+                    .await
+                    .map(|d| d.tasks().iter().count())
+            });
+            let took = t.elapsed();
+            let cpu = worker_cpu_ms() - cpu0;
+            tokio_rows.push((
+                took.as_secs_f64() * 1e3,
+                cpu,
+                worst.load(Ordering::Relaxed) as f64 / 1e3,
+                dumped.map_or("timed out".to_owned(), |n| n.to_string()),
+            ));
+        }
         stop.store(true, Ordering::Relaxed);
         for (ms, cpu, tick, tasks) in rows {
             println!(
-                "tasks {n:>6} (reported {tasks:>6}): answer {ms:7.1} ms, app workers' CPU \
+                "traced  {n:>6} (reported {tasks:>6}): answer {ms:7.1} ms, app workers' CPU \
+                 {cpu:6.1} ms, worst 1 ms tick {tick:6.1} ms"
+            );
+        }
+        for (ms, cpu, tick, tasks) in tokio_rows {
+            println!(
+                "tokio   {n:>6} (tasks    {tasks:>6}): dump   {ms:7.1} ms, app workers' CPU \
                  {cpu:6.1} ms, worst 1 ms tick {tick:6.1} ms"
             );
         }

@@ -1,4 +1,5 @@
 //! A frame-pointer walk of the current thread's stack, from the caller up to a frame the
+#![cfg_attr(not(tokio_unstable), allow(dead_code))]
 //! caller names: the cheap way to take a traced future's await stack (the workspace builds
 //! with `-C force-frame-pointers=yes`, and Rust's std has frame pointers).
 //!
