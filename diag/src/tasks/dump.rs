@@ -197,8 +197,12 @@ pub(crate) fn symbolize(raw: Raw) -> TaskDump {
     }
 }
 
+/// Where the future was wrapped, as `from FILE:LINE`, or what wrapped it.
 fn location(e: &Entry) -> String {
-    format!("{}:{}", e.location.file(), e.location.line())
+    match e.location {
+        Some(l) => format!("from {}:{}", l.file(), l.line()),
+        None => "a request, traced by TracedLayer".to_owned(),
+    }
 }
 
 /// Drops the dump's own machinery from a stack: the frames from the walk's start up to

@@ -359,7 +359,7 @@ fn push_missing(out: &mut String, dump: &TaskDump) {
         for m in &dump.missing {
             let _ = writeln!(
                 out,
-                "#\ttask {} {:?} (age {}, from {}): {}",
+                "#\ttask {} {:?} (age {}, {}): {}",
                 m.id,
                 &*m.name,
                 secs(m.age),
@@ -413,7 +413,7 @@ fn to_per_task_text(dump: &TaskDump, header_line: &str) -> String {
         if let Some(id) = &t.tokio_id {
             let _ = write!(out, ", tokio task {id}");
         }
-        let _ = writeln!(out, "] from {}:", t.location);
+        let _ = writeln!(out, "] {}:", t.location);
         if t.stacks.is_empty() && t.outcome == Outcome::Waiting {
             out.push_str("\t(no trace: the task was not waiting on a tokio leaf future)\n");
         }

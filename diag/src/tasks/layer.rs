@@ -1,6 +1,5 @@
 //! [`TracedLayer`]: every request's handler future, traced.
 
-use std::panic::Location;
 use std::task::{Context, Poll};
 
 use http::Request;
@@ -62,8 +61,7 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let name = request_name(req.method().as_str(), req.uri().path());
-        let location = Location::caller();
-        Traced::at(name.into_boxed_str(), location, self.inner.call(req))
+        Traced::at(name.into_boxed_str(), None, self.inner.call(req))
     }
 }
 

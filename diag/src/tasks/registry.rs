@@ -24,8 +24,8 @@ pub(crate) struct Entry {
     pub(crate) id: u64,
     /// The name given at `spawn`/`Traced::new`, or `METHOD /path` for a request.
     pub(crate) name: Box<str>,
-    /// Where the future was wrapped.
-    pub(crate) location: &'static Location<'static>,
+    /// Where the future was wrapped; `None` for a request wrapped by the layer.
+    pub(crate) location: Option<&'static Location<'static>>,
     /// When it was wrapped (coarse monotonic nanoseconds, see [`coarse_now`]).
     pub(crate) started: u64,
     /// The waker of its last poll.
@@ -72,7 +72,7 @@ pub(crate) fn coarse_now() -> u64 {
 /// Registers a new future; `None` when the registry is full.
 pub(crate) fn register(
     name: Box<str>,
-    location: &'static Location<'static>,
+    location: Option<&'static Location<'static>>,
 ) -> Option<(usize, Arc<Entry>)> {
     let entry = Arc::new(Entry {
         id: NEXT_ID.fetch_add(1, Ordering::Relaxed),

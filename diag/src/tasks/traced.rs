@@ -85,10 +85,14 @@ impl<F> Traced<F> {
     /// traced already, `inner` runs untraced (dumps count such futures).
     #[track_caller]
     pub fn new(name: impl Into<String>, inner: F) -> Self {
-        Self::at(name.into().into_boxed_str(), Location::caller(), inner)
+        Self::at(name.into().into_boxed_str(), Some(Location::caller()), inner)
     }
 
-    pub(crate) fn at(name: Box<str>, location: &'static Location<'static>, inner: F) -> Self {
+    pub(crate) fn at(
+        name: Box<str>,
+        location: Option<&'static Location<'static>>,
+        inner: F,
+    ) -> Self {
         let reg = registry::register(name, location).map(|(slot, entry)| Registration {
             slot,
             entry,
