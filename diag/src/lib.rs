@@ -91,6 +91,7 @@ mod util;
 #[cfg(all(
     doctest,
     feature = "heap",
+    feature = "taskdump",
     feature = "trace",
     feature = "console",
     feature = "criterion"
