@@ -85,7 +85,11 @@ impl<F> Traced<F> {
     /// traced already, `inner` runs untraced (dumps count such futures).
     #[track_caller]
     pub fn new(name: impl Into<String>, inner: F) -> Self {
-        Self::at(name.into().into_boxed_str(), Some(Location::caller()), inner)
+        Self::at(
+            name.into().into_boxed_str(),
+            Some(Location::caller()),
+            inner,
+        )
     }
 
     pub(crate) fn at(
