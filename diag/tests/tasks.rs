@@ -358,3 +358,42 @@ fn worker_cpu_ms() -> f64 {
     }
     total
 }
+
+/// What a traced poll costs between dumps: one task polled 1,000,000 times (it wakes
+/// itself), plain and traced, alternated five times on a current-thread runtime.
+/// `cargo test --release -p diag --features taskdump --test tasks poll_overhead -- --ignored --nocapture`
+#[test]
+#[ignore = "a measurement for docs/performance.md"]
+fn poll_overhead() {
+    const POLLS: u32 = 1_000_000;
+    // Wakes itself and returns Pending POLLS times: a poll and a reschedule each time.
+    async fn yields() {
+        let mut left = POLLS;
+        std::future::poll_fn(|cx| {
+            if left == 0 {
+                return Poll::Ready(());
+            }
+            left -= 1;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        })
+        .await;
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for round in 0..5 {
+        let t = Instant::now();
+        rt.block_on(async { tokio::spawn(yields()).await }).unwrap();
+        let plain = t.elapsed().as_nanos() as f64 / f64::from(POLLS);
+        let t = Instant::now();
+        rt.block_on(async { diag::tasks::spawn("yields", yields()).await })
+            .unwrap();
+        let traced = t.elapsed().as_nanos() as f64 / f64::from(POLLS);
+        println!(
+            "round {round}: plain {plain:.1} ns per poll, traced {traced:.1} ns, ratio {:.3}",
+            traced / plain
+        );
+    }
+}
