@@ -7,14 +7,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::registry::{self, Entry, Outcome};
 use super::traced;
-use crate::proto::Line;
 use crate::symbols;
 
 /// One frame of a task's stack: its return address and source lines (innermost first).
 #[derive(Debug, Clone)]
 pub(crate) struct Frame {
     pub(crate) ip: u64,
-    pub(crate) lines: Arc<[Line]>,
+    pub(crate) lines: symbols::Resolved,
 }
 
 /// One traced future that reported.
@@ -140,10 +139,7 @@ pub(crate) fn symbolize(raw: Raw) -> TaskDump {
     let resolved = symbols::resolve_all(ips);
     let frame = |ip: usize| Frame {
         ip: ip as u64,
-        lines: resolved
-            .get(&ip)
-            .cloned()
-            .unwrap_or_else(|| Arc::from(Vec::new())),
+        lines: resolved.get(&ip).cloned().unwrap_or_default(),
     };
     let ended = raw.ended;
     let since = |t: u64| Duration::from_nanos(ended.saturating_sub(t));
@@ -240,6 +236,7 @@ fn is_machinery(function: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::Line;
 
     fn frame(ip: u64, function: &str) -> Frame {
         Frame {
