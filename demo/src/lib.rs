@@ -179,10 +179,13 @@ pub fn app(state: AppState, diag: Option<diag::Config>) -> Router {
     if let Some(cfg) = diag {
         router = router.merge(diag::router(cfg));
     }
-    router.layer(axum::middleware::from_fn_with_state(
-        state,
-        request_id::track,
-    ))
+    router
+        .layer(axum::middleware::from_fn_with_state(
+            state,
+            request_id::track,
+        ))
+        // Every request's handler future is traced: task dumps show each one in flight.
+        .layer(diag::tasks::TracedLayer::new())
 }
 
 fn text(status: StatusCode, body: String) -> Response {

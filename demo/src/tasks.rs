@@ -5,12 +5,15 @@ use std::future::Future;
 
 use tokio::task::JoinHandle;
 
-/// Spawns `future` as a task named `name`.
+/// Spawns `future` as a task named `name`, traced so that diag's task dumps show where it
+/// waits.
+#[track_caller]
 pub fn spawn_named<F>(name: &str, future: F) -> JoinHandle<F::Output>
 where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
+    let future = diag::tasks::Traced::new(name, future);
     #[cfg(tokio_unstable)]
     #[allow(clippy::expect_used)]
     {

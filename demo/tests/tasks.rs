@@ -221,3 +221,216 @@ async fn bad_parameters_name_what_is_allowed() {
         StatusCode::OK
     );
 }
+
+/// CPU time of each thread of `pid` in ns (from schedstat), by thread id and name.
+fn thread_cpu(pid: u32) -> Vec<(u32, String, u64)> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for t in dir.flatten() {
+        let Some(tid) = t.file_name().to_str().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        let name = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        let ns = std::fs::read_to_string(t.path().join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+            .unwrap_or(0);
+        out.push((tid, name.trim_end().to_owned(), ns));
+    }
+    out
+}
+
+/// The hardening issue's item 1: with a request blocking a worker for 3 s, a forced dump
+/// 0.3 s later made tokio's barrier keep a worker forever in `trace_core`, and the process
+/// never exited after SIGTERM (8 of 8 trials). Traced dumps stop no worker: the dump
+/// answers and the process exits within its shutdown timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_dump_beside_a_blocked_worker_never_wedges_shutdown() {
+    for trial in 0..2 {
+        let mut demo = Demo::start(
+            bin(),
+            &["--dump-interval", "0s", "--shutdown-timeout", "5s"],
+            &[],
+        );
+        let started = Instant::now();
+        let blocker = {
+            let url = demo.url("/block?ms=3000");
+            tokio::spawn(async move { try_request(Method::GET, &url, &[], b"").await })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let dump = {
+            let url = demo.diag_url("/debug/pprof/goroutine?debug=1&force=1");
+            tokio::spawn(async move { try_request(Method::GET, &url, &[], b"").await })
+        };
+        tokio::time::sleep(Duration::from_secs(4).saturating_sub(started.elapsed())).await;
+        let dump = dump
+            .await
+            .unwrap()
+            .expect("the dump answers before SIGTERM");
+        assert_eq!(
+            dump.status,
+            StatusCode::OK,
+            "trial {trial}: {}",
+            dump.text()
+        );
+        assert!(
+            dump.text().contains("goroutine profile: total"),
+            "{}",
+            dump.text()
+        );
+        blocker.await.unwrap().expect("the blocking request ends");
+
+        demo.signal("TERM");
+        let t = Instant::now();
+        let status = tokio::task::block_in_place(|| demo.wait(Duration::from_secs(15)));
+        assert!(
+            t.elapsed() < Duration::from_secs(7),
+            "trial {trial}: exited {:?} after SIGTERM (shutdown timeout 5 s)",
+            t.elapsed()
+        );
+        assert!(status.success(), "trial {trial}: {status}");
+    }
+}
+
+/// The hardening issue's item 2: with one worker blocked for 10 s, five forced dumps with
+/// timeout=1 each left a dump thread spinning (threads 6 -> 13, both cores burnt until the
+/// block ended). Traced dumps start no thread of their own and wait on the sidecar's
+/// timer: the thread count stays put, no thread burns CPU, and each answer names the
+/// blocked request with how long it has been in its poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timed_out_dumps_leave_no_thread_behind_and_nothing_spinning() {
+    let demo = Demo::start(
+        bin(),
+        &["--worker-threads", "1", "--dump-interval", "0s"],
+        &[],
+    );
+    let pid = demo.pid();
+    // One dump first, so that the sidecar's blocking thread (symbolization) exists.
+    assert_eq!(
+        get(&demo.diag_url("/debug/pprof/goroutine?debug=1"))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let blocker = {
+        let url = demo.url("/block?ms=10000");
+        tokio::spawn(async move { try_request(Method::GET, &url, &[], b"").await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let threads_before = thread_cpu(pid).len();
+    let cpu_before = thread_cpu(pid);
+    let mut replies = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let r = get(&demo.diag_url("/debug/pprof/goroutine?debug=1&force=1&timeout=1")).await;
+        replies.push((r, t.elapsed()));
+    }
+    // Give a leaked thread the time to show itself.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let cpu_after = thread_cpu(pid);
+    let spent: Vec<(String, u64)> = cpu_after
+        .iter()
+        .map(|(tid, name, ns)| {
+            let before = cpu_before
+                .iter()
+                .find(|(t, _, _)| t == tid)
+                .map_or(0, |(_, _, ns)| *ns);
+            (
+                format!("{name} {tid}"),
+                ns.saturating_sub(before) / 1_000_000,
+            )
+        })
+        .collect();
+    let total_ms: u64 = spent.iter().map(|(_, ms)| ms).sum();
+    assert!(
+        cpu_after.len() <= threads_before,
+        "threads {threads_before} -> {}: {spent:?}",
+        cpu_after.len()
+    );
+    // Five dumps of a few ms each over ~5.5 s; a spinning thread burns a whole core.
+    assert!(
+        spent.iter().all(|(_, ms)| *ms < 500) && total_ms < 1000,
+        "CPU ms per thread while the dumps waited: {spent:?}"
+    );
+    for (r, took) in replies {
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        assert!(took < Duration::from_millis(2500), "{took:?}");
+        let text = r.text();
+        assert!(text.contains("did not report within timeout=1 s"), "{text}");
+        let line = text
+            .lines()
+            .find(|l| l.contains("\"GET /block\""))
+            .unwrap_or_else(|| panic!("{text}"));
+        assert!(line.contains("inside one poll for"), "{line}");
+    }
+    blocker.await.unwrap().expect("the blocking request ends");
+    // The worker is free again: every traced task reports.
+    let r = get(&demo.diag_url("/debug/pprof/goroutine?debug=1&timeout=5")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.header("x-diag-tasks-missing"), "0", "{}", r.text());
+}
+
+/// The hardening issue's second review: on an idle runtime, 5 back-to-back dumps hit
+/// tokio's 250 ms barrier timeout in some runs, stalled the runtime, and then hung a
+/// worker for good (a dump that never answers, a process that does not stop). Traced
+/// dumps, 5 runs of 5: each answers at once, requests pinged every millisecond meanwhile
+/// are never held up long, and every run stops at once on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn back_to_back_dumps_on_an_idle_runtime_never_hang_it() {
+    for run in 0..5 {
+        let mut demo = Demo::start(
+            bin(),
+            &["--dump-interval", "0s", "--shutdown-timeout", "5s"],
+            &[],
+        );
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let pinger = {
+            let url = demo.url("/healthz");
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut worst = Duration::ZERO;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let t = Instant::now();
+                    let r = try_request(Method::GET, &url, &[], b"").await;
+                    assert_eq!(r.map(|r| r.status).ok(), Some(StatusCode::OK));
+                    worst = worst.max(t.elapsed());
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                worst
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for i in 0..5 {
+            let t = Instant::now();
+            let r = tokio::time::timeout(
+                Duration::from_secs(10),
+                get(&demo.diag_url("/debug/pprof/goroutine?debug=1")),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("run {run} dump {i}: no answer within 10 s"));
+            assert_eq!(r.status, StatusCode::OK, "run {run} dump {i}: {}", r.text());
+            assert!(
+                t.elapsed() < Duration::from_secs(2),
+                "run {run} dump {i}: {:?}",
+                t.elapsed()
+            );
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let worst = pinger.await.unwrap();
+        // tokio's barrier held the workers 250-550 ms; generous for a loaded machine.
+        assert!(
+            worst < Duration::from_millis(200),
+            "run {run}: a request waited {worst:?} during the dumps"
+        );
+        demo.signal("TERM");
+        let t = Instant::now();
+        tokio::task::block_in_place(|| demo.wait(Duration::from_secs(15)));
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "run {run}: exited {:?} after SIGTERM",
+            t.elapsed()
+        );
+    }
+}

@@ -121,7 +121,7 @@ impl Config {
 
     /// The shortest time between two task dumps (`/goroutine`, `/tasks`); within it the
     /// last dump is served again, saying how old it is. `Duration::ZERO` dumps on every
-    /// request. A dump pauses every worker and re-polls every task.
+    /// request. A dump re-polls every traced future once (see `diag::tasks`).
     pub fn with_min_dump_interval(mut self, interval: Duration) -> Self {
         self.min_dump_interval = interval;
         self

@@ -33,7 +33,7 @@
 //! | `cpu` | yes | `/profile`, `/flamegraph`, `/symbol` (pprof-rs sampling) |
 //! | `console` | no | [`console()`]: tokio-console's layer for your subscriber, and its server, bound and served by diag |
 //! | `trace` | no | `/trace`: spans, events and task polls over a window as Chrome trace-event JSON, recorded by [`trace_layer()`] |
-//! | `taskdump` | no | `/goroutine`, `/tasks`: where every tokio task waits (`Handle::dump`) |
+//! | `taskdump` | no | `/goroutine`, `/tasks`: where each traced tokio task waits ([`tasks::spawn`], [`tasks::TracedLayer`]; no runtime-wide pause) |
 //! | `criterion` | no | [`criterion::Flamegraphs`]: criterion 0.8's profiler hook, a flamegraph and a profile per benchmark under `cargo bench -- --profile-time N` |
 //! | `heap` | no | `/heap`, `/allocs`, `/heap/stats` from jemalloc's sampling (the application installs tikv-jemallocator as its global allocator and starts with `prof:true`) |
 //!
@@ -79,10 +79,10 @@ mod router;
 mod server;
 mod shutdown;
 mod state;
-#[cfg(any(feature = "cpu", feature = "heap"))]
+#[cfg(any(feature = "cpu", feature = "heap", feature = "taskdump"))]
 mod symbols;
 #[cfg(feature = "taskdump")]
-mod tasks;
+pub mod tasks;
 #[cfg(feature = "trace")]
 mod trace;
 mod util;
@@ -92,6 +92,7 @@ mod util;
 #[cfg(all(
     doctest,
     feature = "heap",
+    feature = "taskdump",
     feature = "trace",
     feature = "console",
     feature = "criterion"

@@ -1,22 +1,22 @@
-//! Task dumps, Go's goroutine profile for tokio: `/goroutine` and `/tasks`.
-//!
-//! `tokio::runtime::Handle::dump` pauses every worker and re-polls every task in a tracing
-//! mode that records where each one waits. It cannot finish while a worker is stuck in a
-//! synchronous call, so: one dump at a time, a minimum interval between dumps (the last
-//! one is served again meanwhile), a check that no worker is stuck before starting, and a
-//! timeout.
+//! The HTTP side of task dumps: `/goroutine` and `/tasks`, their guards (one dump at a
+//! time, a minimum interval between dumps with the last one served again meanwhile, a
+//! check for stuck workers, a timeout) and their formats (Go's goroutine profile as
+//! profile.proto, its `debug=1` grouped text, its `debug=2` per-task text).
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use axum::extract::{RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, header};
 
+use super::dump::{self, Frame, Silence, TaskDump, Wait};
+use super::registry::{MAX_TRACED_TASKS, Outcome};
 use crate::error::ApiError;
 use crate::params::Params;
-use crate::proto::{self, Line, ProfileBuilder};
+use crate::proto::{self, ProfileBuilder};
 use crate::state::Diag;
 use crate::util::{unix_nanos, utc};
 
@@ -30,29 +30,6 @@ pub(crate) const MAX_TIMEOUT_S: u64 = 60;
 const STUCK_WINDOW: Duration = Duration::from_millis(500);
 /// How often the poll counts and the threads' states are read within the window.
 const STUCK_SAMPLE: Duration = Duration::from_millis(20);
-
-/// One frame of a task's stack: its address and source lines (innermost first).
-#[derive(Debug, Clone)]
-struct Frame {
-    ip: u64,
-    lines: Vec<Line>,
-}
-
-/// One task of a dump: its id and where it waits (one stack per leaf future it awaits).
-#[derive(Debug)]
-struct TaskTrace {
-    id: String,
-    stacks: Vec<Vec<Frame>>,
-}
-
-/// A dump, symbolized.
-#[derive(Debug)]
-struct TaskDump {
-    taken: SystemTime,
-    at: Instant,
-    took: Duration,
-    tasks: Vec<TaskTrace>,
-}
 
 static LAST: Mutex<Option<Arc<TaskDump>>> = Mutex::new(None);
 static IN_FLIGHT: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -84,9 +61,7 @@ async fn run(d: &Diag, params: &Params, default_debug: &'static str) -> Result<R
         return Ok(render(&last, debug, min_interval, false));
     }
     let _flight = IN_FLIGHT.try_lock().map_err(|_| ApiError::Unavailable {
-        message: "a task dump is already in progress (one at a time: each pauses every \
-                  worker); retry in a moment"
-            .to_owned(),
+        message: "a task dump is already in progress (one at a time); retry in a moment".to_owned(),
         retry_after: Some(Duration::from_secs(1)),
     })?;
     // Another request may have dumped while this one waited for the lock.
@@ -94,26 +69,34 @@ async fn run(d: &Diag, params: &Params, default_debug: &'static str) -> Result<R
         return Ok(render(&last, debug, min_interval, false));
     }
     let _permit = d.heavy()?;
-    let handle = d
-        .cfg()
-        .app_runtime
-        .clone()
-        .unwrap_or_else(tokio::runtime::Handle::current);
+    let current = tokio::runtime::Handle::current();
+    let app = d.cfg().app_runtime.clone();
+    // Mounted in the application (no runtime of its own), diag runs on the app's workers,
+    // whose timer a blocked worker can hold up: wait on a blocking thread then.
+    let wait = match &app {
+        Some(app) if app.id() != current.id() => Wait::Timer,
+        _ => Wait::BlockingThread,
+    };
     if !force {
-        if let Some(stuck) = stuck_workers(&handle).await {
+        if let Some(stuck) = stuck_workers(app.as_ref().unwrap_or(&current)).await {
             return Err(ApiError::Unavailable {
                 message: format!(
-                    "not dumping: {stuck}. A dump pauses every worker at its next poll \
-                     boundary, and a worker blocked in a synchronous call (a blocking lock, \
-                     sleep, file or network I/O, a long computation) never reaches one, so the \
-                     dump would wait for it. Look at a CPU profile to see what it runs; add \
-                     force=1 to try anyway (the timeout still bounds the wait)"
+                    "not dumping: {stuck}. A task inside a poll that does not return (a \
+                     blocking lock, sleep, file or network I/O, a long computation) cannot \
+                     report where it is, so the dump would wait its whole timeout for it. \
+                     Look at a CPU profile to see what the worker runs; add force=1 to dump \
+                     anyway (the tasks that do not report are listed with how long they have \
+                     been in their poll)"
                 ),
                 retry_after: Some(Duration::from_secs(1)),
             });
         }
     }
-    let dump = dump_with_timeout(&handle, Duration::from_secs(timeout)).await?;
+    let raw = dump::collect(Duration::from_secs(timeout), wait).await;
+    // Resolving addresses reads debug info: off the async workers.
+    let dump = tokio::task::spawn_blocking(move || dump::symbolize(raw))
+        .await
+        .map_err(|e| ApiError::Internal(format!("resolving the task dump failed: {e}")))?;
     let dump = Arc::new(dump);
     *LAST.lock().unwrap_or_else(|e| e.into_inner()) = Some(dump.clone());
     Ok(render(&dump, debug, min_interval, true))
@@ -121,7 +104,11 @@ async fn run(d: &Diag, params: &Params, default_debug: &'static str) -> Result<R
 
 /// Whether this build can dump tasks, or how to make it.
 pub(crate) fn available() -> Result<(), String> {
-    if cfg!(tokio_unstable) {
+    if cfg!(all(
+        tokio_unstable,
+        target_os = "linux",
+        any(target_arch = "x86_64", target_arch = "aarch64")
+    )) {
         Ok(())
     } else {
         Err(NOT_BUILT.to_owned())
@@ -130,20 +117,13 @@ pub(crate) fn available() -> Result<(), String> {
 
 pub(crate) const NOT_BUILT: &str = "this build has no task dumps: they need diag's `taskdump` feature \
      (which turns on tokio's \"taskdump\" feature), RUSTFLAGS=\"--cfg tokio_unstable\" (set \
-     in .cargo/config.toml), and Linux on x86, x86_64, aarch64 or s390x";
+     in .cargo/config.toml), and Linux on x86_64 or aarch64";
 
 fn recent(min_interval: Duration) -> Option<Arc<TaskDump>> {
     let last = LAST.lock().unwrap_or_else(|e| e.into_inner());
     last.as_ref()
         .filter(|l| l.at.elapsed() < min_interval)
         .cloned()
-}
-
-/// Sleeps on a blocking thread: tokio's timers are driven by the async workers, and a
-/// blocked worker can hold them up for as long as it is blocked (measured: a 100 ms
-/// `tokio::time::sleep` took 2.4 s while one of two workers was blocked).
-async fn sleep_off_runtime(d: Duration) {
-    let _ = tokio::task::spawn_blocking(move || std::thread::sleep(d)).await;
 }
 
 /// Describes the async workers that look stuck in one poll, if any.
@@ -237,94 +217,6 @@ fn busy_worker_threads(workers: usize) -> Option<usize> {
     Some(busy)
 }
 
-#[cfg(tokio_unstable)]
-async fn dump_with_timeout(
-    handle: &tokio::runtime::Handle,
-    timeout: Duration,
-) -> Result<TaskDump, ApiError> {
-    let taken = SystemTime::now();
-    let at = Instant::now();
-    let dump = tokio::select! {
-        dump = handle.dump() => Ok(dump),
-        () = sleep_off_runtime(timeout) => Err(()),
-    }
-    .map_err(|()| ApiError::Unavailable {
-        message: format!(
-            "the task dump did not finish within timeout={} s. tokio's dump pauses every \
-                 worker at its next poll boundary and re-polls every task; a worker blocked \
-                 in a synchronous call (a blocking lock, sleep or I/O on an async worker, or \
-                 a poll that never yields) never reaches one. The dump was abandoned and the \
-                 runtime runs on; look at a CPU profile for what the worker runs, or retry \
-                 with a longer timeout",
-            timeout.as_secs()
-        ),
-        retry_after: Some(Duration::from_secs(1)),
-    })?;
-    let took = at.elapsed();
-    // Resolving backtraces parses debug info: off the async workers.
-    tokio::task::spawn_blocking(move || {
-        let tasks = dump
-            .tasks()
-            .iter()
-            .map(|t| TaskTrace {
-                id: t.id().to_string(),
-                stacks: t
-                    .trace()
-                    .resolve_backtraces()
-                    .iter()
-                    .map(|bt| {
-                        bt.frames()
-                            .map(|f| Frame {
-                                ip: f.ip() as u64,
-                                lines: f
-                                    .symbols()
-                                    .map(|s| Line {
-                                        function: s
-                                            .name_demangled()
-                                            .map(without_hash)
-                                            .unwrap_or_else(|| format!("{:#x}", f.ip() as u64)),
-                                        file: s
-                                            .filename()
-                                            .map(|p| p.display().to_string())
-                                            .unwrap_or_default(),
-                                        line: s.lineno().unwrap_or(0),
-                                    })
-                                    .collect(),
-                            })
-                            .collect()
-                    })
-                    .collect(),
-            })
-            .collect();
-        TaskDump {
-            taken,
-            at,
-            took,
-            tasks,
-        }
-    })
-    .await
-    .map_err(|e| ApiError::Internal(format!("resolving the task dump failed: {e}")))
-}
-
-#[cfg(not(tokio_unstable))]
-async fn dump_with_timeout(
-    _handle: &tokio::runtime::Handle,
-    _timeout: Duration,
-) -> Result<TaskDump, ApiError> {
-    Err(ApiError::NotImplemented(NOT_BUILT.to_owned()))
-}
-
-/// `name::h0123456789abcdef` without its hash, as `{:#}` demangling prints it.
-fn without_hash(name: &str) -> String {
-    match name.rsplit_once("::h") {
-        Some((head, hash)) if hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()) => {
-            head.to_owned()
-        }
-        _ => name.to_owned(),
-    }
-}
-
 /// Stacks grouped: each distinct stack with its frames and how many tasks wait there.
 /// Each task counts once, so the counts add up to the tasks, as Go's goroutine counts
 /// do: a task awaiting several leaf futures at once (`select!`, `join!`) is counted at
@@ -343,7 +235,7 @@ fn grouped(dump: &TaskDump) -> Vec<(usize, &[Frame])> {
 
 fn render(dump: &TaskDump, debug: &str, min_interval: Duration, fresh: bool) -> Response {
     let age = dump.at.elapsed();
-    let header_line = format!(
+    let mut header_line = format!(
         "tokio task dump: {} tasks, taken {} ({} s ago; dumps at most every {} s), took {} ms",
         dump.tasks.len(),
         utc(dump.taken),
@@ -351,6 +243,14 @@ fn render(dump: &TaskDump, debug: &str, min_interval: Duration, fresh: bool) -> 
         min_interval.as_secs(),
         dump.took.as_millis()
     );
+    if !dump.missing.is_empty() {
+        let _ = write!(
+            header_line,
+            "; {} traced tasks did not report within timeout={} s (listed at the end)",
+            dump.missing.len(),
+            dump.timeout.as_secs()
+        );
+    }
     let mut res = match debug {
         "0" => match to_proto(dump, &header_line) {
             Ok(body) => (
@@ -375,6 +275,7 @@ fn render(dump: &TaskDump, debug: &str, min_interval: Duration, fresh: bool) -> 
     let h = res.headers_mut();
     h.insert("x-diag-dump-age-seconds", age.as_secs().into());
     h.insert("x-diag-tasks", dump.tasks.len().into());
+    h.insert("x-diag-tasks-missing", dump.missing.len().into());
     if !fresh {
         if let Ok(v) = HeaderValue::from_str(&format!(
             "the last dump, {} s old (min interval {} s)",
@@ -412,7 +313,7 @@ fn to_proto(dump: &TaskDump, comment: &str) -> std::io::Result<Vec<u8>> {
 
 fn push_frame(out: &mut String, f: &Frame) {
     // Inlined calls first (innermost), as Go lists them.
-    for l in &f.lines {
+    for l in f.lines.iter() {
         out.push_str(&format!(
             "#\t{:#x}\t{}\t{}:{}\n",
             f.ip, l.function, l.file, l.line
@@ -442,39 +343,91 @@ fn to_grouped_text(dump: &TaskDump, header_line: &str) -> String {
             push_frame(&mut out, f);
         }
     }
+    push_missing(&mut out, dump);
     out
 }
 
-/// Go's `debug=2`: every task on its own, with its id.
+/// The traced tasks that did not report, and the futures left untraced, as `#` lines.
+fn push_missing(out: &mut String, dump: &TaskDump) {
+    if !dump.missing.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n# {} traced tasks did not report within timeout={} s:",
+            dump.missing.len(),
+            dump.timeout.as_secs()
+        );
+        for m in &dump.missing {
+            let _ = writeln!(
+                out,
+                "#\ttask {} {:?} (age {}, {}): {}",
+                m.id,
+                &*m.name,
+                secs(m.age),
+                m.location,
+                match m.why {
+                    Silence::InPoll(d) => format!(
+                        "inside one poll for {} (blocking, or computing without yielding)",
+                        secs(d)
+                    ),
+                    Silence::NotPolled(d) => format!(
+                        "woken but not polled; last poll ended {} ago (its worker is busy or \
+                         blocked, or the runtime is stopping)",
+                        secs(d)
+                    ),
+                }
+            );
+        }
+    }
+    if dump.untraced > 0 {
+        let _ = writeln!(
+            out,
+            "\n# {} futures ran untraced since the start: the registry holds at most {} \
+             at once",
+            dump.untraced, MAX_TRACED_TASKS
+        );
+    }
+}
+
+/// A duration as seconds with two decimals, `1.25 s`.
+fn secs(d: Duration) -> String {
+    format!("{:.2} s", d.as_secs_f64())
+}
+
+/// Go's `debug=2`: every task on its own, with its id, name, state and age, as Go's
+/// `goroutine 7 [chan receive, 2 minutes]:`.
 fn to_per_task_text(dump: &TaskDump, header_line: &str) -> String {
     let mut out = format!("{header_line}\n");
     for t in &dump.tasks {
-        out.push_str(&format!("\ntask {}:\n", t.id));
-        if t.stacks.is_empty() {
+        let state = match t.outcome {
+            Outcome::Waiting => format!("waiting {}", secs(t.waited)),
+            Outcome::Completed => "completed during the dump".to_owned(),
+            Outcome::Dropped => "dropped during the dump".to_owned(),
+        };
+        let _ = write!(
+            out,
+            "\ntask {} {:?} [{state}, age {}",
+            t.id,
+            &*t.name,
+            secs(t.age)
+        );
+        if let Some(id) = &t.tokio_id {
+            let _ = write!(out, ", tokio task {id}");
+        }
+        let _ = writeln!(out, "] {}:", t.location);
+        if t.stacks.is_empty() && t.outcome == Outcome::Waiting {
             out.push_str("\t(no trace: the task was not waiting on a tokio leaf future)\n");
         }
         for (i, s) in t.stacks.iter().enumerate() {
             if t.stacks.len() > 1 {
-                out.push_str(&format!("  waiting on leaf future {}:\n", i + 1));
+                let _ = writeln!(out, "  waiting on leaf future {}:", i + 1);
             }
             for f in s {
-                for l in &f.lines {
-                    out.push_str(&format!("{}\n\t{}:{}\n", l.function, l.file, l.line));
+                for l in f.lines.iter() {
+                    let _ = writeln!(out, "{}\n\t{}:{}", l.function, l.file, l.line);
                 }
             }
         }
     }
+    push_missing(&mut out, dump);
     out
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn hashes_are_dropped_from_names() {
-        assert_eq!(
-            super::without_hash("demo::nap::{{closure}}::h0123456789abcdef"),
-            "demo::nap::{{closure}}"
-        );
-        assert_eq!(super::without_hash("a::hello"), "a::hello");
-    }
 }
