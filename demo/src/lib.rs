@@ -36,7 +36,7 @@ pub use store::{RedisConfig, StoreError, StoreErrorKind};
 pub use tasks::{run_blocking, spawn_named};
 pub use work::{
     MAX_BLOCK_MS, MAX_CHURN_BLOCKS, MAX_CHURN_BYTES, MAX_HELD_MB, MAX_ITERATIONS, MAX_SLEEP_MS,
-    MAX_WORK_MS, block_worker, churn_memory, hold_memory, nap, spin_cpu, spin_for,
+    MAX_WORK_MS, block_worker, blocking_lookup, call_slow_dependency, churn_memory, hold_memory, nap, spin_cpu, spin_for,
 };
 
 /// The shared state of one running service.
@@ -174,6 +174,7 @@ pub fn app(state: AppState, diag: Option<diag::Config>) -> Router {
         .route("/block", get(work::block))
         .route("/hold", post(work::hold).delete(work::release))
         .route("/sleep", get(work::sleep))
+        .route("/slow", get(work::slow))
         .fallback(not_found)
         .with_state(state.clone());
     if let Some(cfg) = diag {
@@ -229,7 +230,7 @@ async fn not_found() -> Response {
     text(
         StatusCode::NOT_FOUND,
         "not found; this service serves GET /, /healthz, /readyz, /metrics, /work, /churn, \
-         /block, /sleep, POST and DELETE /hold, and diag under /debug/pprof/ when mounted here\n"
+         /block, /sleep, /slow, POST and DELETE /hold, and diag under /debug/pprof/ when mounted here\n"
             .to_owned(),
     )
 }

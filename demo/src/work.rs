@@ -295,6 +295,59 @@ pub(crate) async fn sleep(
     })
 }
 
+/// `GET /slow?ms=N&block_ms=M`: a request that waits the way real services do: it awaits
+/// a slow dependency the demo simulates for N ms, then makes a blocking call of M ms
+/// inside `spawn_blocking` (either may be left out). What a wall-time profile shows and a
+/// CPU profile does not.
+pub(crate) async fn slow(Query(q): Query<HashMap<String, String>>) -> Result<Response, BadRequest> {
+    let ms = int_param(&q, "ms", MAX_SLEEP_MS)?;
+    let block_ms = int_param(&q, "block_ms", MAX_BLOCK_MS)?;
+    if ms.is_none() && block_ms.is_none() {
+        return Err(bad(
+            "ms",
+            "",
+            &format!("an integer from 1 to {MAX_SLEEP_MS} (and/or block_ms)"),
+        ));
+    }
+    if let Some(ms) = ms {
+        call_slow_dependency(Duration::from_millis(ms)).await;
+    }
+    if let Some(block_ms) = block_ms {
+        let blocked = run_blocking("demo::blocking_lookup", move || {
+            blocking_lookup(Duration::from_millis(block_ms))
+        })
+        .await;
+        if let Err(e) = blocked {
+            return Ok(text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("blocking lookup failed: {e}\n"),
+            ));
+        }
+    }
+    Ok(text(
+        StatusCode::OK,
+        format!(
+            "waited {} ms on the dependency, blocked {} ms\n",
+            ms.unwrap_or(0),
+            block_ms.unwrap_or(0)
+        ),
+    ))
+}
+
+/// A call to a slow downstream service, simulated: it awaits a timer for `d`, holding no
+/// thread. A function of its own so that profiles name it.
+#[inline(never)]
+pub async fn call_slow_dependency(d: Duration) {
+    tokio::time::sleep(d).await;
+}
+
+/// A blocking call (a synchronous client, a file lock, a DNS lookup), simulated: it
+/// blocks the calling thread for `d`. Never inlined, so profiles name it.
+#[inline(never)]
+pub fn blocking_lookup(d: Duration) {
+    std::thread::sleep(d);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

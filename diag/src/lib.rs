@@ -33,7 +33,7 @@
 //! | `cpu` | yes | `/profile`, `/flamegraph`, `/symbol` (pprof-rs sampling) |
 //! | `console` | no | [`console()`]: tokio-console's layer for your subscriber, and its server, bound and served by diag |
 //! | `trace` | no | `/trace`: spans, events and task polls over a window as Chrome trace-event JSON, recorded by [`trace_layer()`] |
-//! | `taskdump` | no | `/goroutine`, `/tasks`: where each traced tokio task waits ([`tasks::spawn`], [`tasks::TracedLayer`]; no runtime-wide pause) |
+//! | `taskdump` | no | `/goroutine`, `/tasks`: where each traced tokio task waits ([`tasks::spawn`], [`tasks::TracedLayer`]; no runtime-wide pause); `/wall`: where they spend wall time, awaiting included |
 //! | `criterion` | no | [`criterion::Flamegraphs`]: criterion 0.8's profiler hook, a flamegraph and a profile per benchmark under `cargo bench -- --profile-time N` |
 //! | `heap` | no | `/heap`, `/allocs`, `/heap/stats` from jemalloc's sampling (the application installs tikv-jemallocator as its global allocator and starts with `prof:true`) |
 //!
@@ -64,7 +64,7 @@ mod cpu;
 #[cfg(feature = "criterion")]
 pub mod criterion;
 mod error;
-#[cfg(any(feature = "cpu", feature = "heap"))]
+#[cfg(any(feature = "cpu", feature = "heap", feature = "taskdump"))]
 mod flamegraph;
 #[cfg(feature = "heap")]
 mod heap;
@@ -86,6 +86,8 @@ pub mod tasks;
 #[cfg(feature = "trace")]
 mod trace;
 mod util;
+#[cfg(feature = "taskdump")]
+mod wall;
 
 /// docs/guide.md's Rust blocks, compiled (and run, where not `no_run`) as doctests so the
 /// guide cannot drift from the API.

@@ -128,6 +128,13 @@ pub(crate) const ENDPOINTS: &[Endpoint] = &[
         available: tasks_available,
     },
     Endpoint {
+        path: "wall",
+        summary: "wall-time profile of the traced tokio tasks over ?seconds=N (default 30) at \
+                  ?hz=N (default 20): each task's await stack at each sample, weighted by \
+                  time (wall/nanoseconds), so awaiting shows; ?format=svg|folded",
+        available: tasks_available,
+    },
+    Endpoint {
         path: "trace",
         summary: "what the process did over ?seconds=N (default 1): tracing spans (each \
                   request's), events and tokio task polls per thread, as Chrome trace-event \
@@ -228,6 +235,7 @@ fn trace_routes(r: Router<Diag>, at: &impl Fn(&str) -> String) -> Router<Diag> {
 fn task_routes(r: Router<Diag>, at: &impl Fn(&str) -> String) -> Router<Diag> {
     r.route(&at("goroutine"), only_get(get(crate::tasks::goroutine)))
         .route(&at("tasks"), only_get(get(crate::tasks::tasks)))
+        .route(&at("wall"), only_get(get(crate::wall::wall)))
 }
 
 #[cfg(not(feature = "taskdump"))]
@@ -235,6 +243,7 @@ fn task_routes(r: Router<Diag>, at: &impl Fn(&str) -> String) -> Router<Diag> {
     let missing = || async { ApiError::NotImplemented(TASKS_MISSING.to_owned()) };
     r.route(&at("goroutine"), any(missing))
         .route(&at("tasks"), any(missing))
+        .route(&at("wall"), any(missing))
 }
 
 #[cfg(feature = "heap")]

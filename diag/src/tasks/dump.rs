@@ -206,7 +206,7 @@ fn location(e: &Entry) -> String {
 /// future's frame first; and at the other end the frames that are only diag's wrapper and
 /// tokio's `trace_with` (a frame where the task's own code was inlined is kept). A stack
 /// without `trace_leaf` (a symbolizer that cannot name it) keeps its start.
-fn trim(mut stack: Vec<Frame>) -> Vec<Frame> {
+pub(crate) fn trim(mut stack: Vec<Frame>) -> Vec<Frame> {
     let leaf = stack
         .iter()
         .rposition(|f| f.lines.iter().any(|l| l.function.contains(TRACE_LEAF)));

@@ -32,7 +32,37 @@ const STUCK_WINDOW: Duration = Duration::from_millis(500);
 const STUCK_SAMPLE: Duration = Duration::from_millis(20);
 
 static LAST: Mutex<Option<Arc<TaskDump>>> = Mutex::new(None);
+/// Held by whatever wakes traced futures for reports (a dump, a wall-time profile): the
+/// registry collects for one of them at a time.
 static IN_FLIGHT: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// What holds [`IN_FLIGHT`], for the refusal's message.
+static HOLDER: Mutex<String> = Mutex::new(String::new());
+
+/// The right to wake traced futures for reports, held by one dump or wall-time profile at
+/// a time; `Send`, so a sampling thread can own it.
+#[derive(Debug)]
+pub(crate) struct DumpGuard {
+    _lock: tokio::sync::MutexGuard<'static, ()>,
+}
+
+impl DumpGuard {
+    /// Takes the guard for `what` ("a wall-time profile until 10:00:05 UTC"), or a 503
+    /// that says what holds it.
+    pub(crate) fn take(what: String) -> Result<DumpGuard, ApiError> {
+        let lock = IN_FLIGHT.try_lock().map_err(|_| {
+            let holder = HOLDER.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            ApiError::Unavailable {
+                message: format!(
+                    "a task dump is already in progress (one at a time, with wall-time \
+                     profiles too): {holder}; retry in a moment"
+                ),
+                retry_after: Some(Duration::from_secs(1)),
+            }
+        })?;
+        *HOLDER.lock().unwrap_or_else(|e| e.into_inner()) = what;
+        Ok(DumpGuard { _lock: lock })
+    }
+}
 
 /// `GET /goroutine?debug=0|1|2&timeout=S&force=1`.
 pub(crate) async fn goroutine(State(d): State<Diag>, RawQuery(q): RawQuery) -> Response {
@@ -60,10 +90,7 @@ async fn run(d: &Diag, params: &Params, default_debug: &'static str) -> Result<R
     if let Some(last) = recent(min_interval) {
         return Ok(render(&last, debug, min_interval, false));
     }
-    let _flight = IN_FLIGHT.try_lock().map_err(|_| ApiError::Unavailable {
-        message: "a task dump is already in progress (one at a time); retry in a moment".to_owned(),
-        retry_after: Some(Duration::from_secs(1)),
-    })?;
+    let _flight = DumpGuard::take("a task dump".to_owned())?;
     // Another request may have dumped while this one waited for the lock.
     if let Some(last) = recent(min_interval) {
         return Ok(render(&last, debug, min_interval, false));

@@ -15,14 +15,14 @@
 //! Not covered: tasks spawned with plain `tokio::spawn` (hyper's connection tasks, other
 //! libraries' tasks) and futures not wrapped; they run as before, unseen by dumps.
 
-mod dump;
+pub(crate) mod dump;
 mod http;
 mod layer;
-mod registry;
-mod traced;
+pub(crate) mod registry;
+pub(crate) mod traced;
 mod walk;
 
-pub(crate) use http::{available, goroutine, tasks};
+pub(crate) use http::{DumpGuard, available, goroutine, tasks};
 pub use layer::{TracedLayer, TracedService};
 pub use registry::MAX_TRACED_TASKS;
 pub use traced::{Traced, spawn};

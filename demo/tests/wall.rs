@@ -1,0 +1,153 @@
+//! Wall-time profiles of the running demo, read by the real `go tool pprof`: requests that
+//! await a slow dependency hold their wall time at the await, where the CPU profile of
+//! the same window shows nothing; the wait on Redis shows up by itself.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use testkit::{Demo, RedisServer, get, go_pprof_async, try_request};
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_demo"))
+}
+
+/// `n` clients, each sending `path` again and again (keep-alive) for `for_how_long`.
+fn clients(demo: &Demo, n: usize, path: &str, for_how_long: Duration) {
+    for _ in 0..n {
+        let url = demo.url(path);
+        tokio::spawn(async move {
+            let end = tokio::time::Instant::now() + for_how_long;
+            while tokio::time::Instant::now() < end {
+                let _ = try_request(Method::GET, &url, &[], b"").await;
+            }
+        });
+    }
+}
+
+/// Folded lines `task;frames... VALUE` as (stack, value).
+fn folded(text: &str) -> Vec<(String, i64)> {
+    text.lines()
+        .filter_map(|l| {
+            let (stack, v) = l.rsplit_once(' ')?;
+            Some((stack.to_owned(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+/// `-top`'s cum% of the line naming `function`, if any.
+fn cum_percent(top: &str, function: &str) -> Option<f64> {
+    top.lines()
+        .find(|l| l.contains(function))
+        .and_then(|l| l.split_whitespace().nth(4))
+        .and_then(|p| p.trim_end_matches('%').parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn awaiting_requests_hold_their_wall_time_at_the_await_and_not_in_the_cpu_profile() {
+    let demo = Demo::start(bin(), &[], &[]);
+    clients(&demo, 20, "/slow?ms=300", Duration::from_secs(18));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let wall_url = demo.diag_url("/debug/pprof/wall?seconds=10");
+    let cpu_url = demo.diag_url("/debug/pprof/profile?seconds=10");
+    let (wall, cpu) = tokio::join!(
+        go_pprof_async(vec!["-top".into(), "-cum".into(), wall_url]),
+        go_pprof_async(vec!["-top".into(), "-cum".into(), cpu_url]),
+    );
+    assert!(wall.contains("Type: wall"), "{wall}");
+    let at_await = cum_percent(&wall, "demo::work::call_slow_dependency")
+        .unwrap_or_else(|| panic!("no call_slow_dependency in:\n{wall}"));
+    // Every traced task in the window is one of the 20 requests (the diag sidecar's own
+    // requests are not traced), so the share of the whole profile is their share.
+    assert!(
+        (85.0..=100.0).contains(&at_await),
+        "call_slow_dependency holds {at_await} % of the requests' wall time:\n{wall}"
+    );
+    // 20 requests for 10 s: ~200 s of wall time in all.
+    let total = wall
+        .lines()
+        .find_map(|l| l.split("of ").nth(1).and_then(|t| t.strip_suffix(" total")))
+        .unwrap_or("?");
+    assert!(total.ends_with('s'), "{total}\n{wall}");
+    assert!(
+        !cpu.contains("call_slow_dependency"),
+        "the CPU profile shows the await:\n{cpu}"
+    );
+
+    // The same by the folded stacks, where each stack's root is the request's name.
+    let r = get(&demo.diag_url("/debug/pprof/wall?seconds=4&format=folded")).await;
+    let text = r.text();
+    assert_eq!(r.status, StatusCode::OK, "{text}");
+    let stacks = folded(&text);
+    let requests: i64 = stacks
+        .iter()
+        .filter(|(s, _)| s.starts_with("GET /slow;"))
+        .map(|(_, v)| v)
+        .sum();
+    let awaiting: i64 = stacks
+        .iter()
+        .filter(|(s, _)| s.starts_with("GET /slow;") && s.contains("call_slow_dependency"))
+        .map(|(_, v)| v)
+        .sum();
+    assert!(requests > 0, "{text}");
+    let share = awaiting as f64 / requests as f64;
+    assert!((0.85..=1.0).contains(&share), "{share}\n{text}");
+    // ~20 requests × 4 s.
+    let secs = requests as f64 / 1e9;
+    assert!((60.0..=90.0).contains(&secs), "{secs} s\n{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traces_svg_and_a_request_blocked_in_spawn_blocking() {
+    let demo = Demo::start(bin(), &[], &[]);
+    clients(&demo, 1, "/slow?block_ms=2000", Duration::from_secs(4));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let url = demo.diag_url("/debug/pprof/wall?seconds=3");
+    let traces = go_pprof_async(vec!["-traces".into(), url]).await;
+    assert!(traces.contains("Type: wall"), "{traces}");
+    // The request awaits the blocking task's JoinHandle from inside `slow`.
+    assert!(traces.contains("demo::work::slow"), "{traces}");
+    assert!(traces.contains("GET /slow"), "the task label:\n{traces}");
+
+    let r = get(&demo.diag_url("/debug/pprof/wall?seconds=1&format=svg")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header("content-type"), "image/svg+xml");
+    assert!(r.text().contains("Wall-time flamegraph"));
+
+    let bad = get(&demo.diag_url("/debug/pprof/wall?hz=0")).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(bad.text().contains("\"hz\""), "{}", bad.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dump_during_a_wall_profile_is_refused_with_what_holds_it() {
+    let demo = Demo::start(bin(), &["--dump-interval", "0s"], &[]);
+    let url = demo.diag_url("/debug/pprof/wall?seconds=3");
+    let wall = tokio::spawn(async move { get(&url).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r = get(&demo.diag_url("/debug/pprof/goroutine?debug=1")).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
+    assert!(r.text().contains("a wall-time profile until"), "{}", r.text());
+    assert_eq!(wall.await.unwrap().status, StatusCode::OK);
+    let after = get(&demo.diag_url("/debug/pprof/goroutine?debug=1")).await;
+    assert_eq!(after.status, StatusCode::OK, "{}", after.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wait_on_redis_shows_by_itself() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let demo = Demo::start(bin(), &["--redis", &url], &[]);
+    clients(&demo, 8, "/", Duration::from_secs(5));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r = get(&demo.diag_url("/debug/pprof/wall?seconds=3&format=folded")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let text = r.text();
+    let on_redis: i64 = folded(&text)
+        .iter()
+        .filter(|(s, _)| s.starts_with("GET /;") && s.contains("demo::store::redis"))
+        .map(|(_, v)| v)
+        .sum();
+    assert!(on_redis > 0, "no wait in demo::store::redis:\n{text}");
+}

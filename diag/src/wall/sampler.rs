@@ -1,0 +1,297 @@
+//! The wall-time sampler: at each tick, every traced future's await stack (a traced dump,
+//! `crate::tasks`), weighted by the time since the previous tick. No HTTP here.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::shutdown::Shutdown;
+use crate::symbols::{self, Resolved};
+use crate::tasks::dump::{self, Frame};
+use crate::tasks::registry::{self, Outcome};
+
+/// Samples per second unless `hz` says otherwise. Each sample re-polls every traced
+/// future once on its own worker (~0.5–1 µs each): at 20 Hz a service with 1,000 traced
+/// futures gives its workers ~1–2 % of one core (docs/performance.md, "Wall-time
+/// profiles").
+pub(crate) const DEFAULT_HZ: u32 = 20;
+/// The highest `hz` accepted.
+pub(crate) const MAX_HZ: u32 = 100;
+/// Up to this many traced futures the rate asked is kept; above it each interval is
+/// stretched in proportion (2,000 futures: half the rate), so a sample's cost per second
+/// stays what 1,000 futures cost at the rate asked.
+pub(crate) const FULL_RATE_TASKS: usize = 1000;
+/// The longest a tick waits for the futures' reports; a future silent by then is counted
+/// as inside a poll, or as woken and waiting for a worker.
+const MAX_REPORT_WAIT: Duration = Duration::from_millis(200);
+
+/// Where a traced future was at a sampling instant.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum Place {
+    /// Awaiting a tokio leaf future: the frame-walk addresses, leaf first (untrimmed).
+    Awaiting(Vec<usize>),
+    /// Awaiting, but not on a tokio leaf future (no stack to show).
+    NoLeaf,
+    /// Inside a poll that did not return before the tick ended: running, or blocking its
+    /// worker.
+    InPoll,
+    /// Woken, but not polled before the tick ended: queued behind other work.
+    Queued,
+}
+
+/// Pseudo-frames for the places that have no stack, with the fake addresses that keep
+/// them apart in profile.proto (each location is keyed by its address).
+pub(crate) fn pseudo_frame(place: &Place) -> Option<(u64, &'static str)> {
+    match place {
+        Place::Awaiting(_) => None,
+        Place::NoLeaf => Some((1, "[awaiting no tokio leaf future]")),
+        Place::InPoll => Some((2, "[inside a poll: running, or blocking its worker]")),
+        Place::Queued => Some((3, "[woken, waiting for a worker to poll it]")),
+    }
+}
+
+/// What one profile asks for.
+#[derive(Debug, Clone)]
+pub(crate) struct Options {
+    pub(crate) window: Duration,
+    pub(crate) hz: u32,
+    /// diag's id of the traced future running the profile (left out), 0 for none.
+    pub(crate) except: u64,
+    pub(crate) shutdown: Shutdown,
+}
+
+/// Weight of one (task name, place): samples and nanoseconds.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Weight {
+    pub(crate) count: i64,
+    pub(crate) nanos: i64,
+}
+
+/// The samples of one window, before symbolization.
+#[derive(Debug)]
+pub(crate) struct Capture {
+    pub(crate) names: Vec<Box<str>>,
+    pub(crate) weights: HashMap<(u32, Place), Weight>,
+    pub(crate) stats: Stats,
+}
+
+/// How the window went.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Stats {
+    pub(crate) started: Option<SystemTime>,
+    pub(crate) duration: Duration,
+    pub(crate) hz: u32,
+    pub(crate) ticks: u64,
+    /// Ticks taken at a rate lowered for the number of traced futures.
+    pub(crate) lowered_ticks: u64,
+    /// The lowest rate used (Hz), the rate asked when never lowered.
+    pub(crate) lowest_hz: f64,
+    /// The most traced futures seen at one tick.
+    pub(crate) most_tasks: usize,
+    /// Time spent from marking the futures to closing each tick's collection, summed.
+    pub(crate) sampling: Duration,
+    /// The longest such time for one tick.
+    pub(crate) slowest_tick: Duration,
+    /// Futures that ran untraced because the registry was full (since the start).
+    pub(crate) untraced: u64,
+    pub(crate) ended_early: bool,
+}
+
+/// Samples until the window ends, `stop` is set (the request went away) or shutdown
+/// begins. Blocks the calling thread, which must not be one of the application's workers.
+pub(crate) fn run(opts: &Options, stop: &AtomicBool) -> Capture {
+    let base = Duration::from_secs(1) / opts.hz.max(1);
+    let started = Instant::now();
+    let end = started + opts.window;
+    let mut names: Vec<Box<str>> = Vec::new();
+    let mut name_ids: HashMap<Box<str>, u32> = HashMap::new();
+    let mut weights: HashMap<(u32, Place), Weight> = HashMap::new();
+    let mut stats = Stats {
+        started: Some(SystemTime::now()),
+        hz: opts.hz,
+        lowest_hz: f64::from(opts.hz),
+        ..Stats::default()
+    };
+    let mut previous: Option<Instant> = None;
+    let mut interval = base;
+    loop {
+        let tick = Instant::now();
+        if tick >= end || stop.load(Ordering::Relaxed) {
+            break;
+        }
+        if opts.shutdown.is_triggered() {
+            stats.ended_early = true;
+            break;
+        }
+        // This tick stands for the time since the previous one.
+        let weight = previous.map_or(interval, |p| tick.duration_since(p));
+        previous = Some(tick);
+        let open = registry::open(opts.except);
+        let tasks = open.expected.len();
+        interval = stretched(base, tasks);
+        if !open.complete() {
+            registry::Open::wait_blocking(
+                open.generation(),
+                (interval * 3 / 4).min(MAX_REPORT_WAIT),
+            );
+        }
+        let (expected, reports) = open.close();
+        let took = tick.elapsed();
+        stats.ticks += 1;
+        stats.sampling += took;
+        stats.slowest_tick = stats.slowest_tick.max(took);
+        stats.most_tasks = stats.most_tasks.max(tasks);
+        if interval > base {
+            stats.lowered_ticks += 1;
+            stats.lowest_hz = stats.lowest_hz.min(1.0 / interval.as_secs_f64());
+        }
+        let nanos = i64::try_from(weight.as_nanos()).unwrap_or(i64::MAX);
+        let mut add = |name: &str, place: Place| {
+            let id = match name_ids.get(name) {
+                Some(id) => *id,
+                None => {
+                    let id = names.len() as u32;
+                    names.push(name.into());
+                    name_ids.insert(name.into(), id);
+                    id
+                }
+            };
+            let w = weights.entry((id, place)).or_default();
+            w.count += 1;
+            w.nanos = w.nanos.saturating_add(nanos);
+        };
+        let mut reported = std::collections::HashSet::with_capacity(reports.len());
+        for r in reports {
+            reported.insert(r.entry.id);
+            if r.outcome != Outcome::Waiting {
+                // Completed or dropped during the tick: no longer waiting anywhere.
+                continue;
+            }
+            // A future awaiting several leaves at once (`join!`, `select!`) is counted
+            // once, at its deepest stack, as the goroutine profile counts it.
+            let place = match r.stacks.into_iter().max_by_key(Vec::len) {
+                Some(s) => Place::Awaiting(s),
+                None => Place::NoLeaf,
+            };
+            add(&r.entry.name, place);
+        }
+        for e in expected.iter().filter(|e| !reported.contains(&e.id)) {
+            let place = if e.poll_started.load(Ordering::Relaxed) != 0 {
+                Place::InPoll
+            } else {
+                Place::Queued
+            };
+            add(&e.name, place);
+        }
+        drop(expected);
+        let next = tick + interval;
+        let now = Instant::now();
+        if next > now {
+            let until = next.min(end);
+            // Sleep in short steps so a departed client or shutdown ends the profile soon.
+            let mut now = now;
+            while now < until && !stop.load(Ordering::Relaxed) {
+                std::thread::sleep((until - now).min(Duration::from_millis(50)));
+                now = Instant::now();
+            }
+        }
+    }
+    stats.duration = started.elapsed();
+    stats.untraced = registry::untraced();
+    Capture {
+        names,
+        weights,
+        stats,
+    }
+}
+
+/// The interval for `tasks` traced futures: `base` up to [`FULL_RATE_TASKS`], longer in
+/// proportion above it.
+pub(crate) fn stretched(base: Duration, tasks: usize) -> Duration {
+    if tasks <= FULL_RATE_TASKS {
+        base
+    } else {
+        base.mul_f64(tasks as f64 / FULL_RATE_TASKS as f64)
+    }
+}
+
+/// One symbolized stack of the profile: the task's name, its frames leaf first (or a
+/// pseudo-frame), and its weight.
+#[derive(Debug)]
+pub(crate) struct WallStack {
+    pub(crate) task: Arc<str>,
+    pub(crate) frames: Vec<Frame>,
+    pub(crate) weight: Weight,
+}
+
+/// A symbolized wall-time profile.
+#[derive(Debug)]
+pub(crate) struct WallProfile {
+    pub(crate) stacks: Vec<WallStack>,
+    pub(crate) stats: Stats,
+}
+
+/// Resolves the addresses (diag's symbolizer; slow, call it on a blocking thread), trims
+/// the dump machinery off each stack and merges the stacks that trim to the same frames.
+pub(crate) fn symbolize(capture: Capture) -> WallProfile {
+    let resolved: HashMap<usize, Resolved> =
+        symbols::resolve_all(capture.weights.keys().flat_map(|(_, p)| match p {
+            Place::Awaiting(s) => s.clone(),
+            _ => Vec::new(),
+        }));
+    let names: Vec<Arc<str>> = capture.names.iter().map(|n| Arc::from(&**n)).collect();
+    let mut merged: HashMap<(u32, Vec<u64>), WallStack> = HashMap::new();
+    for ((name, place), w) in capture.weights {
+        let frames = match &place {
+            Place::Awaiting(s) => dump::trim(
+                s.iter()
+                    .map(|ip| Frame {
+                        ip: *ip as u64,
+                        lines: resolved.get(ip).cloned().unwrap_or_default(),
+                    })
+                    .collect(),
+            ),
+            other => match pseudo_frame(other) {
+                Some((ip, function)) => vec![Frame {
+                    ip,
+                    lines: Arc::from(vec![crate::proto::Line {
+                        function: function.to_owned(),
+                        file: String::new(),
+                        line: 0,
+                    }]),
+                }],
+                None => Vec::new(),
+            },
+        };
+        let key = (name, frames.iter().map(|f| f.ip).collect());
+        let task = names.get(name as usize).cloned().unwrap_or_else(|| "?".into());
+        let s = merged.entry(key).or_insert_with(|| WallStack {
+            task,
+            frames,
+            weight: Weight::default(),
+        });
+        s.weight.count += w.count;
+        s.weight.nanos = s.weight.nanos.saturating_add(w.nanos);
+    }
+    let mut stacks: Vec<WallStack> = merged.into_values().collect();
+    stacks.sort_by_key(|s| std::cmp::Reverse(s.weight.nanos));
+    WallProfile {
+        stacks,
+        stats: capture.stats,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_interval_stretches_above_the_task_limit() {
+        let base = Duration::from_millis(50);
+        assert_eq!(stretched(base, 0), base);
+        assert_eq!(stretched(base, FULL_RATE_TASKS), base);
+        assert_eq!(stretched(base, 2 * FULL_RATE_TASKS), base * 2);
+        assert_eq!(stretched(base, 10 * FULL_RATE_TASKS), base * 10);
+    }
+}
