@@ -36,7 +36,8 @@ pub use store::{RedisConfig, StoreError, StoreErrorKind};
 pub use tasks::{run_blocking, spawn_named};
 pub use work::{
     MAX_BLOCK_MS, MAX_CHURN_BLOCKS, MAX_CHURN_BYTES, MAX_HELD_MB, MAX_ITERATIONS, MAX_SLEEP_MS,
-    MAX_WORK_MS, block_worker, blocking_lookup, call_slow_dependency, churn_memory, hold_memory, nap, spin_cpu, spin_for,
+    MAX_WORK_MS, block_worker, blocking_lookup, call_slow_dependency, churn_memory, hold_memory,
+    nap, spin_cpu, spin_for,
 };
 
 /// The shared state of one running service.

@@ -184,7 +184,11 @@ fn to_proto(p: &WallProfile) -> std::io::Result<Vec<u8>> {
         if s.frames.is_empty() {
             continue;
         }
-        let locations = s.frames.iter().map(|f| b.location(f.ip, &f.lines)).collect();
+        let locations = s
+            .frames
+            .iter()
+            .map(|f| b.location(f.ip, &f.lines))
+            .collect();
         b.sample(
             locations,
             vec![s.weight.count, s.weight.nanos],

@@ -265,7 +265,10 @@ pub(crate) fn symbolize(capture: Capture) -> WallProfile {
             },
         };
         let key = (name, frames.iter().map(|f| f.ip).collect());
-        let task = names.get(name as usize).cloned().unwrap_or_else(|| "?".into());
+        let task = names
+            .get(name as usize)
+            .cloned()
+            .unwrap_or_else(|| "?".into());
         let s = merged.entry(key).or_insert_with(|| WallStack {
             task,
             frames,
