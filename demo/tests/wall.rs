@@ -131,7 +131,7 @@ async fn awaiting_requests_hold_their_wall_time_at_the_await_and_not_in_the_cpu_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traces_svg_and_a_request_blocked_in_spawn_blocking() {
     let demo = Demo::start(bin(), &[], &[]);
-    clients(&demo, 1, "/slow?block_ms=2000", Duration::from_secs(4));
+    clients(&demo, 1, "/slow?block_ms=2000", Duration::from_secs(9));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let url = demo.diag_url("/debug/pprof/wall?seconds=3");
     let traces = go_pprof_async(vec!["-traces".into(), url]).await;
@@ -139,6 +139,18 @@ async fn traces_svg_and_a_request_blocked_in_spawn_blocking() {
     // The request awaits the blocking task's JoinHandle from inside `slow`.
     assert!(traces.contains("demo::work::slow"), "{traces}");
     assert!(traces.contains("GET /slow"), "the task label:\n{traces}");
+
+    // Blocked the whole window, but for the moments between one request and the next:
+    // ~3 s at the await of the blocking task in `slow`.
+    let r = get(&demo.diag_url("/debug/pprof/wall?seconds=3&format=folded")).await;
+    let text = r.text();
+    let at_slow: i64 = folded(&text)
+        .iter()
+        .filter(|(s, _)| s.starts_with("GET /slow;") && s.contains("demo::work::slow"))
+        .map(|(_, v)| v)
+        .sum();
+    let secs = at_slow as f64 / 1e9;
+    assert!((2.5..=3.3).contains(&secs), "{secs} s\n{text}");
 
     let r = get(&demo.diag_url("/debug/pprof/wall?seconds=1&format=svg")).await;
     assert_eq!(r.status, StatusCode::OK);

@@ -60,6 +60,21 @@ async fn task_dumps() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wall_profiles() {
+    let addr = server().await;
+    let r = get(&format!(
+        "http://{addr}/debug/pprof/wall?seconds=1&format=folded"
+    ))
+    .await;
+    if cfg!(feature = "taskdump") {
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        assert!(!r.header("x-diag-sample-rate").is_empty());
+    } else {
+        assert_501(&r, "enable diag's `taskdump` feature");
+    }
+}
+
 #[tokio::test]
 async fn trace() {
     let addr = server().await;

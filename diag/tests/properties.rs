@@ -23,6 +23,7 @@ const QUERIED: &[&str] = &[
     "heap/stats",
     "goroutine",
     "tasks",
+    "wall",
     "trace",
 ];
 
@@ -35,6 +36,7 @@ const NAMES: &[&str] = &[
     "gc",
     "timeout",
     "force",
+    "hz",
     "sample_index",
     "x",
     "",
