@@ -6,6 +6,10 @@
 use http::StatusCode;
 use testkit::get;
 
+/// Task dumps and wall profiles take one process-wide guard (one at a time): the tests
+/// that take them run one after the other.
+static DUMPS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn server() -> std::net::SocketAddr {
     testkit::serve(diag::router(diag::Config::default())).await
 }
@@ -44,6 +48,7 @@ async fn heap() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn task_dumps() {
+    let _one_at_a_time = DUMPS.lock().await;
     let addr = server().await;
     let r = get(&format!("http://{addr}/debug/pprof/tasks")).await;
     if cfg!(feature = "taskdump") {
@@ -62,6 +67,7 @@ async fn task_dumps() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wall_profiles() {
+    let _one_at_a_time = DUMPS.lock().await;
     let addr = server().await;
     let r = get(&format!(
         "http://{addr}/debug/pprof/wall?seconds=1&format=folded"
