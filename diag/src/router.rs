@@ -195,7 +195,9 @@ fn cpu_routes(r: Router<Diag>, at: &impl Fn(&str) -> String) -> Router<Diag> {
         .route(&at("flamegraph"), only_get(get(cpu::flamegraph)))
         .route(
             &at("symbol"),
-            get(cpu::symbol).post(cpu::symbol).fallback(|| async {
+            get(crate::symbols::http::symbol)
+                .post(crate::symbols::http::symbol)
+                .fallback(|| async {
                 ApiError::MethodNotAllowed {
                     allowed: "GET, HEAD, POST",
                 }
