@@ -88,15 +88,16 @@ async fn memory_stays_bounded_under_new_addresses() {
     let _serial = SERIAL.lock().await;
     let addr = testkit::serve(diag::router(diag::Config::default())).await;
     let (text_start, text_end) = own_text();
-    // Every tenth POST also carries 2,500 new addresses of this program's own code (a
-    // DWARF pass each), so that the cache turns over real entries, not only unknown ones.
+    // Every 40th POST also carries 5,000 new addresses of this program's own code (a
+    // DWARF pass each, over most of its units: ~2 s in this debug build), 50,000 in all,
+    // so that the cache turns over real entries too, not only unknown ones.
     let body = |round: u64| -> String {
         let unknown = (0..10_000u64).map(|i| 0x7100_0000_0000 + (round * 10_000 + i) * 16);
         let mut words: Vec<String> = unknown.map(|a| format!("{a:#x}")).collect();
-        if round % 10 == 0 {
-            let step = (text_end - text_start) / 2_500;
-            for (i, w) in words.iter_mut().take(2_500).enumerate() {
-                let a = text_start + (i as u64) * step + (round / 10) * 4 % step.max(1);
+        if round % 40 == 0 {
+            let step = (text_end - text_start) / 5_000;
+            for (i, w) in words.iter_mut().take(5_000).enumerate() {
+                let a = text_start + (i as u64) * step + (round / 40) * 4 % step.max(1);
                 *w = format!("{a:#x}");
             }
         }
@@ -111,8 +112,20 @@ async fn memory_stays_bounded_under_new_addresses() {
     let sampler = Sampler::start();
     let started = Instant::now();
     for round in 1..400 {
+        let t = Instant::now();
         let r = post(addr, &body(round)).await;
         assert_eq!(r.status, StatusCode::OK, "round {round}: {}", r.text());
+        if round % 40 == 0 {
+            // SAFETY: glibc's statistics call.
+            let mi = unsafe { libc::mallinfo2() };
+            eprintln!(
+                "round {round}: {} ms, {} KiB, malloc in use {} KiB, from the OS {} KiB",
+                t.elapsed().as_millis(),
+                anon_kib(),
+                mi.uordblks / 1024,
+                (mi.arena + mi.hblkhd) / 1024
+            );
+        }
     }
     let took = started.elapsed();
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -147,7 +160,7 @@ async fn symbol_counts_against_the_heavy_cap() {
     let url = format!("http://{addr}/debug/pprof/profile?seconds=2");
     let profile = tokio::spawn(async move { get(&url).await });
     let deadline = Instant::now() + Duration::from_secs(10);
-    let f = own_text().0 + 64;
+    let f = anon_kib as *const () as usize as u64;
     loop {
         let r = post(addr, &format!("{f:#x}")).await;
         if r.status == StatusCode::TOO_MANY_REQUESTS {
@@ -181,4 +194,87 @@ async fn a_bad_body_is_echoed_truncated() {
     assert!(text.len() < 512, "{} bytes echoed", text.len());
     assert!(text.contains("\"address\": \"qqqq"), "{text}");
     assert!(text.contains("(1048576 bytes)"), "{text}");
+}
+
+/// Steps of the burn, inlined into `burn_in_symbol_test` even unoptimised: its samples
+/// are lines of the burner's locations.
+#[inline(always)]
+fn burn_step(x: u64, i: u64) -> u64 {
+    let mut x = x;
+    for k in 0..64 {
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(i ^ k);
+    }
+    x
+}
+
+const BURN_STEP_LINES: std::ops::RangeInclusive<u32> = (line!() - 8)..=(line!() - 2);
+
+/// Burns CPU under a name the profile must show, with file and line.
+#[inline(never)]
+fn burn_in_symbol_test(n: u64) -> u64 {
+    let mut x = std::hint::black_box(1u64);
+    for i in 0..n {
+        x = burn_step(x, i);
+    }
+    x
+}
+
+const BURN_CALL_LINE: u32 = line!() - 5;
+
+/// The line number of `function` at `file:N` in a `go tool pprof -lines` row, if any.
+fn lines_of<'a>(top: &'a str, function: &'a str) -> impl Iterator<Item = u32> + 'a {
+    top.lines()
+        .filter(move |l| l.contains(function))
+        .filter_map(|l| l.split("symbol.rs:").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn go_tool_pprof_shows_lines_and_inlined_frames() {
+    let _serial = SERIAL.lock().await;
+    let addr = testkit::serve(diag::router(diag::Config::default())).await;
+    let on = Arc::new(AtomicBool::new(true));
+    let flag = on.clone();
+    let burner = std::thread::spawn(move || {
+        while flag.load(Ordering::Relaxed) {
+            std::hint::black_box(burn_in_symbol_test(1_000_000));
+        }
+    });
+    let r = get(&format!("http://{addr}/debug/pprof/profile?seconds=3")).await;
+    on.store(false, Ordering::Relaxed);
+    burner.join().unwrap();
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let dir = testkit::temp_dir("symbol-lines");
+    let file = dir.join("cpu.pb.gz");
+    std::fs::write(&file, &r.body).unwrap();
+    let file = file.to_str().unwrap();
+
+    // `-lines`: the burner and the step inlined into it, each with its file and line.
+    let top = testkit::go_pprof(&["-top", "-lines", file]);
+    assert!(
+        lines_of(&top, "burn_in_symbol_test").any(|n| n == BURN_CALL_LINE),
+        "no burn_in_symbol_test at symbol.rs:{BURN_CALL_LINE}:\n{top}"
+    );
+    assert!(
+        lines_of(&top, "burn_step").any(|n| BURN_STEP_LINES.contains(&n)),
+        "no burn_step at symbol.rs:{BURN_STEP_LINES:?}:\n{top}"
+    );
+    // The inlined step is a line of one of the burner's locations: in `-raw`, a location
+    // is its first line (with its address and mapping) and the following indented ones,
+    // innermost first.
+    let raw = testkit::go_pprof(&["-raw", file]);
+    let mut blocks: Vec<Vec<&str>> = Vec::new();
+    for line in raw.lines() {
+        if line.contains(" M=") {
+            blocks.push(vec![line]);
+        } else if let Some(b) = blocks.last_mut().filter(|_| line.starts_with("     ")) {
+            b.push(line);
+        }
+    }
+    let inlined = blocks.iter().any(|b| {
+        let step = b.iter().position(|l| l.contains("burn_step"));
+        let burner = b.iter().position(|l| l.contains("burn_in_symbol_test"));
+        matches!((step, burner), (Some(s), Some(o)) if s < o)
+    });
+    assert!(inlined, "no location with burn_step inlined into the burner:\n{raw}");
 }

@@ -13,10 +13,10 @@ use super::Resolved;
 use crate::proto::Line;
 
 /// Entries kept at most, over both generations (half each).
-pub(crate) const CAPACITY: usize = 65_536;
+pub(crate) const CAPACITY: usize = 32_768;
 
 /// Accounted bytes kept at most, over both generations (half each): see [`entry_bytes`].
-pub(crate) const MAX_BYTES: usize = 16 << 20;
+pub(crate) const MAX_BYTES: usize = 12 << 20;
 
 /// The cache. Not synchronised: the caller holds it behind a lock.
 #[derive(Debug, Default)]
@@ -68,15 +68,20 @@ impl Cache {
     }
 }
 
-/// What one entry costs, as accounted: the map slot (key, pointer, and hashbrown's control
-/// byte with its load-factor slack, rounded up to 8 bytes), the `Arc`'s two counters, the
-/// `Line`s and their strings' heap buffers.
+/// What one entry costs, as accounted: the map slot (key and pointer, twice over for
+/// hashbrown's load factor and power-of-two growth, plus its control bytes), the `Arc`'s
+/// two counters, the `Line`s, their strings' heap buffers, and the allocator's header on
+/// each allocation (one for the `Arc`, two per line).
 pub(crate) fn entry_bytes(r: &Resolved) -> usize {
-    const SLOT: usize = std::mem::size_of::<(usize, Resolved)>() + 8;
+    const SLOT: usize = 2 * (std::mem::size_of::<(usize, Resolved)>() + 1);
     const ARC: usize = 2 * std::mem::size_of::<usize>();
+    const HEADER: usize = 16;
     SLOT + ARC
+        + HEADER
         + r.iter()
-            .map(|l| std::mem::size_of::<Line>() + l.function.capacity() + l.file.capacity())
+            .map(|l| {
+                std::mem::size_of::<Line>() + l.function.capacity() + l.file.capacity() + 2 * HEADER
+            })
             .sum::<usize>()
 }
 

@@ -180,23 +180,19 @@ impl<'a, 'd> Pass<'a, 'd> {
                 by_unit.entry(*unit).or_default().push(i);
             }
         }
-        let mut found: Vec<Option<Found>> = (0..addrs.len()).map(|_| None).collect();
+        let mut out: Vec<Vec<Frame>> = (0..addrs.len()).map(|_| Vec::new()).collect();
         for (offset, indices) in by_unit {
             let Some(unit) = self.unit(offset) else {
                 continue;
             };
             let unit_addrs: Vec<u64> = indices.iter().map(|&i| addrs[i]).collect();
-            let results = self.in_unit(&unit, &unit_addrs)?;
-            for (i, f) in indices.into_iter().zip(results) {
-                found[i] = Some(f);
+            let found = self.in_unit(&unit, &unit_addrs)?;
+            for (i, f) in indices.into_iter().zip(found) {
+                out[i] = self.frames_of(f);
             }
-        }
-        let mut out = Vec::with_capacity(addrs.len());
-        for f in found {
-            out.push(match f {
-                Some(f) => self.frames_of(f),
-                None => Vec::new(),
-            });
+            // Units parsed for this one (and those its references led to) go now: a pass
+            // over many units holds one unit's worth at a time, plus the names found.
+            self.units.clear();
         }
         Ok(out)
     }
@@ -515,12 +511,12 @@ impl Walk<'_, '_, '_> {
                     }
                     self.children(child, &hits, depth + 1)?;
                 }
-                gimli::DW_TAG_namespace
-                | gimli::DW_TAG_structure_type
-                | gimli::DW_TAG_union_type
-                | gimli::DW_TAG_enumeration_type
-                | gimli::DW_TAG_class_type
-                | gimli::DW_TAG_lexical_block => self.children(child, inside, depth + 1)?,
+                // Code lives in subprograms, which sit in namespaces (Rust's modules and
+                // impls) and hold lexical blocks; types only declare their methods (the
+                // definitions point back with DW_AT_specification), so they are skipped.
+                gimli::DW_TAG_namespace | gimli::DW_TAG_lexical_block => {
+                    self.children(child, inside, depth + 1)?;
+                }
                 _ => {}
             }
         }
@@ -550,3 +546,4 @@ impl Walk<'_, '_, '_> {
         Ok(hits)
     }
 }
+

@@ -68,12 +68,39 @@ pub(crate) fn resolve_all(ips: impl IntoIterator<Item = usize>) -> HashMap<usize
         return out;
     }
     let resolved = resolve_uncached(&misses);
+    let program = loader::program();
     let mut cache = lock(&CACHE);
     for (ip, lines) in misses.into_iter().zip(resolved) {
-        cache.insert(ip, lines.clone());
+        // An address outside the program that nobody could name is cheap to look up again
+        // (the loader's tables only): not cached, so that clients sending made-up
+        // addresses do not push real ones out.
+        let in_program = program.is_some_and(|p| p.contains(ip.wrapping_sub(1)));
+        if in_program || !is_hex(&lines) {
+            cache.insert(ip, lines.clone());
+        }
         out.insert(ip, lines);
     }
+    drop(cache);
+    release_freed_memory();
     out
+}
+
+/// Hands the memory a pass freed back to the system. glibc's allocator keeps freed
+/// memory in the arena of the thread that freed it, and passes run on whichever blocking
+/// thread asked: measured over 400 `/symbol` requests, memory in use stayed at 8–13 MiB
+/// while the arenas grew to 64 MiB. `malloc_trim` returns the free pages of every arena
+/// (a few milliseconds). Under another global allocator (jemalloc) it finds nothing to do.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes no pointers; it only releases free memory.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Whether `lines` is only the address in hex (nothing knew it).
+fn is_hex(lines: &[Line]) -> bool {
+    matches!(lines, [l] if l.line == 0 && l.file.is_empty() && l.function.starts_with("0x"))
 }
 
 /// Resolves one address without the cache; an unknown address gets its hex as its name.
@@ -121,7 +148,17 @@ pub(crate) fn resolve_uncached(ips: &[usize]) -> Vec<Resolved> {
         let addrs: Vec<u64> = own.iter().map(|(a, _)| *a).collect();
         let mut unique = addrs.clone();
         unique.dedup();
-        let lines = program_lines(&unique);
+        let mut lines = program_lines(&unique);
+        // An address whose byte before lies in no function is the first instruction of
+        // one, interrupted by a sample (the padding between functions never runs): it is
+        // looked up where it is, not as a return address.
+        let unnamed: Vec<usize> = (0..unique.len()).filter(|&k| lines[k].is_none()).collect();
+        if !unnamed.is_empty() {
+            let at: Vec<u64> = unnamed.iter().map(|&k| unique[k] + 1).collect();
+            for (k, found) in unnamed.into_iter().zip(program_lines(&at)) {
+                lines[k] = found;
+            }
+        }
         for (addr, i) in own {
             if let Ok(k) = unique.binary_search(&addr) {
                 out[i] = lines.get(k).cloned().flatten();
