@@ -69,7 +69,12 @@ fn own_text() -> (u64, u64) {
         .lines()
         .find(|l| l.ends_with(exe) && l.split_whitespace().nth(1) == Some("r-xp"))
         .unwrap();
-    let (start, end) = line.split_whitespace().next().unwrap().split_once('-').unwrap();
+    let (start, end) = line
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .split_once('-')
+        .unwrap();
     (
         u64::from_str_radix(start, 16).unwrap(),
         u64::from_str_radix(end, 16).unwrap(),
@@ -276,5 +281,8 @@ async fn go_tool_pprof_shows_lines_and_inlined_frames() {
         let burner = b.iter().position(|l| l.contains("burn_in_symbol_test"));
         matches!((step, burner), (Some(s), Some(o)) if s < o)
     });
-    assert!(inlined, "no location with burn_step inlined into the burner:\n{raw}");
+    assert!(
+        inlined,
+        "no location with burn_step inlined into the burner:\n{raw}"
+    );
 }

@@ -14,8 +14,7 @@ use std::io::Read;
 use std::rc::Rc;
 
 use gimli::{
-    AttributeValue, DebugInfoOffset, EndianSlice, EntriesTreeNode, RunTimeEndian, Unit,
-    UnitHeader,
+    AttributeValue, DebugInfoOffset, EndianSlice, EntriesTreeNode, RunTimeEndian, Unit, UnitHeader,
 };
 use object::{CompressionFormat, Object, ObjectSection};
 
@@ -306,7 +305,9 @@ impl<'a, 'd> Pass<'a, 'd> {
                     if prev.is_none() {
                         sequence_start = row.address();
                     }
-                    let line = row.line().map_or(0, |l| u32::try_from(l.get()).unwrap_or(0));
+                    let line = row
+                        .line()
+                        .map_or(0, |l| u32::try_from(l.get()).unwrap_or(0));
                     prev = Some((row.address(), row.file_index(), line));
                 }
             }
@@ -546,4 +547,3 @@ impl Walk<'_, '_, '_> {
         Ok(hits)
     }
 }
-

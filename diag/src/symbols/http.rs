@@ -122,14 +122,22 @@ mod tests {
         assert!(message.contains(&format!("{}… (2097152 bytes)", "z".repeat(64))));
         // Short ones whole.
         let e = parse("0xzz+12").expect_err("a bad word");
-        assert!(e.message().contains("\"address\": \"0xzz\""), "{}", e.message());
+        assert!(
+            e.message().contains("\"address\": \"0xzz\""),
+            "{}",
+            e.message()
+        );
     }
 
     #[test]
     fn too_many_addresses_are_refused() {
         let many = vec!["0x1"; MAX_ADDRESSES + 1].join("+");
         let e = parse(&many).expect_err("too many");
-        assert!(e.message().contains("at most 10000 per request"), "{}", e.message());
+        assert!(
+            e.message().contains("at most 10000 per request"),
+            "{}",
+            e.message()
+        );
         assert_eq!(parse(&many[4..]).map(|w| w.len()).ok(), Some(MAX_ADDRESSES));
     }
 }

@@ -16,7 +16,9 @@ pub(crate) struct Program {
 impl Program {
     /// Whether `pc` lies in the program's own code.
     pub(crate) fn contains(&self, pc: usize) -> bool {
-        self.text.iter().any(|&(start, end)| (start..end).contains(&pc))
+        self.text
+            .iter()
+            .any(|&(start, end)| (start..end).contains(&pc))
     }
 }
 

@@ -184,7 +184,9 @@ fn program_lines(addrs: &[u64]) -> Vec<Option<Resolved>> {
     let file = match object::File::parse(image.data()) {
         Ok(file) => file,
         Err(e) => {
-            warn_once(&format!("cannot parse the program's ELF file to symbolize: {e}"));
+            warn_once(&format!(
+                "cannot parse the program's ELF file to symbolize: {e}"
+            ));
             return vec![None; addrs.len()];
         }
     };

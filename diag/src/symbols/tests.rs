@@ -167,7 +167,12 @@ fn lines_agree_with_binutils_addr2line() {
     // Every 40th function symbol, 16 bytes in (inside its body, past the prologue).
     let mut funcs: Vec<(u64, u64)> = object::Object::symbols(&elf)
         .filter(|s| object::ObjectSymbol::kind(s) == object::SymbolKind::Text)
-        .map(|s| (object::ObjectSymbol::address(&s), object::ObjectSymbol::size(&s)))
+        .map(|s| {
+            (
+                object::ObjectSymbol::address(&s),
+                object::ObjectSymbol::size(&s),
+            )
+        })
         .filter(|(_, size)| *size > 32)
         .collect();
     funcs.sort_unstable();
@@ -219,5 +224,9 @@ fn lines_agree_with_binutils_addr2line() {
         }
     }
     eprintln!("{agree} of {} addresses agree", addrs.len());
-    assert!(agree * 100 >= addrs.len() * 98, "{agree} of {}", addrs.len());
+    assert!(
+        agree * 100 >= addrs.len() * 98,
+        "{agree} of {}",
+        addrs.len()
+    );
 }
