@@ -58,11 +58,13 @@ impl Cache {
     }
 
     /// Entries held.
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.young.len() + self.old.len()
     }
 
     /// Accounted bytes held.
+    #[cfg(test)]
     pub(crate) fn bytes(&self) -> usize {
         self.young_bytes + self.old_bytes
     }

@@ -104,6 +104,8 @@ fn is_hex(lines: &[Line]) -> bool {
 }
 
 /// Resolves one address without the cache; an unknown address gets its hex as its name.
+/// (Profiles resolve in batches with [`resolve_all`]; this is for a single address.)
+#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn resolve(ip: usize) -> Resolved {
     resolve_uncached(&[ip])
         .pop()
