@@ -44,11 +44,12 @@ pub fn code_addresses(n: usize) -> Vec<usize> {
         .collect()
 }
 
-/// Resolves each address through backtrace-rs, bypassing diag's cache (what a profile
-/// pays for addresses it has not seen before). Returns how many source lines came back.
+/// Resolves the addresses in one pass, bypassing diag's cache (what a profile pays for
+/// addresses it has not seen before). Returns how many source lines came back.
 pub fn resolve_uncached(ips: &[usize]) -> usize {
-    ips.iter()
-        .map(|ip| crate::symbols::resolve(*ip).len())
+    crate::symbols::resolve_uncached(ips)
+        .iter()
+        .map(|l| l.len())
         .sum()
 }
 
@@ -59,4 +60,10 @@ pub fn resolve_cached(ips: &[usize]) -> usize {
         .values()
         .map(|l| l.len())
         .sum()
+}
+
+/// Keeps the program's file mapped between symbolization passes (`true`) instead of
+/// mapping it for each pass and unmapping it after (`false`, the default).
+pub fn keep_mapped(keep: bool) {
+    crate::symbols::keep_mapped(keep);
 }

@@ -191,11 +191,12 @@ where
 #[cfg(feature = "cpu")]
 fn cpu_routes(r: Router<Diag>, at: &impl Fn(&str) -> String) -> Router<Diag> {
     use crate::cpu;
+    use crate::symbols::http as symbol;
     r.route(&at("profile"), only_get(get(cpu::profile)))
         .route(&at("flamegraph"), only_get(get(cpu::flamegraph)))
         .route(
             &at("symbol"),
-            get(cpu::symbol).post(cpu::symbol).fallback(|| async {
+            get(symbol::symbol).post(symbol::symbol).fallback(|| async {
                 ApiError::MethodNotAllowed {
                     allowed: "GET, HEAD, POST",
                 }

@@ -5,10 +5,9 @@ mod sampler;
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
-use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::response::{IntoResponse, Response};
-use http::{HeaderValue, Method, header};
+use http::{HeaderValue, header};
 
 use crate::error::ApiError;
 use crate::flamegraph;
@@ -458,61 +457,6 @@ fn period_ns(frequency: u32, samples: i64, cpu_used: Duration) -> i64 {
         requested
     };
     (1e9 / effective) as i64
-}
-
-/// `GET` or `POST /symbol`: Go's protocol. `GET` without addresses answers
-/// `num_symbols: 1`; addresses (`0x1234+0x5678`, in the body of a POST or the query of a
-/// GET) answer one `0x<addr> <function>` line each.
-pub(crate) async fn symbol(method: Method, RawQuery(q): RawQuery, body: Bytes) -> Response {
-    /// Addresses looked up in one request at most.
-    const MAX_ADDRESSES: usize = 10_000;
-    let input = if method == Method::POST {
-        String::from_utf8_lossy(&body).into_owned()
-    } else {
-        q.unwrap_or_default()
-    };
-    let mut words = Vec::new();
-    for word in input.split('+').map(str::trim).filter(|w| !w.is_empty()) {
-        let hex = word.strip_prefix("0x").or_else(|| word.strip_prefix("0X"));
-        match hex.and_then(|h| u64::from_str_radix(h, 16).ok()) {
-            Some(addr) => words.push(addr),
-            None => {
-                return ApiError::bad_param(
-                    "address",
-                    word,
-                    "hexadecimal addresses like 0x4a1f20, joined by +",
-                )
-                .into_response();
-            }
-        }
-        if words.len() > MAX_ADDRESSES {
-            return ApiError::bad_param(
-                "address",
-                format!("{} addresses", words.len()),
-                format!("at most {MAX_ADDRESSES} per request"),
-            )
-            .into_response();
-        }
-    }
-    let text = tokio::task::spawn_blocking(move || {
-        let mut text = String::from("num_symbols: 1\n");
-        // The cache treats addresses as return addresses and looks up the byte before;
-        // Go's protocol asks about the address itself, so ask about the one after it.
-        let key = |a: u64| (a as usize).wrapping_add(1);
-        let resolved = symbols::resolve_all(words.iter().map(|a| key(*a)));
-        for addr in &words {
-            if let Some(lines) = resolved.get(&key(*addr)) {
-                // The outermost line is the function the address belongs to.
-                if let Some(l) = lines.last().filter(|l| !l.function.starts_with("0x")) {
-                    text.push_str(&format!("{addr:#x} {}\n", l.function));
-                }
-            }
-        }
-        text
-    })
-    .await
-    .unwrap_or_else(|_| String::from("num_symbols: 1\n"));
-    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
 }
 
 #[cfg(test)]
