@@ -1,7 +1,7 @@
 //! CPU profiles: `/profile`, `/flamegraph` and Go's `/symbol` protocol. The sampling is
 //! diag's own engine (`engine/`, no HTTP in it); this file turns its windows into answers.
 
-mod engine;
+pub(crate) mod engine;
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};

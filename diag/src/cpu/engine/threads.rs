@@ -148,7 +148,6 @@ impl ExecTable {
 
     /// Whether `addr` lies in the main program's text (`false` when not known).
     /// Async-signal-safe.
-    #[cfg_attr(target_arch = "x86_64", allow(dead_code))]
     #[inline]
     pub(crate) fn in_main(&self, addr: usize) -> bool {
         let s1 = self.seq.load(Ordering::Acquire);

@@ -8,9 +8,10 @@
 //! A leaf without a frame of its own (libc's `write` and other system-call wrappers,
 //! built without frame pointers on Debian; any function at its first instruction) leaves
 //! `fp` at its caller's record, and a plain walk would skip that caller. So one more
-//! candidate is checked: on x86_64 the word at `[sp]`, on aarch64 the link register. It
-//! is taken as the caller's return address when it lies in an executable mapping right
-//! after a call instruction and is not the first return address the chain gives anyway.
+//! frame is looked for: on x86_64 words just above `sp` (see [`leaf_callers`]), on
+//! aarch64 the link register. It is taken as the caller's return address when it lies in
+//! an executable mapping right after a call instruction and is not the first return
+//! address the chain gives anyway.
 
 use super::threads::ExecTable;
 
@@ -73,11 +74,14 @@ pub(crate) unsafe fn walk(
     } else {
         0
     };
-    if let Some(caller) = unsafe { leaf_caller(regs, hi, exec) } {
-        if caller != first_ret && n < max {
-            put(n, caller);
-            n += 1;
+    // SAFETY: as documented on this function.
+    let (callers, found) = unsafe { leaf_callers(regs, hi, exec) };
+    for &caller in &callers[..found] {
+        if caller == first_ret || n >= max {
+            break; // the chain gives this one and the rest
         }
+        put(n, caller);
+        n += 1;
     }
     let mut floor = sp;
     while n < max && chain_ok(fp, floor) {
@@ -97,23 +101,61 @@ pub(crate) unsafe fn walk(
     n
 }
 
-/// The return address into the caller of a leaf that has no frame of its own, if the
-/// candidate looks like one.
+/// Words above the stack pointer searched for return addresses when the leaf is outside
+/// the main program (glibc's `write` keeps a 0x28-byte frame below its return address in
+/// a threaded process, and may be interrupted inside the helper it calls).
+const LEAF_SCAN_WORDS: usize = 32;
+/// Return addresses taken from that search at most.
+pub(crate) const LEAF_CALLERS: usize = 4;
+
+/// Return addresses of the frames a frame-pointer walk would skip: callers of a leaf
+/// that has no frame of its own. For a leaf in the main program (built with frame
+/// pointers; only a function's first instruction lacks its frame) the word at `[sp]`, if
+/// it looks like a return address. For a leaf elsewhere (libc, built without them), the
+/// words from `sp` up that look like return addresses, up to and including the first one
+/// into the main program, below `fp` (the main program's caller's own frame record) and
+/// at most [`LEAF_SCAN_WORDS`] words up. Returns them and how many there are.
 #[cfg(target_arch = "x86_64")]
 #[inline]
-unsafe fn leaf_caller(regs: Regs, hi: usize, exec: &ExecTable) -> Option<usize> {
-    if regs.sp.checked_add(8)? > hi {
-        return None;
+unsafe fn leaf_callers(regs: Regs, hi: usize, exec: &ExecTable) -> ([usize; LEAF_CALLERS], usize) {
+    let mut found = [0usize; LEAF_CALLERS];
+    let mut n = 0;
+    let leaf_in_main = exec.in_main(regs.ip);
+    let words = if leaf_in_main { 1 } else { LEAF_SCAN_WORDS };
+    let mut end = regs.sp.saturating_add(words * 8).min(hi);
+    if regs.fp > regs.sp {
+        end = end.min(regs.fp);
     }
-    // SAFETY: `[sp, sp + 8)` lies in the stack range (checked by the caller and above).
-    let candidate = unsafe { read_word(regs.sp) };
-    let (start, _) = exec.containing(candidate)?;
-    if candidate < start.checked_add(8)? {
-        return None;
+    let mut at = regs.sp;
+    while n < LEAF_CALLERS && at.checked_add(8).is_some_and(|e| e <= end) {
+        // SAFETY: `[at, at + 8)` lies in `[sp, hi)`, inside the stack range.
+        let candidate = unsafe { read_word(at) };
+        // SAFETY: `exec` describes mappings that stay mapped.
+        if unsafe { looks_like_return_address(candidate, exec) } {
+            found[n] = candidate;
+            n += 1;
+            if exec.in_main(candidate) {
+                break;
+            }
+        }
+        at += 8;
     }
-    // SAFETY: `[candidate - 7, candidate)` lies in an executable, readable mapping.
+    (found, n)
+}
+
+/// Whether `candidate` lies in an executable mapping right after a call instruction.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+unsafe fn looks_like_return_address(candidate: usize, exec: &ExecTable) -> bool {
+    let Some((start, _)) = exec.containing(candidate) else {
+        return false;
+    };
+    if candidate < start.saturating_add(8) {
+        return false;
+    }
+    // SAFETY: `[candidate - 8, candidate)` lies in an executable, readable mapping.
     let before = unsafe { std::ptr::read_unaligned((candidate - 8) as *const [u8; 8]) };
-    follows_a_call(&before).then_some(candidate)
+    follows_a_call(&before)
 }
 
 /// The return address into the caller of a leaf that has no frame of its own: the link
@@ -122,20 +164,27 @@ unsafe fn leaf_caller(regs: Regs, hi: usize, exec: &ExecTable) -> Option<usize> 
 /// and left the link register pointing into itself).
 #[cfg(target_arch = "aarch64")]
 #[inline]
-unsafe fn leaf_caller(regs: Regs, _hi: usize, exec: &ExecTable) -> Option<usize> {
+unsafe fn leaf_callers(regs: Regs, _hi: usize, exec: &ExecTable) -> ([usize; LEAF_CALLERS], usize) {
+    let mut found = [0usize; LEAF_CALLERS];
     if exec.in_main(regs.ip) {
-        return None;
+        return (found, 0);
     }
     let candidate = regs.lr;
-    let (start, _) = exec.containing(candidate)?;
-    if candidate < start.checked_add(4)? || candidate % 4 != 0 {
-        return None;
+    let Some((start, _)) = exec.containing(candidate) else {
+        return (found, 0);
+    };
+    if candidate < start.saturating_add(4) || candidate % 4 != 0 {
+        return (found, 0);
     }
     // SAFETY: `[candidate - 4, candidate)` lies in an executable, readable mapping.
     let insn = unsafe { std::ptr::read((candidate - 4) as *const u32) };
     let bl = insn & 0xfc00_0000 == 0x9400_0000;
     let blr = insn & 0xffff_fc1f == 0xd63f_0000;
-    (bl || blr).then_some(candidate)
+    if bl || blr {
+        found[0] = candidate;
+        return (found, 1);
+    }
+    (found, 0)
 }
 
 /// Whether the 8 bytes before an address end with an x86_64 call instruction: `call
