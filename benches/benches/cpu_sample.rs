@@ -28,28 +28,50 @@ fn descend(depth: usize, leaf: &dyn Fn()) -> usize {
     black_box(descend(black_box(depth - 1), leaf)) + 1
 }
 
+/// Times `n` calls of `one` in batches of [`BATCH`], with `between` run untimed after
+/// each batch. Both variants go through this, so that they meet the same scheduler:
+/// on a loaded machine a thread that runs without pause is preempted more often than
+/// one that sleeps between batches.
+fn batched(n: u64, one: &dyn Fn(), between: &dyn Fn()) -> Duration {
+    let mut spent = Duration::ZERO;
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(BATCH);
+        let t = Instant::now();
+        for _ in 0..k {
+            one();
+        }
+        spent += t.elapsed();
+        left -= k;
+        between();
+    }
+    spent
+}
+
 fn cost(c: &mut Criterion) {
     let here = SampleHere::start().expect("start the sampler");
     let mut group = c.benchmark_group("one CPU sample");
     for depth in DEPTHS {
         group.bench_with_input(BenchmarkId::new("signal only", depth), &depth, |b, &d| {
-            b.iter(|| descend(d, &|| here.foreign_signal()))
+            b.iter_custom(|iters| {
+                batched(
+                    iters,
+                    &|| {
+                        descend(d, &|| here.foreign_signal());
+                    },
+                    &|| here.drain(),
+                )
+            })
         });
         group.bench_with_input(BenchmarkId::new("diag engine", depth), &depth, |b, &d| {
             b.iter_custom(|iters| {
-                let mut spent = Duration::ZERO;
-                let mut left = iters;
-                while left > 0 {
-                    let n = left.min(BATCH);
-                    let t = Instant::now();
-                    for _ in 0..n {
+                batched(
+                    iters,
+                    &|| {
                         descend(d, &|| here.sample());
-                    }
-                    spent += t.elapsed();
-                    left -= n;
-                    here.drain();
-                }
-                spent
+                    },
+                    &|| here.drain(),
+                )
             })
         });
     }

@@ -111,13 +111,11 @@ impl SampleHere {
         (self.drain)()
     }
 
-    /// A `SIGPROF` that is not diag's: the handler's check and hand-off to the previous
-    /// action (here the default, which diag does not take), i.e. the cost of the signal.
+    /// A `SIGPROF` delivered the same way but without diag's marker: the handler's check
+    /// and hand-off to the previous action (here the default, which diag does not take),
+    /// i.e. the cost of the signal alone.
     pub fn foreign_signal(&self) {
-        // SAFETY: raise(3) with a valid signal; diag's handler is installed.
-        unsafe {
-            libc::raise(libc::SIGPROF);
-        }
+        let _ = crate::cpu::engine::foreign_signal_this_thread();
     }
 }
 

@@ -262,3 +262,10 @@ mod unsupported {
 )))]
 #[allow(unused_imports)]
 pub(crate) use unsupported::{install_handler, join, join_blocking, running, set_label_id};
+
+#[cfg(feature = "bench")]
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+pub(crate) use signal::foreign_signal_this_thread;

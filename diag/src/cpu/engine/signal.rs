@@ -318,6 +318,18 @@ unsafe fn regs_of(ctx: *mut libc::c_void) -> Regs {
 /// this returns. For benchmarks and tests.
 #[cfg_attr(not(any(test, feature = "bench")), allow(dead_code))]
 pub(crate) fn sample_this_thread(slot: usize) -> io::Result<()> {
+    queue_to_this_thread(timer_value(GENERATION.load(Ordering::Acquire), slot))
+}
+
+/// Sends this thread a timer-shaped `SIGPROF` without diag's marker: the same delivery,
+/// classified as foreign and passed to the previous action. The cost of the signal alone,
+/// for benchmarks.
+#[cfg_attr(not(any(test, feature = "bench")), allow(dead_code))]
+pub(crate) fn foreign_signal_this_thread() -> io::Result<()> {
+    queue_to_this_thread(0)
+}
+
+fn queue_to_this_thread(value: u64) -> io::Result<()> {
     // SAFETY: an all-zero siginfo is valid; the prefix written is `TimerInfo`'s layout.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
     {
@@ -325,7 +337,7 @@ pub(crate) fn sample_this_thread(slot: usize) -> io::Result<()> {
         let ti = unsafe { &mut *(&mut info as *mut libc::siginfo_t as *mut TimerInfo) };
         ti.signo = libc::SIGPROF;
         ti.code = SI_TIMER;
-        ti.value = timer_value(GENERATION.load(Ordering::Acquire), slot);
+        ti.value = value;
     }
     // SAFETY: getpid/gettid take no arguments; `info` is valid for the call.
     let rc = unsafe {

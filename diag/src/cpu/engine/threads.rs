@@ -271,6 +271,14 @@ impl Slots {
 }
 
 #[cfg(test)]
+impl ExecTable {
+    /// A table that knows no mapping.
+    pub(crate) fn empty_for_tests() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -291,13 +299,5 @@ mod tests {
         let sp = std::ptr::addr_of!(local) as usize;
         let (lo, hi) = stack_range(&read_maps(), sp).expect("a mapping holds the stack");
         assert!(lo <= sp && sp < hi);
-    }
-}
-
-#[cfg(test)]
-impl ExecTable {
-    /// A table that knows no mapping.
-    pub(crate) fn empty_for_tests() -> Self {
-        Self::new()
     }
 }

@@ -22,6 +22,7 @@ pub(crate) struct Regs {
     pub(crate) fp: usize,
     pub(crate) sp: usize,
     /// The link register (aarch64); 0 elsewhere.
+    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
     pub(crate) lr: usize,
 }
 
