@@ -95,6 +95,7 @@ async fn on_sampler<T: Send + 'static>(
 }
 
 /// Runs `f` on the sampler thread and blocks until it is done (outside any runtime).
+#[cfg_attr(not(any(feature = "criterion", feature = "bench")), allow(dead_code))]
 fn on_sampler_blocking<T: Send + 'static>(
     f: impl FnOnce(&mut Engine) -> T + Send + 'static,
 ) -> Result<T, EngineError> {
@@ -119,6 +120,7 @@ pub(crate) async fn join(frequency: u32, window: Duration) -> Result<Lease, Engi
 }
 
 /// [`join`], blocking (for the criterion hook).
+#[cfg_attr(not(any(feature = "criterion", feature = "bench")), allow(dead_code))]
 pub(crate) fn join_blocking(frequency: u32, window: Duration) -> Result<Lease, EngineError> {
     let id = on_sampler_blocking(move |e| e.join(frequency, window))??;
     Ok(Lease {

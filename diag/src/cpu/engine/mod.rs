@@ -91,6 +91,7 @@ impl std::fmt::Display for EngineError {
 #[derive(Debug)]
 pub(crate) struct Lease {
     id: u64,
+    #[cfg_attr(not(feature = "criterion"), allow(dead_code))]
     frequency: u32,
     done: bool,
 }
@@ -201,6 +202,7 @@ pub(crate) use control::bench_sample_here;
 
 impl Lease {
     /// The frequency this reader samples at.
+    #[cfg_attr(not(feature = "criterion"), allow(dead_code))]
     pub(crate) fn frequency(&self) -> u32 {
         self.frequency
     }
