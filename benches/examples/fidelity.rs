@@ -42,7 +42,7 @@ fn cpu_ns() -> i64 {
     };
     // SAFETY: a valid timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as i64 * 1_000_000_000 + ts.tv_nsec as i64
+    ts.tv_sec * 1_000_000_000 + ts.tv_nsec
 }
 
 static SIGNALS: AtomicU64 = AtomicU64::new(0);

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::ring::FLAG_IP_ONLY;
-use super::signal::{self, Counters, RING};
+use super::signal::{self, Counters};
 use super::threads::{self, Slots, THREADS};
 use super::timer::{self, Jitter, TimerId};
 use super::{EngineError, Lease, Losses, Mark, Sample, Window};
@@ -190,7 +190,8 @@ struct Session {
     names: HashMap<Arc<str>, u32>,
     name_list: Vec<Arc<str>>,
     stacks_full: u64,
-    threads_unsampled: u64,
+    /// Threads seen but not sampled because the thread table was full.
+    unsampled: HashSet<u32>,
     /// Thread slots whose samples asked for a stack range, with a stack pointer each.
     to_learn: HashMap<usize, (u32, usize)>,
 }
@@ -248,7 +249,7 @@ impl Engine {
                     start: Mark::now(),
                     counters: Counters::now(),
                     stacks_full: s.stacks_full,
-                    threads_unsampled: s.threads_unsampled,
+                    threads_unsampled: s.unsampled.len() as u64,
                 },
             );
         }
@@ -277,7 +278,9 @@ impl Engine {
         let Some(s) = &mut self.session else {
             return;
         };
-        RING.drain(&mut self.tail, |sample| s.add(sample));
+        if let Some(ring) = signal::ring() {
+            ring.drain(&mut self.tail, |sample| s.add(sample));
+        }
         s.learn_stacks();
         let now = Instant::now();
         if now.duration_since(s.last_remap) >= REMAP {
@@ -316,7 +319,7 @@ impl Session {
             names: HashMap::new(),
             name_list: Vec::new(),
             stacks_full: 0,
-            threads_unsampled: 0,
+            unsampled: HashSet::new(),
             to_learn: HashMap::new(),
         };
         if let Some(e) = s.scan() {
@@ -339,7 +342,9 @@ impl Session {
         }
         signal::end_session();
         // Whatever was published meanwhile belongs to no reader.
-        RING.drain(tail, |_| {});
+        if let Some(ring) = signal::ring() {
+            ring.drain(tail, |_| {});
+        }
     }
 
     /// Arms timers for new threads and deletes those of exited ones. Returns the last
@@ -378,7 +383,7 @@ impl Session {
                 continue;
             }
             let Some(slot) = self.slots.take(tid) else {
-                self.threads_unsampled += 1;
+                self.unsampled.insert(tid);
                 continue;
             };
             THREADS.set(slot, tid, None);
@@ -498,8 +503,9 @@ impl Session {
             losses: Losses {
                 ring_full: counters.dropped,
                 ip_only: counters.ip_only,
-                stacks_full: self.stacks_full - reader.stacks_full,
-                threads_unsampled: self.threads_unsampled - reader.threads_unsampled,
+                stacks_full: self.stacks_full.saturating_sub(reader.stacks_full),
+                threads_unsampled: (self.unsampled.len() as u64)
+                    .saturating_sub(reader.threads_unsampled),
                 foreign_signals: counters.forwarded,
             },
         }

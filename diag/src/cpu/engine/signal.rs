@@ -8,8 +8,8 @@
 //! call it makes.
 
 use std::io;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use super::ring::{FLAG_IP_ONLY, Header, MAX_DEPTH, Ring};
 use super::threads::{EXEC, THREADS};
@@ -20,8 +20,14 @@ const MARKER: u64 = 0xd1a6;
 /// `si_code` of a POSIX timer's signal.
 const SI_TIMER: libc::c_int = -2;
 
-/// The process's sample ring.
-pub(crate) static RING: Ring = Ring::new();
+/// The process's sample ring (1 MiB, allocated zeroed before the handler is first
+/// installed; the handler reads it with one atomic load).
+static RING: OnceLock<Box<Ring>> = OnceLock::new();
+
+/// The process's sample ring, once the handler has been installed.
+pub(crate) fn ring() -> Option<&'static Ring> {
+    RING.get().map(|r| &**r)
+}
 
 /// The current session's generation (low 16 bits go in each timer's value): a signal
 /// from an earlier session's timer, still pending when it stopped, is not counted.
@@ -61,7 +67,7 @@ pub(crate) struct Counters {
 impl Counters {
     pub(crate) fn now() -> Self {
         Self {
-            dropped: RING.dropped(),
+            dropped: ring().map_or(0, Ring::dropped),
             ip_only: IP_ONLY.load(Ordering::Relaxed),
             stale: STALE.load(Ordering::Relaxed),
             forwarded: FORWARDED.load(Ordering::Relaxed),
@@ -156,6 +162,8 @@ pub(crate) enum Installed {
 /// foreign signals go to.
 pub(crate) fn ensure_installed() -> io::Result<Installed> {
     let mut ever = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
+    // SAFETY: std's atomics are valid when zeroed.
+    RING.get_or_init(|| unsafe { Ring::boxed_zeroed() });
     // SAFETY: all-zero sigaction structs are valid; sigaction fills `current`.
     let mut current: libc::sigaction = unsafe { std::mem::zeroed() };
     if unsafe { libc::sigaction(libc::SIGPROF, std::ptr::null(), &mut current) } != 0 {
@@ -255,7 +263,7 @@ unsafe fn handle(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c
 /// `regs` must be the interrupted context of the calling thread, whose thread-table slot
 /// is `slot`.
 unsafe fn sample(slot: usize, weight: u64, regs: Regs) {
-    let Some(claim) = RING.claim() else {
+    let Some(claim) = ring().and_then(Ring::claim) else {
         return;
     };
     let (tid, range) = THREADS.read(slot).unwrap_or((0, None));
