@@ -192,6 +192,9 @@ where
 fn cpu_routes(r: Router<Diag>, at: &impl Fn(&str) -> String) -> Router<Diag> {
     use crate::cpu;
     use crate::symbols::http as symbol;
+    // From here on, a SIGPROF (a stray `kill -PROF`, a late timer) cannot end the process:
+    // diag's handler passes foreign ones to the application's action, never the default.
+    cpu::install_handler();
     r.route(&at("profile"), only_get(get(cpu::profile)))
         .route(&at("flamegraph"), only_get(get(cpu::flamegraph)))
         .route(

@@ -459,3 +459,110 @@ async fn cpu_time_stays_honest_above_the_kernel_tick() {
         "sampled {sampled:.2} s of {used:.2} s"
     );
 }
+
+/// Writes one byte to /dev/null over and over: nearly all its time is inside libc's
+/// `write` (no frame pointer of its own) and the kernel.
+#[inline(never)]
+fn write_to_dev_null_in_a_loop(on: &AtomicBool) {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/null")
+        .unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+    while on.load(Ordering::Relaxed) {
+        // SAFETY: a valid descriptor and a one-byte buffer.
+        unsafe { libc::write(fd, b"x".as_ptr().cast(), 1) };
+    }
+    std::hint::black_box(&file);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sample_inside_write_names_its_rust_caller() {
+    let (_serial, addr) = server().await;
+    let on = Arc::new(AtomicBool::new(true));
+    let writer = {
+        let on = on.clone();
+        std::thread::Builder::new()
+            .name("writer".into())
+            .spawn(move || write_to_dev_null_in_a_loop(&on))
+            .unwrap()
+    };
+    let r = get(&format!(
+        "http://{addr}/debug/pprof/profile?seconds=2&format=folded"
+    ))
+    .await;
+    on.store(false, Ordering::Relaxed);
+    writer.join().unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    let stacks = parse_folded(&r.text());
+    let writer: Vec<(&String, &i64)> = stacks
+        .iter()
+        .filter(|(s, _)| s.starts_with("writer;"))
+        .collect();
+    let total: i64 = writer.iter().map(|(_, n)| **n).sum();
+    // Samples whose leaf lies below the Rust function: inside libc's write.
+    let in_libc: i64 = writer
+        .iter()
+        .filter(|(s, _)| {
+            s.split_once("write_to_dev_null_in_a_loop;")
+                .is_some_and(|(_, below)| below.contains("write"))
+        })
+        .map(|(_, n)| **n)
+        .sum();
+    let named: i64 = writer
+        .iter()
+        .filter(|(s, _)| s.contains("write_to_dev_null_in_a_loop"))
+        .map(|(_, n)| **n)
+        .sum();
+    let report = writer
+        .iter()
+        .map(|(s, n)| format!("{n} {s}"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(total >= 20, "only {total} samples of the writer:\n{report}");
+    assert!(
+        in_libc * 2 >= total,
+        "{in_libc} of {total} samples inside libc's write under the Rust caller:\n{report}"
+    );
+    // A walk that skipped the frameless `write`'s caller would lose the Rust function.
+    assert!(
+        named * 100 >= total * 95,
+        "{named} of {total} writer samples name write_to_dev_null_in_a_loop:\n{report}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn threads_created_during_a_window_are_sampled() {
+    let (_serial, addr) = server().await;
+    let profile = tokio::spawn(async move {
+        get(&format!(
+            "http://{addr}/debug/pprof/profile?seconds=3&format=folded"
+        ))
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let on = Arc::new(AtomicBool::new(true));
+    let late = {
+        let on = on.clone();
+        std::thread::Builder::new()
+            .name("latecomer".into())
+            .spawn(move || {
+                while on.load(Ordering::Relaxed) {
+                    std::hint::black_box(burn_in_test(100_000));
+                }
+            })
+            .unwrap()
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    on.store(false, Ordering::Relaxed);
+    late.join().unwrap();
+    let r = profile.await.unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    let stacks = parse_folded(&r.text());
+    let late: i64 = stacks
+        .iter()
+        .filter(|(s, _)| s.starts_with("latecomer;") && s.contains("burn_in_test"))
+        .map(|(_, n)| n)
+        .sum();
+    assert!(late >= 10, "the late thread: {late} samples\n{stacks:?}");
+}
