@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """The Dockerfile built and deploy/k8s/demo.yaml played for real, with podman.
 
-    scripts/check_containers.py            build, play, drive, measure, tear down
-    scripts/check_containers.py --clean    also remove the cached base images at the end
+    scripts/check_containers.py                 build, play, drive, measure, tear down
+    scripts/check_containers.py --memory 256Mi  the memory run under another limit
+    scripts/check_containers.py --clean         also remove the cached base images and
+                                                the build cache at the end
 
 What it does, in order (each step prints what it runs and how long it took):
 
@@ -15,16 +17,18 @@ What it does, in order (each step prints what it runs and how long it took):
    place of debian:bookworm-slim), a builder that is that base plus gcc, make and the
    host's Rust toolchain (in place of rust:1.95-bookworm), and a Redis from Debian's
    redis-server (in place of redis:7.2-alpine). They stay cached in podman's storage
-   and are built again only when missing (or when the host's rustc changes).
+   and are built again only when missing (the builder and Redis carry a hash of their
+   recipe, and the builder of the toolchain's path, in their tags).
 3. Builds the Dockerfile as is, with those bases as build arguments, the host's cargo
    registry cache mounted (overlay: nothing written back) and CARGO_NET_OFFLINE=true if
    crates.io is unreachable from inside a container. Prints the build time and the
    image size, and checks the image's user (10001) and that it runs read-only.
 4. Plays the manifests with `podman kube play` on a network of its own, after the
    translation podman needs (podman 4.3 plays Pods, Deployments, PVCs and ConfigMaps
-   only; see docs/fleet.md): the Secret becomes a podman secret holding the same
-   object with a random token, the Redis StatefulSet becomes its Pod and its claim,
-   Services are left out (the test addresses each pod as the Service would). Then:
+   only, and publishes every containerPort on the host; see docs/fleet.md): the Secret
+   becomes a podman secret in the form podman reads, with a random token, the Redis
+   StatefulSet becomes its Pod and its claim, the ports lists go, Services are left out
+   (the test addresses each pod as the Service would). Then:
    both demo replicas ready and live, diag refusing requests without the token and
    answering with it, concurrent GETs spread over both replicas answering exactly
    1..N (one count in Redis), `go tool pprof` reading a CPU and a heap profile through
@@ -32,7 +36,8 @@ What it does, in order (each step prints what it runs and how long it took):
 5. Memory: a CPU profile, a heap profile and a flamegraph back to back under wrk load in
    a demo container run with `--memory` equal to the manifest's limit, read-only, as
    uid 10001; passes if the container survives (not OOM-killed) and prints the peak
-   from the cgroup (memory.max_usage_in_bytes on v1, memory.peak on v2).
+   from the cgroup (memory.max_usage_in_bytes on v1, memory.peak on v2) beside the
+   peak of RssAnon + RssShmem sampled every 100 ms.
 6. Tears down everything it started (pods, containers, volumes, network, secret, the
    demo image) and checks that none is left; the base images and the build's cache
    mount stay (docs/fleet.md says how to remove them).
@@ -698,15 +703,20 @@ def play_and_drive(docs, token, work_dir):
                   f"go tool pprof reads a CPU profile from {pods[0]}: "
                   f"{first_line(out, 'Duration:') or first_line(out, 'Error')}")
             saved = re.search(r"Saved profile in (\S+)", out)
-            if saved:
-                raw = go_pprof(["-raw", saved.group(1)]).stdout
-                mapping = raw.split("Mappings", 1)[-1].strip().splitlines()[:1]
-                check(bool(mapping) and "demo" in mapping[0] and re.search(r"[0-9a-f]{16}", mapping[0]),
-                      f"its first mapping is the demo binary with its build id: {mapping}")
+            raw = go_pprof(["-raw", saved.group(1)]).stdout if saved else ""
+            mapping = raw.split("Mappings", 1)[-1].strip().splitlines()[:1]
+            check(bool(mapping) and "/usr/local/bin/demo" in mapping[0]
+                  and re.search(r" [0-9a-f]{40} ", mapping[0]) is not None,
+                  f"its first mapping is the demo binary with its build id: {mapping}")
+            # Symbolized inside the container, from the binary's line tables: the
+            # function /work spends its time in is named.
+            check("demo::work::" in raw, "the profile names the demo's functions "
+                  f"({len(re.findall(r'demo::', raw))} locations in demo::)")
             p = go_pprof(["-top", "-sample_index=inuse_space", f"{url}/heap"])
             out = p.stdout + p.stderr
             check(p.returncode == 0 and "Type: inuse_space" in out,
-                  f"go tool pprof reads a heap profile from {pods[0]}: {first_line(out, 'Showing') or first_line(out, 'Error')}")
+                  f"go tool pprof reads a heap profile from {pods[0]}: "
+                  f"{first_line(out, 'Showing') or first_line(out, 'Error')}")
             s, h, body = http(f"{diag0}/flamegraph?seconds=3", token=token)
             check(s == 200 and h.get("content-type", "").startswith("image/svg+xml") and
                   "attachment" in h.get("content-disposition", "") and b"<svg" in body[:2000],
