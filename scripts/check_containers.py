@@ -923,7 +923,6 @@ def main():
             if opts.clean:
                 run(["podman", "rmi", "-f", BASE, *image_refs(REDIS),
                      *image_refs("localhost/diag-rust")], check=False)
-                run(["podman", "image", "prune", "-f", "--filter", "dangling=true"], check=False)
                 shutil.rmtree("/var/tmp/buildah-cache", ignore_errors=True)
             none = "no pods, containers, volumes, network or secret of this run"
             check(not left, f"nothing left running: {left or none}")
