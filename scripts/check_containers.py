@@ -551,6 +551,17 @@ class Wrk:
         return out
 
 
+def non_2xx(wrk_outputs):
+    """Answers other than 2xx/3xx in wrk's summaries (and socket errors: timeouts, resets)."""
+    n = 0
+    for o in wrk_outputs:
+        n += sum(int(m) for m in re.findall(r"Non-2xx or 3xx responses: (\d+)", o))
+        m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", o)
+        if m:
+            n += sum(int(x) for x in m.groups())
+    return n
+
+
 def go_pprof(args, timeout=120):
     # Where go tool pprof saves what it fetches: in this run's directory, removed at the end.
     env = dict(os.environ, PPROF_TMPDIR=os.path.join(PPROF_DIR[0], "pprof"))
@@ -628,7 +639,8 @@ def play_and_drive(docs, token, work_dir):
         check(redis_ok, "Redis ready (redis-cli ping answers PONG, its readiness probe)")
         for pod, ip in ips.items():
             ready = wait_http(f"http://{ip}:{ports['http']}/readyz")
-            check(ready, f"{pod} ready: /readyz 200 (after {time.time() - t0:.1f} s)")
+            if not check(ready, f"{pod} ready: /readyz 200 (after {time.time() - t0:.1f} s)"):
+                dump_logs()
             check(http(f"http://{ip}:{ports['http']}/healthz")[0] == 200, f"{pod} live: /healthz 200")
 
     with step("what podman applied of the manifest"):
@@ -723,7 +735,8 @@ def play_and_drive(docs, token, work_dir):
                   f"a flamegraph downloads from {pods[0]} ({s}, {h.get('content-type')}, "
                   f"{len(body)} bytes)")
         finally:
-            load.stop()
+            failed = non_2xx(load.stop())
+        check(failed == 0, f"the application answered the load with 2xx only ({failed} others)")
         for pod, ip in ips.items():
             check(http(f"http://{ip}:{ports['http']}/healthz")[0] == 200, f"{pod} still live")
     return c, dep["spec"]["template"]["spec"].get("volumes", []), limit
@@ -810,7 +823,7 @@ def memory_run(c, pod_volumes, limit, token, cpu_seconds):
 
     sampler = threading.Thread(target=sample)
     sampler.start()
-    load = Wrk([f"{app}/", f"{app}/work?n=20000", f"{app}/churn"], connections=4)
+    load = Wrk([f"{app}/", f"{app}/work?n=20000", f"{app}/churn?n=2000"], connections=4)
     results = []
     try:
         time.sleep(2)
@@ -841,6 +854,9 @@ def memory_run(c, pod_volumes, limit, token, cpu_seconds):
     check(survived,
           f"the demo survived under --memory={limit >> 20}Mi (running {state['Running']}, "
           f"OOM-killed {state['OOMKilled']}, exit code {state.get('ExitCode')})")
+    if survived:
+        failed = non_2xx(wrk_out)
+        check(failed == 0, f"the application answered the load with 2xx only ({failed} others)")
     sampled = max((v for _, v in samples), default=0)
     requests = sum(int(m.group(1)) for o in wrk_out for m in [re.search(r"(\d+) requests in", o)] if m)
     summary = {"limit_mib": limit >> 20, "cgroup_peak_mib": (peak or 0) / 2**20,
@@ -849,6 +865,8 @@ def memory_run(c, pod_volumes, limit, token, cpu_seconds):
                "failcnt": failcnt, "wrk_requests": requests, "survived": survived}
     log("memory: " + ", ".join(f"{k} {v:.0f}" if isinstance(v, float) else f"{k} {v}"
                                for k, v in summary.items()))
+    if not survived:
+        dump_logs()
     run(["podman", "rm", "-f", "-v", name], check=False)
     return summary
 
