@@ -851,6 +851,8 @@ def memory_run(c, pod_volumes, limit, token, cpu_seconds):
     # Exit code 137 is SIGKILL, the OOM killer's (podman's OOMKilled flag stays false on
     # v1 cgroups here).
     survived = state["Running"] and not state["OOMKilled"] and state["Pid"] == pid
+    if os.path.exists("oom"):
+        log("conmon recorded an OOM kill (the file 'oom' in its working directory)")
     check(survived,
           f"the demo survived under --memory={limit >> 20}Mi (running {state['Running']}, "
           f"OOM-killed {state['OOMKilled']}, exit code {state.get('ExitCode')})")
@@ -891,6 +893,9 @@ def main():
     play, podman_secrets, volumes = [], {}, []
     work_dir = tempfile.mkdtemp(prefix="diag-check-containers-")
     PPROF_DIR[0] = work_dir
+    # podman's conmon writes a file named "oom" into its working directory when the OOM
+    # killer ends a container: in this run's directory, not the caller's.
+    os.chdir(work_dir)
     play_file = os.path.join(work_dir, "play.yaml")
     status, built = 1, False
     try:
@@ -944,6 +949,7 @@ def main():
                 shutil.rmtree("/var/tmp/buildah-cache", ignore_errors=True)
             none = "no pods, containers, volumes, network or secret of this run"
             check(not left, f"nothing left running: {left or none}")
+            os.chdir(ROOT)
             shutil.rmtree(work_dir, ignore_errors=True)
             kept = [r for p in (BASE, REDIS, "localhost/diag-rust", "localhost/podman-pause")
                     for r in image_refs(p)]
