@@ -285,12 +285,15 @@ def build_builder(deb_ok):
 
 
 def copy_tree(src, dst):
-    if os.path.isdir(src):
-        run(["cp", "-al", src, dst], quiet=True, check=False).returncode == 0 or \
-            run(["cp", "-a", src, dst], quiet=True)
-    else:
-        if run(["cp", "-al", src, dst], quiet=True, check=False).returncode != 0:
-            run(["cp", "-a", src, dst], quiet=True)
+    """cp -a, as hard links where the two paths share a filesystem (no copy on disk)."""
+    if run(["cp", "-al", src, dst], quiet=True, check=False).returncode != 0:
+        # Another filesystem: start again from nothing (cp would nest into a directory
+        # the failed attempt created).
+        if os.path.isdir(dst):
+            shutil.rmtree(dst)
+        elif os.path.exists(dst):
+            os.remove(dst)
+        run(["cp", "-a", src, dst], quiet=True)
 
 
 REDIS_CONTAINERFILE = f"""FROM {BASE}
