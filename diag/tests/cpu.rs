@@ -286,9 +286,14 @@ fn process_cpu_seconds() -> f64 {
     ticks / 100.0 // USER_HZ is 100 on Linux
 }
 
-/// A 3 s profile with `query` while two threads burn, and the process CPU time the
-/// request took. A 1 s profile with the same query goes first, so that the measured
-/// request spends its CPU sampling rather than reading debug info to symbolize.
+/// A 5 s profile with `query` while two threads burn, and the process CPU time over its
+/// window. A 1 s profile with the same query goes first, so that the measured request
+/// spends its CPU sampling rather than reading debug info to symbolize.
+///
+/// The CPU time is the server's own reading at the window's edges (`X-Diag-CPU-Seconds`,
+/// the kernel's process clock): what the request used in all also holds symbolizing the
+/// addresses new to it after the window closed, which no sample can see. The client's
+/// own reading around the whole request bounds it from above.
 async fn profile_while_burning(addr: SocketAddr, query: &str) -> (testkit::Reply, f64) {
     let on = burners(2);
     let warm = get(&format!(
@@ -298,13 +303,18 @@ async fn profile_while_burning(addr: SocketAddr, query: &str) -> (testkit::Reply
     assert_eq!(warm.status, StatusCode::OK, "{}", warm.text());
     let before = process_cpu_seconds();
     let r = get(&format!(
-        "http://{addr}/debug/pprof/profile?seconds=3&{query}"
+        "http://{addr}/debug/pprof/profile?seconds=5&{query}"
     ))
     .await;
-    let used = process_cpu_seconds() - before;
+    let request = process_cpu_seconds() - before;
     on.store(false, Ordering::Relaxed);
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-    (r, used)
+    let window: f64 = r.header("x-diag-cpu-seconds").parse().unwrap();
+    assert!(
+        window > 0.0 && window <= request + 0.02,
+        "the window's CPU {window:.2} s, the whole request's {request:.2} s"
+    );
+    (r, window)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

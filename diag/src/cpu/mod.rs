@@ -74,6 +74,12 @@ async fn respond(d: Diag, params: Params, format: &'static str, download: bool) 
             if let Ok(v) = HeaderValue::from_str(&format!("{:.1}", profile.achieved_hz())) {
                 h.insert("x-diag-sample-rate", v);
             }
+            // The process's CPU time over the window (all threads), which the samples
+            // stand for: a client can compare it with what the profile sampled.
+            if let Ok(v) = HeaderValue::from_str(&format!("{:.3}", profile.cpu_used.as_secs_f64()))
+            {
+                h.insert("x-diag-cpu-seconds", v);
+            }
             if profile.ended_early {
                 h.insert("x-diag-ended-early", HeaderValue::from_static("shutdown"));
             }
