@@ -90,6 +90,8 @@ build_unwinder_benches() { # one build per unwinder: their pprof-rs features exc
 }
 step "unwinder benches --no-run" build_unwinder_benches
 step "overhead.sh --quick" scripts/overhead.sh --quick
+# The floods of issue 12 against the release demo overhead.sh just built.
+step "soak.py --quick" python3 scripts/soak.py --quick
 # After the release build and the bench build above, so the guide's cargo commands are quick.
 step "the guide's commands" python3 scripts/check_guide.py
 # The Dockerfile built and deploy/k8s/demo.yaml played with podman (installs podman, runc and
