@@ -3,7 +3,8 @@
 # Installs what the tests drive for real (Debian's Go for `go tool pprof`, wrk,
 # Chromium with playwright-core for the browser test, tmux and tokio-console, a C
 # toolchain for jemalloc, kubernetes-validate and dockerfile from PyPI for the deployment
-# checks) when missing, and prints how long each step took.
+# checks; podman, runc and debootstrap for the container check) when missing, and prints
+# how long each step took.
 #
 #   scripts/test.sh            everything
 #   scripts/test.sh --no-lint  skip fmt, clippy and doc (a quicker loop while developing)
@@ -89,8 +90,13 @@ build_unwinder_benches() { # one build per unwinder: their pprof-rs features exc
 }
 step "unwinder benches --no-run" build_unwinder_benches
 step "overhead.sh --quick" scripts/overhead.sh --quick
+# The floods of issue 12 against the release demo overhead.sh just built.
+step "soak.py --quick" python3 scripts/soak.py --quick
 # After the release build and the bench build above, so the guide's cargo commands are quick.
 step "the guide's commands" python3 scripts/check_guide.py
+# The Dockerfile built and deploy/k8s/demo.yaml played with podman (installs podman, runc and
+# debootstrap when missing; skips with a message only where podman cannot run containers).
+step "containers (podman)" python3 scripts/check_containers.py
 
 echo
 echo "step                          time"

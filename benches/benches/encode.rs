@@ -1,13 +1,16 @@
 //! Turning a CPU profile into an answer: gzipped profile.proto, the flamegraph SVG and
 //! folded stacks, for a small profile (100 samples) and a large one (50 000 samples,
-//! each its own stack, 64 frames deep); and symbolization of real code addresses with
-//! diag's cache cold (every address through backtrace-rs) and warm.
+//! each its own stack, 64 frames deep); and symbolization of real code addresses: one
+//! uncached pass (`.symtab` names, one DWARF pass over the units holding them), with the
+//! program's file mapped for the pass or kept mapped, and through diag's cache (warm).
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use diag::bench::{SyntheticCpuProfile, code_addresses, resolve_cached, resolve_uncached};
+use diag::bench::{
+    SyntheticCpuProfile, code_addresses, keep_mapped, resolve_cached, resolve_uncached,
+};
 
 const DEPTH: usize = 64;
 
@@ -33,15 +36,20 @@ fn encoders(c: &mut Criterion) {
 fn symbolization(c: &mut Criterion) {
     let ips = code_addresses(1000);
     assert!(ips.len() > 900, "found {} code addresses", ips.len());
-    // The first resolution in the process reads the binary's debug info; pay it here.
-    let lines = resolve_uncached(&ips[..1]);
-    assert!(lines > 0);
+    let lines = resolve_uncached(&ips);
+    assert!(lines >= ips.len());
     let mut group = c.benchmark_group("symbolize 1000 addresses");
     group.sample_size(10);
     group.throughput(Throughput::Elements(ips.len() as u64));
-    group.bench_function("cold cache (backtrace-rs)", |b| {
+    group.bench_function("uncached pass, file mapped per pass", |b| {
+        keep_mapped(false);
         b.iter(|| resolve_uncached(&ips))
     });
+    group.bench_function("uncached pass, file kept mapped", |b| {
+        keep_mapped(true);
+        b.iter(|| resolve_uncached(&ips))
+    });
+    keep_mapped(false);
     resolve_cached(&ips);
     group.bench_function("warm cache", |b| b.iter(|| resolve_cached(&ips)));
     group.finish();

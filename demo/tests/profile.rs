@@ -110,19 +110,16 @@ async fn flamegraph_download_shows_spin_cpu() {
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
 
+/// pprof-rs kept its samples in a temporary file, so an unwritable temp directory made
+/// every CPU profile fail until a restart (this test asserted that clear error). diag's
+/// own engine writes no file: the profile works, and so do heap dumps.
 #[tokio::test]
-async fn an_unwritable_temp_dir_is_a_clear_error_and_the_service_keeps_serving() {
+async fn an_unwritable_temp_dir_does_not_stop_profiling_and_the_service_keeps_serving() {
     let demo = Demo::start(bin(), &[], &[("TMPDIR", "/nonexistent/diag-test")]);
     for _ in 0..2 {
         let r = get(&demo.diag_url("/debug/pprof/profile?seconds=1")).await;
-        assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
-        assert_eq!(r.header("x-go-pprof"), "1");
-        let text = r.text();
-        assert!(
-            text.contains("temp directory (/nonexistent/diag-test) is writable"),
-            "{text}"
-        );
-        assert!(text.contains("until the process restarts"), "{text}");
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        assert_eq!(&r.body[..2], &[0x1f, 0x8b], "not a gzipped profile");
     }
     // Heap dumps go through an in-memory file: the temp directory does not matter.
     let r = get(&demo.diag_url("/debug/pprof/heap")).await;

@@ -30,7 +30,7 @@
 //! ## Features
 //! | feature | default | gives |
 //! |---|---|---|
-//! | `cpu` | yes | `/profile`, `/flamegraph`, `/symbol` (pprof-rs sampling) |
+//! | `cpu` | yes | `/profile`, `/flamegraph`, `/symbol` (diag's own sampler: Linux x86_64/aarch64) |
 //! | `console` | no | [`console()`]: tokio-console's layer for your subscriber, and its server, bound and served by diag |
 //! | `trace` | no | `/trace`: spans, events and task polls over a window as Chrome trace-event JSON, recorded by [`trace_layer()`] |
 //! | `taskdump` | no | `/goroutine`, `/tasks`: where each traced tokio task waits ([`tasks::spawn`], [`tasks::TracedLayer`]; no runtime-wide pause); `/wall`: where they spend wall time, awaiting included |

@@ -198,11 +198,15 @@ where
 #[cfg(feature = "cpu")]
 fn cpu_routes(r: Router<Diag>, at: &impl Fn(&str) -> String) -> Router<Diag> {
     use crate::cpu;
+    use crate::symbols::http as symbol;
+    // From here on, a SIGPROF (a stray `kill -PROF`, a late timer) cannot end the process:
+    // diag's handler passes foreign ones to the application's action, never the default.
+    cpu::install_handler();
     r.route(&at("profile"), only_get(get(cpu::profile)))
         .route(&at("flamegraph"), only_get(get(cpu::flamegraph)))
         .route(
             &at("symbol"),
-            get(cpu::symbol).post(cpu::symbol).fallback(|| async {
+            get(symbol::symbol).post(symbol::symbol).fallback(|| async {
                 ApiError::MethodNotAllowed {
                     allowed: "GET, HEAD, POST",
                 }

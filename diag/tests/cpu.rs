@@ -286,9 +286,14 @@ fn process_cpu_seconds() -> f64 {
     ticks / 100.0 // USER_HZ is 100 on Linux
 }
 
-/// A 3 s profile with `query` while two threads burn, and the process CPU time the
-/// request took. A 1 s profile with the same query goes first, so that the measured
-/// request spends its CPU sampling rather than reading debug info to symbolize.
+/// A 5 s profile with `query` while two threads burn, and the process CPU time over its
+/// window. A 1 s profile with the same query goes first, so that the measured request
+/// spends its CPU sampling rather than reading debug info to symbolize.
+///
+/// The CPU time is the server's own reading at the window's edges (`X-Diag-CPU-Seconds`,
+/// the kernel's process clock): what the request used in all also holds symbolizing the
+/// addresses new to it after the window closed, which no sample can see. The client's
+/// own reading around the whole request bounds it from above.
 async fn profile_while_burning(addr: SocketAddr, query: &str) -> (testkit::Reply, f64) {
     let on = burners(2);
     let warm = get(&format!(
@@ -298,13 +303,18 @@ async fn profile_while_burning(addr: SocketAddr, query: &str) -> (testkit::Reply
     assert_eq!(warm.status, StatusCode::OK, "{}", warm.text());
     let before = process_cpu_seconds();
     let r = get(&format!(
-        "http://{addr}/debug/pprof/profile?seconds=3&{query}"
+        "http://{addr}/debug/pprof/profile?seconds=5&{query}"
     ))
     .await;
-    let used = process_cpu_seconds() - before;
+    let request = process_cpu_seconds() - before;
     on.store(false, Ordering::Relaxed);
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-    (r, used)
+    let window: f64 = r.header("x-diag-cpu-seconds").parse().unwrap();
+    assert!(
+        window > 0.0 && window <= request + 0.02,
+        "the window's CPU {window:.2} s, the whole request's {request:.2} s"
+    );
+    (r, window)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -458,4 +468,111 @@ async fn cpu_time_stays_honest_above_the_kernel_tick() {
         (0.8..=1.2).contains(&fidelity),
         "sampled {sampled:.2} s of {used:.2} s"
     );
+}
+
+/// Writes one byte to /dev/null over and over: nearly all its time is inside libc's
+/// `write` (no frame pointer of its own) and the kernel.
+#[inline(never)]
+fn write_to_dev_null_in_a_loop(on: &AtomicBool) {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/null")
+        .unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+    while on.load(Ordering::Relaxed) {
+        // SAFETY: a valid descriptor and a one-byte buffer.
+        unsafe { libc::write(fd, b"x".as_ptr().cast(), 1) };
+    }
+    std::hint::black_box(&file);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sample_inside_write_names_its_rust_caller() {
+    let (_serial, addr) = server().await;
+    let on = Arc::new(AtomicBool::new(true));
+    let writer = {
+        let on = on.clone();
+        std::thread::Builder::new()
+            .name("writer".into())
+            .spawn(move || write_to_dev_null_in_a_loop(&on))
+            .unwrap()
+    };
+    let r = get(&format!(
+        "http://{addr}/debug/pprof/profile?seconds=2&format=folded"
+    ))
+    .await;
+    on.store(false, Ordering::Relaxed);
+    writer.join().unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    let stacks = parse_folded(&r.text());
+    let writer: Vec<(&String, &i64)> = stacks
+        .iter()
+        .filter(|(s, _)| s.starts_with("writer;"))
+        .collect();
+    let total: i64 = writer.iter().map(|(_, n)| **n).sum();
+    // Samples whose leaf lies below the Rust function: inside libc's write.
+    let in_libc: i64 = writer
+        .iter()
+        .filter(|(s, _)| {
+            s.split_once("write_to_dev_null_in_a_loop;")
+                .is_some_and(|(_, below)| below.contains("write"))
+        })
+        .map(|(_, n)| **n)
+        .sum();
+    let named: i64 = writer
+        .iter()
+        .filter(|(s, _)| s.contains("write_to_dev_null_in_a_loop"))
+        .map(|(_, n)| **n)
+        .sum();
+    let report = writer
+        .iter()
+        .map(|(s, n)| format!("{n} {s}"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(total >= 20, "only {total} samples of the writer:\n{report}");
+    assert!(
+        in_libc * 2 >= total,
+        "{in_libc} of {total} samples inside libc's write under the Rust caller:\n{report}"
+    );
+    // A walk that skipped the frameless `write`'s caller would lose the Rust function.
+    assert!(
+        named * 100 >= total * 95,
+        "{named} of {total} writer samples name write_to_dev_null_in_a_loop:\n{report}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn threads_created_during_a_window_are_sampled() {
+    let (_serial, addr) = server().await;
+    let profile = tokio::spawn(async move {
+        get(&format!(
+            "http://{addr}/debug/pprof/profile?seconds=3&format=folded"
+        ))
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let on = Arc::new(AtomicBool::new(true));
+    let late = {
+        let on = on.clone();
+        std::thread::Builder::new()
+            .name("latecomer".into())
+            .spawn(move || {
+                while on.load(Ordering::Relaxed) {
+                    std::hint::black_box(burn_in_test(100_000));
+                }
+            })
+            .unwrap()
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    on.store(false, Ordering::Relaxed);
+    late.join().unwrap();
+    let r = profile.await.unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    let stacks = parse_folded(&r.text());
+    let late: i64 = stacks
+        .iter()
+        .filter(|(s, _)| s.starts_with("latecomer;") && s.contains("burn_in_test"))
+        .map(|(_, n)| n)
+        .sum();
+    assert!(late >= 10, "the late thread: {late} samples\n{stacks:?}");
 }

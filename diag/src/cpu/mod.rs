@@ -1,14 +1,14 @@
-//! CPU profiles: `/profile`, `/flamegraph` and Go's `/symbol` protocol.
+//! CPU profiles: `/profile`, `/flamegraph` and Go's `/symbol` protocol. The sampling is
+//! diag's own engine (`engine/`, no HTTP in it); this file turns its windows into answers.
 
-mod sampler;
+pub(crate) mod engine;
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
-use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::response::{IntoResponse, Response};
-use http::{HeaderValue, Method, header};
+use http::{HeaderValue, header};
 
 use crate::error::ApiError;
 use crate::flamegraph;
@@ -18,7 +18,9 @@ use crate::state::Diag;
 use crate::util::{unix_nanos, utc};
 
 use crate::symbols::{self, Resolved};
-use sampler::{JoinError, Lease, Mark, Stack};
+#[cfg(feature = "criterion")]
+use engine::Mark;
+use engine::{EngineError, Losses, Sample, Window};
 
 /// A CPU profile's length unless `seconds` says otherwise (Go's default).
 pub(crate) const DEFAULT_SECONDS: u64 = 30;
@@ -26,11 +28,11 @@ pub(crate) const DEFAULT_SECONDS: u64 = 30;
 /// the timer does not beat against periodic work).
 pub(crate) const DEFAULT_FREQUENCY: u32 = 99;
 /// The highest `frequency` accepted. The kernel delivers CPU-time signals at most about
-/// once per tick per CPU; when it delivers well under the rate asked, samples are weighed
-/// by the rate actually achieved (see `period_ns`).
+/// once per tick per thread; the expiries it folds together are counted (`si_overrun`)
+/// and weigh the sample that carries them.
 pub(crate) const MAX_FREQUENCY: u32 = 1000;
 
-pub(crate) use sampler::running;
+pub(crate) use engine::{install_handler, running};
 
 /// `GET /profile?seconds=N&frequency=HZ&format=proto|svg|folded`.
 pub(crate) async fn profile(State(d): State<Diag>, RawQuery(q): RawQuery) -> Response {
@@ -72,6 +74,12 @@ async fn respond(d: Diag, params: Params, format: &'static str, download: bool) 
             if let Ok(v) = HeaderValue::from_str(&format!("{:.1}", profile.achieved_hz())) {
                 h.insert("x-diag-sample-rate", v);
             }
+            // The process's CPU time over the window (all threads), which the samples
+            // stand for: a client can compare it with what the profile sampled.
+            if let Ok(v) = HeaderValue::from_str(&format!("{:.3}", profile.cpu_used.as_secs_f64()))
+            {
+                h.insert("x-diag-cpu-seconds", v);
+            }
             if profile.ended_early {
                 h.insert("x-diag-ended-early", HeaderValue::from_static("shutdown"));
             }
@@ -104,29 +112,17 @@ async fn run(
     .map_err(|e| ApiError::Internal(format!("encoding the CPU profile failed: {e}")))
 }
 
-/// The raw samples of one reader's window.
+/// One reader's window, and whether shutdown cut it short.
 #[derive(Debug)]
 struct Capture {
-    stacks: Vec<Stack>,
-    start: Mark,
-    end: Mark,
-    frequency: u32,
+    window: Window,
     ended_early: bool,
 }
 
-/// Runs sampler work on the sampler's own thread.
-async fn on_sampler<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, ApiError> {
-    sampler::on_sampler_thread(f)
-        .await
-        .ok_or_else(|| ApiError::Internal("the CPU sampler failed (see the logs)".to_owned()))
-}
-
-async fn capture(d: &Diag, window: Duration, frequency: u32) -> Result<Capture, ApiError> {
-    let joined = on_sampler(move || Lease::join(frequency, window)).await?;
-    let (lease, start_counts) = joined.map_err(|e| match e {
-        JoinError::OtherFrequency { running, until } => {
+/// The answer an engine error gets.
+fn engine_error(e: EngineError) -> ApiError {
+    match e {
+        EngineError::OtherFrequency { running, until } => {
             let left = until
                 .duration_since(SystemTime::now())
                 .unwrap_or(Duration::ZERO)
@@ -137,100 +133,66 @@ async fn capture(d: &Diag, window: Duration, frequency: u32) -> Result<Capture, 
                 utc(until)
             ))
         }
-        JoinError::Start(msg) => ApiError::Internal(format!(
-            "could not start the CPU profiler: {msg}. pprof-rs keeps its samples in a \
-             temporary file, created once per process: check that the temp directory ({}) \
-             is writable. If it was not when the first profile started, CPU profiling stays \
-             unavailable until the process restarts.",
-            std::env::temp_dir().display()
-        )),
-    })?;
-    let start = Mark::now();
+        EngineError::Unsupported => ApiError::NotImplemented(e.to_string()),
+        EngineError::Start(_) | EngineError::Lost => ApiError::Internal(e.to_string()),
+    }
+}
+
+async fn capture(d: &Diag, window: Duration, frequency: u32) -> Result<Capture, ApiError> {
+    let lease = engine::join(frequency, window)
+        .await
+        .map_err(engine_error)?;
     let shutdown = d.cfg().shutdown.clone();
     let ended_early = tokio::select! {
         () = tokio::time::sleep(window) => false,
         () = shutdown.triggered() => true,
     };
-    let frequency = lease.frequency();
-    // The lease moves into the sampler thread's job and is given up there, right after the
-    // end snapshot; if this request is cancelled meanwhile, the job still finishes.
-    let (end_counts, end) = on_sampler(move || {
-        let counts = lease.snapshot();
-        let end = Mark::now();
-        drop(lease);
-        (counts, end)
-    })
-    .await?;
+    // If this request is cancelled while the end is taken, the lease's job still runs on
+    // the sampler thread; if it is cancelled before, dropping the lease gives it up.
+    let window = lease.finish().await.map_err(engine_error)?;
     Ok(Capture {
-        stacks: sampler::delta(&start_counts, end_counts),
-        start,
-        end,
-        frequency,
+        window,
         ended_early,
     })
 }
 
 /// A CPU recording driven from synchronous code (the criterion hook): [`Recording::start`]
-/// joins the shared sampler like a `/profile` request does, [`Recording::finish`] takes
-/// the end snapshot and symbolizes.
+/// joins the shared sampler like a `/profile` request does, [`Recording::finish`] ends the
+/// window and symbolizes.
 #[cfg(feature = "criterion")]
+#[derive(Debug)]
 pub(crate) struct Recording {
-    lease: Lease,
-    start_counts: sampler::Counts,
-    start: Mark,
-}
-
-#[cfg(feature = "criterion")]
-impl std::fmt::Debug for Recording {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Recording")
-            .field("lease", &self.lease)
-            .field("start", &self.start)
-            .finish_non_exhaustive()
-    }
+    lease: engine::Lease,
 }
 
 #[cfg(feature = "criterion")]
 impl Recording {
     /// Starts (or joins) the sampler at `frequency`; the error says why it could not.
     pub(crate) fn start(frequency: u32) -> Result<Recording, String> {
-        let joined = sampler::on_sampler_thread_blocking(move || {
-            Lease::join(frequency, Duration::from_secs(3600))
-        })
-        .ok_or("the CPU sampler failed")?;
-        match joined {
-            Ok((lease, start_counts)) => Ok(Recording {
-                lease,
-                start_counts,
-                start: Mark::now(),
-            }),
-            Err(JoinError::OtherFrequency { running, .. }) => Err(format!(
+        match engine::join_blocking(frequency, Duration::from_secs(3600)) {
+            Ok(lease) => Ok(Recording { lease }),
+            Err(EngineError::OtherFrequency { running, .. }) => Err(format!(
                 "the CPU sampler already runs at {running} Hz in this process"
             )),
-            Err(JoinError::Start(msg)) => Err(format!("could not start the CPU profiler: {msg}")),
+            Err(e) => Err(e.to_string()),
         }
     }
 
     /// Ends the recording: the samples taken since [`Recording::start`], symbolized.
     pub(crate) fn finish(self) -> CpuProfile {
-        let Recording {
-            lease,
-            start_counts,
-            start,
-        } = self;
-        let frequency = lease.frequency();
-        let (end_counts, end) = sampler::on_sampler_thread_blocking(move || {
-            let counts = lease.snapshot();
-            let end = Mark::now();
-            drop(lease);
-            (counts, end)
-        })
-        .unwrap_or_else(|| (None, Mark::now()));
+        let frequency = self.lease.frequency();
+        let window = self.lease.finish_blocking().unwrap_or_else(|_| {
+            let now = Mark::now();
+            Window {
+                samples: Vec::new(),
+                start: now,
+                end: now,
+                frequency,
+                losses: Losses::default(),
+            }
+        });
         CpuProfile::resolve(Capture {
-            stacks: sampler::delta(&start_counts, end_counts),
-            start,
-            end,
-            frequency,
+            window,
             ended_early: false,
         })
     }
@@ -239,36 +201,41 @@ impl Recording {
 /// A symbolized CPU profile, ready to encode in any format.
 #[derive(Debug)]
 pub(crate) struct CpuProfile {
-    stacks: Vec<Stack>,
+    stacks: Vec<Sample>,
     symbols: HashMap<usize, Resolved>,
     start: SystemTime,
     duration: Duration,
     cpu_used: Duration,
     frequency: u32,
+    /// Signals taken.
     samples: i64,
-    period_ns: i64,
+    /// CPU nanoseconds they stand for.
+    sampled_ns: i64,
+    losses: Losses,
     ended_early: bool,
 }
 
 impl CpuProfile {
     fn resolve(capture: Capture) -> Self {
-        let mut stacks = capture.stacks;
-        let symbols = symbols::resolve_all(stacks.iter().flat_map(|s| s.ips.iter().copied()));
-        for s in &mut stacks {
-            strip_signal_frames(&mut s.ips, &symbols);
-        }
+        let Window {
+            samples: mut stacks,
+            start,
+            end,
+            frequency,
+            losses,
+        } = capture.window;
         stacks.retain(|s| !s.ips.is_empty());
-        let samples = stacks.iter().map(|s| s.count).sum();
-        let cpu_used = capture.end.cpu.saturating_sub(capture.start.cpu);
+        let symbols = symbols::resolve_all(stacks.iter().flat_map(|s| s.ips.iter().copied()));
         Self {
-            period_ns: period_ns(capture.frequency, samples, cpu_used),
+            samples: stacks.iter().map(|s| s.count).sum(),
+            sampled_ns: stacks.iter().map(|s| s.weight_ns).sum(),
             stacks,
             symbols,
-            start: capture.start.wall,
-            duration: capture.end.mono.duration_since(capture.start.mono),
-            cpu_used,
-            frequency: capture.frequency,
-            samples,
+            start: start.wall,
+            duration: end.mono.duration_since(start.mono),
+            cpu_used: end.cpu.saturating_sub(start.cpu),
+            frequency,
+            losses,
             ended_early: capture.ended_early,
         }
     }
@@ -283,15 +250,45 @@ impl CpuProfile {
         }
     }
 
+    /// Nanoseconds of CPU time per timer expiry.
+    fn period_ns(&self) -> i64 {
+        1_000_000_000 / i64::from(self.frequency.max(1))
+    }
+
     fn subtitle(&self) -> String {
+        let l = &self.losses;
+        let mut lost = Vec::new();
+        for (n, what) in [
+            (l.ring_full, "dropped (sample ring full)"),
+            (
+                l.ip_only,
+                "with only the interrupted address (stack range not learned yet)",
+            ),
+            (l.stacks_full, "dropped (stack table full)"),
+            (
+                l.threads_unsampled,
+                "threads not sampled (thread table full)",
+            ),
+            (l.foreign_signals, "foreign SIGPROFs passed on"),
+        ] {
+            if n > 0 {
+                lost.push(format!("{n} {what}"));
+            }
+        }
         format!(
-            "{:.1} s at {} Hz from {}: {} samples ({:.0} Hz achieved), {:.2} s of CPU sampled{}",
+            "{:.1} s at {} Hz from {}: {} samples ({:.0} Hz achieved), {:.2} s of CPU sampled of {:.2} s used{}{}",
             self.duration.as_secs_f64(),
             self.frequency,
             utc(self.start),
             self.samples,
             self.achieved_hz(),
-            (self.samples * self.period_ns) as f64 / 1e9,
+            self.sampled_ns as f64 / 1e9,
+            self.cpu_used.as_secs_f64(),
+            if lost.is_empty() {
+                String::new()
+            } else {
+                format!("; {}", lost.join(", "))
+            },
             if self.ended_early {
                 "; ended early by shutdown"
             } else {
@@ -300,18 +297,18 @@ impl CpuProfile {
         )
     }
 
-    /// gzipped profile.proto with Go's CPU sample types.
     /// How many samples the profile holds.
     #[cfg(feature = "criterion")]
     pub(crate) fn samples(&self) -> i64 {
         self.samples
     }
 
+    /// gzipped profile.proto with Go's CPU sample types.
     pub(crate) fn to_proto(&self) -> std::io::Result<Vec<u8>> {
         let mut b = ProfileBuilder::new(
             &[("samples", "count"), ("cpu", "nanoseconds")],
             ("cpu", "nanoseconds"),
-            self.period_ns,
+            self.period_ns(),
             crate::maps::current(),
         );
         b.time(unix_nanos(self.start), self.duration.as_nanos() as i64);
@@ -325,7 +322,7 @@ impl CpuProfile {
                 .collect();
             b.sample(
                 locations,
-                vec![s.count, s.count * self.period_ns],
+                vec![s.count, s.weight_ns],
                 &[("thread", &s.thread)],
             );
         }
@@ -374,7 +371,8 @@ impl CpuProfile {
             rng ^= rng << 17;
             rng
         };
-        let stacks: Vec<Stack> = (0..samples)
+        let period_ns = 1_000_000_000 / i64::from(DEFAULT_FREQUENCY);
+        let stacks: Vec<Sample> = (0..samples)
             .map(|_| {
                 // Frame i (from the root) is one of 2 + 4*i functions at that level.
                 let ips = (0..depth)
@@ -384,10 +382,12 @@ impl CpuProfile {
                         0x10_0000 + (level as u64 * 4096 + next() % choices) as usize * 16
                     })
                     .collect();
-                Stack {
+                Sample {
                     ips,
                     thread: format!("worker-{}", next() % 4),
+                    label: 0,
                     count: 1,
+                    weight_ns: period_ns,
                 }
             })
             .collect();
@@ -410,145 +410,10 @@ impl CpuProfile {
             cpu_used: Duration::from_secs_f64(samples as f64 / 99.0),
             frequency: DEFAULT_FREQUENCY,
             samples: stacks.len() as i64,
-            period_ns: 1_000_000_000 / i64::from(DEFAULT_FREQUENCY),
+            sampled_ns: stacks.len() as i64 * period_ns,
             stacks,
+            losses: Losses::default(),
             ended_early: false,
         }
-    }
-}
-
-/// Drops the frames of the profiler itself: the signal handler, the unwinder it calls, and
-/// the kernel's signal trampoline, so that every stack starts at the interrupted code.
-fn strip_signal_frames(ips: &mut Vec<usize>, symbols: &HashMap<usize, Resolved>) {
-    let handler = ips.iter().position(|ip| {
-        symbols.get(ip).is_some_and(|lines| {
-            lines
-                .iter()
-                .any(|l| l.function.contains("perf_signal_handler"))
-        })
-    });
-    if let Some(i) = handler {
-        // The frame after the handler's is the trampoline (`__restore_rt`) the kernel
-        // returns through; the one after that is the interrupted code.
-        let cut = (i + 2).min(ips.len());
-        ips.drain(..cut);
-    }
-}
-
-/// Nanoseconds of CPU time one sample stands for.
-///
-/// pprof-rs weighs every sample by the period of the *requested* frequency. But the
-/// kernel delivers CPU-time signals at most about once per tick per CPU, and two signals
-/// landing at once lose one to the handler's try-lock: asking for 1000 Hz yields ~170
-/// samples per CPU-second here (`CONFIG_HZ=250`), so the requested period would
-/// under-report CPU about sixfold. When the rate achieved over the window (samples per
-/// second of the process's CPU time) falls below 80 % of the requested one, each sample
-/// is weighed by the achieved period instead; above that, by the requested period, so
-/// that ordinary losses stay visible rather than scaled away.
-fn period_ns(frequency: u32, samples: i64, cpu_used: Duration) -> i64 {
-    let requested = f64::from(frequency.max(1));
-    let achieved = if cpu_used.is_zero() {
-        requested
-    } else {
-        samples as f64 / cpu_used.as_secs_f64()
-    };
-    let effective = if achieved > 0.0 && achieved < 0.8 * requested {
-        achieved
-    } else {
-        requested
-    };
-    (1e9 / effective) as i64
-}
-
-/// `GET` or `POST /symbol`: Go's protocol. `GET` without addresses answers
-/// `num_symbols: 1`; addresses (`0x1234+0x5678`, in the body of a POST or the query of a
-/// GET) answer one `0x<addr> <function>` line each.
-pub(crate) async fn symbol(method: Method, RawQuery(q): RawQuery, body: Bytes) -> Response {
-    /// Addresses looked up in one request at most.
-    const MAX_ADDRESSES: usize = 10_000;
-    let input = if method == Method::POST {
-        String::from_utf8_lossy(&body).into_owned()
-    } else {
-        q.unwrap_or_default()
-    };
-    let mut words = Vec::new();
-    for word in input.split('+').map(str::trim).filter(|w| !w.is_empty()) {
-        let hex = word.strip_prefix("0x").or_else(|| word.strip_prefix("0X"));
-        match hex.and_then(|h| u64::from_str_radix(h, 16).ok()) {
-            Some(addr) => words.push(addr),
-            None => {
-                return ApiError::bad_param(
-                    "address",
-                    word,
-                    "hexadecimal addresses like 0x4a1f20, joined by +",
-                )
-                .into_response();
-            }
-        }
-        if words.len() > MAX_ADDRESSES {
-            return ApiError::bad_param(
-                "address",
-                format!("{} addresses", words.len()),
-                format!("at most {MAX_ADDRESSES} per request"),
-            )
-            .into_response();
-        }
-    }
-    let text = tokio::task::spawn_blocking(move || {
-        let mut text = String::from("num_symbols: 1\n");
-        // The cache treats addresses as return addresses and looks up the byte before;
-        // Go's protocol asks about the address itself, so ask about the one after it.
-        let key = |a: u64| (a as usize).wrapping_add(1);
-        let resolved = symbols::resolve_all(words.iter().map(|a| key(*a)));
-        for addr in &words {
-            if let Some(lines) = resolved.get(&key(*addr)) {
-                // The outermost line is the function the address belongs to.
-                if let Some(l) = lines.last().filter(|l| !l.function.starts_with("0x")) {
-                    text.push_str(&format!("{addr:#x} {}\n", l.function));
-                }
-            }
-        }
-        text
-    })
-    .await
-    .unwrap_or_else(|_| String::from("num_symbols: 1\n"));
-    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn period_follows_the_rate_achieved_when_far_below_the_request() {
-        let cpu = Duration::from_secs(2);
-        // 99 Hz asked, 97 per CPU-second achieved: the requested period, losses visible.
-        assert_eq!(period_ns(99, 194, cpu), 1_000_000_000 / 99);
-        // 1000 Hz asked, 170 achieved: each sample stands for 1/170 s, not 1/1000 s.
-        assert_eq!(period_ns(1000, 340, cpu), 1_000_000_000 / 170);
-        // No CPU used: the requested period.
-        assert_eq!(period_ns(1000, 0, Duration::ZERO), 1_000_000);
-    }
-
-    #[test]
-    fn handler_frames_are_stripped() {
-        let line = |f: &str| -> Resolved {
-            vec![proto::Line {
-                function: f.into(),
-                file: String::new(),
-                line: 0,
-            }]
-            .into()
-        };
-        let symbols = HashMap::from([
-            (1, line("backtrace::trace")),
-            (2, line("pprof::profiler::perf_signal_handler")),
-            (3, line("__restore_rt")),
-            (4, line("demo::spin_cpu")),
-            (5, line("main")),
-        ]);
-        let mut ips = vec![1, 2, 3, 4, 5];
-        strip_signal_frames(&mut ips, &symbols);
-        assert_eq!(ips, [4, 5]);
     }
 }

@@ -1,0 +1,287 @@
+//! diag's CPU sampling engine: per-thread CPU-time timers, a `SIGPROF` handler that walks
+//! frame pointers into a lock-free ring, and one `diag-sampler` thread that drains the
+//! ring into each reader's window. It knows nothing of HTTP; its errors are
+//! [`EngineError`], mapped to answers by the handlers in `cpu/mod.rs`.
+//!
+//! Linux on x86_64 and aarch64 only: elsewhere [`join`] answers
+//! [`EngineError::Unsupported`].
+//!
+//! Readers share one sampler at one frequency: any number may join at the frequency that
+//! runs; another frequency is refused while any reader is present. The first reader
+//! starts the timers, the last one to leave (by [`Lease::finish`] or by dropping its
+//! lease, e.g. when its client disconnects) stops and deletes them.
+
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+mod control;
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+mod ring;
+#[cfg(test)]
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+mod ring_tests;
+/// The atomics `ring.rs` is built on (a model checker would give its own).
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+mod atomics {
+    pub(crate) use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+}
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+mod signal;
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+mod threads;
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+mod timer;
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+mod unwind;
+
+use std::time::{Duration, Instant, SystemTime};
+
+/// Where the engine runs.
+pub(crate) const SUPPORTED: &str = "Linux on x86_64 or aarch64";
+
+/// Why a reader could not join, or lost its window.
+#[derive(Debug)]
+pub(crate) enum EngineError {
+    /// The sampler runs at another frequency until at least `until`.
+    OtherFrequency { running: u32, until: SystemTime },
+    /// The signal handler or the timers could not be set up (the system's error).
+    Start(String),
+    /// This platform has no engine.
+    #[cfg_attr(
+        all(
+            target_os = "linux",
+            any(target_arch = "x86_64", target_arch = "aarch64")
+        ),
+        allow(dead_code)
+    )]
+    Unsupported,
+    /// The `diag-sampler` thread could not run the request (it could not be started, or
+    /// the request panicked there).
+    Lost,
+}
+
+impl std::fmt::Display for EngineError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::OtherFrequency { running, .. } => {
+                write!(f, "the CPU sampler runs at {running} Hz")
+            }
+            Self::Start(msg) => write!(f, "could not start the CPU sampler: {msg}"),
+            Self::Unsupported => write!(
+                f,
+                "CPU profiling needs {SUPPORTED}; this is {} on {}",
+                std::env::consts::OS,
+                std::env::consts::ARCH
+            ),
+            Self::Lost => write!(f, "the CPU sampler thread failed (see the logs)"),
+        }
+    }
+}
+
+/// A reader's share of the running sampler. Dropping it without [`Lease::finish`] gives
+/// the share up at once (the last share stops the timers).
+#[derive(Debug)]
+pub(crate) struct Lease {
+    id: u64,
+    #[cfg_attr(not(feature = "criterion"), allow(dead_code))]
+    frequency: u32,
+    done: bool,
+}
+
+/// One sampled stack of a window.
+#[derive(Debug, Clone)]
+pub(crate) struct Sample {
+    /// Code addresses, leaf first; each one past the instruction (return addresses, and
+    /// the interrupted address plus one).
+    pub(crate) ips: Vec<usize>,
+    /// The thread's name (`comm`).
+    pub(crate) thread: String,
+    /// The label-set id the thread carried (0: none).
+    #[allow(dead_code)] // read by the labels work
+    pub(crate) label: u32,
+    /// Signals that landed on this stack.
+    pub(crate) count: i64,
+    /// CPU nanoseconds they stand for: the period × (1 + timer overruns) of each.
+    pub(crate) weight_ns: i64,
+}
+
+/// What went missing from a window, for the profile's comment.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Losses {
+    /// Samples dropped because the ring was full.
+    pub(crate) ring_full: u64,
+    /// Samples that kept only the interrupted address (the thread's stack range was not
+    /// learned yet).
+    pub(crate) ip_only: u64,
+    /// Samples not kept because the window's table of distinct stacks was full.
+    pub(crate) stacks_full: u64,
+    /// Threads not sampled because the thread table was full.
+    pub(crate) threads_unsampled: u64,
+    /// `SIGPROF`s not from diag's timers, passed on to the application's action.
+    pub(crate) foreign_signals: u64,
+}
+
+/// A reader's finished window.
+#[derive(Debug)]
+pub(crate) struct Window {
+    pub(crate) samples: Vec<Sample>,
+    pub(crate) start: Mark,
+    pub(crate) end: Mark,
+    pub(crate) frequency: u32,
+    pub(crate) losses: Losses,
+}
+
+/// A moment of the window, for the achieved-rate arithmetic.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Mark {
+    pub(crate) wall: SystemTime,
+    pub(crate) mono: Instant,
+    pub(crate) cpu: Duration,
+}
+
+impl Mark {
+    pub(crate) fn now() -> Self {
+        Self {
+            wall: SystemTime::now(),
+            mono: Instant::now(),
+            cpu: process_cpu_time(),
+        }
+    }
+}
+
+/// The process's CPU time so far (all threads).
+pub(crate) fn process_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+#[cfg_attr(
+    not(any(feature = "criterion", feature = "bench")),
+    allow(unused_imports)
+)]
+pub(crate) use control::join_blocking;
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+pub(crate) use control::{install_handler, join, running};
+
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+#[allow(unused_imports)] // for the labels work
+pub(crate) use signal::set_label_id;
+
+#[cfg(feature = "bench")]
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+pub(crate) use control::bench_sample_here;
+
+impl Lease {
+    /// The frequency this reader samples at.
+    #[cfg_attr(not(feature = "criterion"), allow(dead_code))]
+    pub(crate) fn frequency(&self) -> u32 {
+        self.frequency
+    }
+}
+
+#[cfg(not(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+)))]
+mod unsupported {
+    use super::*;
+
+    /// Does nothing: there is no handler on this platform.
+    pub(crate) fn install_handler() {}
+
+    /// Always [`EngineError::Unsupported`].
+    pub(crate) async fn join(_frequency: u32, _window: Duration) -> Result<Lease, EngineError> {
+        Err(EngineError::Unsupported)
+    }
+
+    /// Always [`EngineError::Unsupported`].
+    #[allow(dead_code)]
+    pub(crate) fn join_blocking(_frequency: u32, _window: Duration) -> Result<Lease, EngineError> {
+        Err(EngineError::Unsupported)
+    }
+
+    /// Always `None`.
+    pub(crate) fn running() -> Option<(u32, usize, SystemTime)> {
+        None
+    }
+
+    /// Does nothing.
+    #[allow(dead_code)]
+    pub(crate) fn set_label_id(_id: u32) -> u32 {
+        0
+    }
+
+    impl Lease {
+        pub(crate) async fn finish(mut self) -> Result<Window, EngineError> {
+            self.done = true;
+            Err(EngineError::Unsupported)
+        }
+
+        #[allow(dead_code)]
+        pub(crate) fn finish_blocking(mut self) -> Result<Window, EngineError> {
+            self.done = true;
+            Err(EngineError::Unsupported)
+        }
+    }
+
+    impl Drop for Lease {
+        fn drop(&mut self) {}
+    }
+}
+
+#[cfg(not(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+)))]
+#[allow(unused_imports)]
+pub(crate) use unsupported::{install_handler, join, join_blocking, running, set_label_id};
+
+#[cfg(feature = "bench")]
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+pub(crate) use signal::foreign_signal_this_thread;
