@@ -677,7 +677,6 @@ fn render(
         "byte_budget": MAX_TRACE_BYTES,
         "ended_early_by_shutdown": ended_early,
     });
-    drop(emit);
     out.push_str("],\"displayTimeUnit\":\"ms\",\"otherData\":");
     out.push_str(&other.to_string());
     out.push('}');
