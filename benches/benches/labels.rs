@@ -49,11 +49,15 @@ fn per_request(c: &mut Criterion) {
     let labelled = bare.clone().layer(labels::RouteLabels::new());
     let demo = demo::app(demo::AppState::new(), None);
     let mut group = c.benchmark_group("labels per request");
-    group.bench_function("router without RouteLabels", |b| b.iter(|| call(&rt, &bare)));
+    group.bench_function("router without RouteLabels", |b| {
+        b.iter(|| call(&rt, &bare))
+    });
     group.bench_function("router with RouteLabels", |b| {
         b.iter(|| call(&rt, &labelled))
     });
-    group.bench_function("demo GET / (RouteLabels on)", |b| b.iter(|| call(&rt, &demo)));
+    group.bench_function("demo GET / (RouteLabels on)", |b| {
+        b.iter(|| call(&rt, &demo))
+    });
     group.finish();
     if support::measuring("labels per request") {
         support::ratio(

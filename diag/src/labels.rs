@@ -423,7 +423,8 @@ mod tests {
     #[test]
     fn bad_input_is_treated_as_documented() {
         let huge = "x".repeat(10_000);
-        let many: Vec<(String, String)> = (0..40).map(|i| (format!("k{i:02}"), "v".into())).collect();
+        let many: Vec<(String, String)> =
+            (0..40).map(|i| (format!("k{i:02}"), "v".into())).collect();
         let before = rejected();
         let s = LabelSet::new(many);
         assert_eq!(s.len(), MAX_LABELS);
@@ -461,7 +462,10 @@ mod tests {
         assert_eq!(t.sets.len(), MAX_SETS + 1);
         assert!(overflowed() >= before + 10);
         let last = t.intern(LabelSet::new([("n", "new")]));
-        assert_eq!(t.get(last).map(|s| s.get(OVERFLOW.0)), Some(Some(OVERFLOW.1)));
+        assert_eq!(
+            t.get(last).map(|s| s.get(OVERFLOW.0)),
+            Some(Some(OVERFLOW.1))
+        );
     }
 
     #[test]

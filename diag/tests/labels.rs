@@ -56,16 +56,22 @@ static MIGRATIONS: Mutex<Vec<HashSet<std::thread::ThreadId>>> = Mutex::new(Vec::
 
 fn app() -> Router {
     Router::new()
-        .route("/a", route_get(|| async { burn_route_a(10 * MS).to_string() }))
-        .route("/b", route_get(|| async { burn_route_b(30 * MS).to_string() }))
+        .route(
+            "/a",
+            route_get(|| async { burn_route_a(10 * MS).to_string() }),
+        )
+        .route(
+            "/b",
+            route_get(|| async { burn_route_b(30 * MS).to_string() }),
+        )
         .route(
             "/spawned",
             route_get(|| async {
                 // A child task inherits the request's labels, with one of its own added.
-                let child = labels::spawn(labels::scope(
-                    LabelSet::new([("job", "child")]),
-                    async { burn_spawned_child(20 * MS) },
-                ));
+                let child =
+                    labels::spawn(labels::scope(LabelSet::new([("job", "child")]), async {
+                        burn_spawned_child(20 * MS)
+                    }));
                 child.await.unwrap_or(0).to_string()
             }),
         )
@@ -278,6 +284,9 @@ async fn bad_input_is_bounded() {
     for line in r.text().lines() {
         let (k, v) = line.split_once('=').unwrap();
         assert!(k.parse::<usize>().unwrap() <= labels::MAX_KEY_LEN, "{line}");
-        assert!(v.parse::<usize>().unwrap() <= labels::MAX_VALUE_LEN, "{line}");
+        assert!(
+            v.parse::<usize>().unwrap() <= labels::MAX_VALUE_LEN,
+            "{line}"
+        );
     }
 }
