@@ -36,8 +36,8 @@ pub use store::{RedisConfig, StoreError, StoreErrorKind};
 pub use tasks::{run_blocking, spawn_named};
 pub use work::{
     MAX_BLOCK_MS, MAX_CHURN_BLOCKS, MAX_CHURN_BYTES, MAX_HELD_MB, MAX_ITERATIONS, MAX_SLEEP_MS,
-    MAX_WORK_MS, block_worker, blocking_lookup, call_slow_dependency, churn_memory, hold_memory,
-    nap, spin_cpu, spin_for,
+    MAX_WORK_MS, block_worker, blocking_lookup, call_slow_dependency, churn_memory, hash_bytes,
+    hold_memory, nap, spin_cpu, spin_for,
 };
 
 /// The shared state of one running service.
@@ -171,6 +171,7 @@ pub fn app(state: AppState, diag: Option<diag::Config>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics::render))
         .route("/work", get(work::work))
+        .route("/hash", get(work::hash))
         .route("/churn", get(work::churn))
         .route("/block", get(work::block))
         .route("/hold", post(work::hold).delete(work::release))
@@ -188,6 +189,8 @@ pub fn app(state: AppState, diag: Option<diag::Config>) -> Router {
         ))
         // Every request's handler future is traced: task dumps show each one in flight.
         .layer(diag::tasks::TracedLayer::new())
+        // Every CPU sample taken for a request carries its method and route template.
+        .layer(diag::labels::RouteLabels::new())
 }
 
 fn text(status: StatusCode, body: String) -> Response {

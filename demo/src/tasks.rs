@@ -37,6 +37,8 @@ where
     F: FnOnce() -> R + Send + 'static,
     R: Send + 'static,
 {
+    // The blocking thread runs under the caller's labels (the route, for a request).
+    let f = diag::labels::bind(f);
     #[cfg(tokio_unstable)]
     let handle = tokio::task::Builder::new()
         .name(name)

@@ -174,6 +174,55 @@ pub(crate) async fn work(Query(q): Query<HashMap<String, String>>) -> Result<Res
     })
 }
 
+/// `GET /hash?n=ITER` hashes ITER rounds in [`hash_bytes`]; `GET /hash?ms=N` for about
+/// N ms: a second CPU-heavy route, so that profiles split by `http.route` show two.
+pub(crate) async fn hash(Query(q): Query<HashMap<String, String>>) -> Result<Response, BadRequest> {
+    let n = int_param(&q, "n", MAX_ITERATIONS)?;
+    let ms = int_param(&q, "ms", MAX_WORK_MS)?;
+    let job = match (n, ms) {
+        (Some(n), None) => run_blocking("demo::hash", move || hash_bytes(n)).await,
+        (None, Some(ms)) => {
+            run_blocking("demo::hash", move || {
+                let start = Instant::now();
+                let mut x = 0;
+                while start.elapsed() < Duration::from_millis(ms) {
+                    x ^= hash_bytes(50_000);
+                }
+                x
+            })
+            .await
+        }
+        _ => {
+            return Err(BadRequest(format!(
+                "exactly one of \"n\" (an integer from 1 to {MAX_ITERATIONS}: fixed work) \
+                     or \"ms\" (an integer from 1 to {MAX_WORK_MS}: about that long) is required\n"
+            )));
+        }
+    };
+    Ok(match job {
+        Ok(x) => text(StatusCode::OK, format!("{x:016x}\n")),
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("hash failed: {e}\n"),
+        ),
+    })
+}
+
+/// FNV-1a over `n` rounds of an 8-byte counter: CPU work under its own name. Never
+/// inlined, so it shows in profiles apart from [`spin_cpu`].
+#[inline(never)]
+pub fn hash_bytes(n: u64) -> u64 {
+    let n = std::hint::black_box(n);
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for i in 0..n {
+        for b in i.to_le_bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
 /// `GET /churn?n=N&bytes=B` allocates and frees `N` blocks of `B` bytes (default 1024).
 pub(crate) async fn churn(
     Query(q): Query<HashMap<String, String>>,

@@ -38,6 +38,10 @@ pub(crate) fn render(folded: &[String], labels: &Labels<'_>) -> std::io::Result<
     Ok(out)
 }
 
+/// Separates root frames within a [`fold`] prefix (`KEY=value` frames before a thread
+/// name); each part is escaped on its own.
+pub(crate) const PREFIX_SEP: char = '\u{1f}';
+
 /// Collapsed stacks, one line per distinct stack, root first: `prefix;outer;...;leaf
 /// VALUE`. Each stack is its root prefix (a thread name, or nothing), its addresses leaf
 /// first, and its value; inlined frames of an address come out outermost first, and
@@ -51,7 +55,12 @@ pub(crate) fn fold<'a>(
     let mut merged: HashMap<String, i64> = HashMap::new();
     for (prefix, ips, value) in stacks {
         let mut key = String::with_capacity(64 * ips.len());
-        push_folded(&mut key, prefix);
+        for (i, part) in prefix.split(PREFIX_SEP).enumerate() {
+            if i > 0 {
+                key.push(';');
+            }
+            push_folded(&mut key, part);
+        }
         for ip in ips.iter().rev() {
             let folded = frames.entry(*ip).or_insert_with(|| {
                 // Lines are innermost first; folded stacks go root first.

@@ -69,6 +69,8 @@ mod flamegraph;
 #[cfg(feature = "heap")]
 mod heap;
 mod index;
+#[cfg(feature = "cpu")]
+pub mod labels;
 mod layer;
 #[cfg(any(feature = "cpu", feature = "heap", feature = "taskdump"))]
 mod maps;

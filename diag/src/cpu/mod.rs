@@ -4,6 +4,7 @@
 pub(crate) mod engine;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use axum::extract::{RawQuery, State};
@@ -12,6 +13,7 @@ use http::{HeaderValue, header};
 
 use crate::error::ApiError;
 use crate::flamegraph;
+use crate::labels::LabelSet;
 use crate::params::Params;
 use crate::proto::{self, ProfileBuilder};
 use crate::state::Diag;
@@ -34,7 +36,7 @@ pub(crate) const MAX_FREQUENCY: u32 = 1000;
 
 pub(crate) use engine::{install_handler, running};
 
-/// `GET /profile?seconds=N&frequency=HZ&format=proto|svg|folded`.
+/// `GET /profile?seconds=N&frequency=HZ&format=proto|svg|folded&tagroot=KEY[,KEY]`.
 pub(crate) async fn profile(State(d): State<Diag>, RawQuery(q): RawQuery) -> Response {
     let params = Params::parse(q.as_deref());
     let format = match params.choice("format", "proto", &["proto", "svg", "folded"]) {
@@ -44,7 +46,7 @@ pub(crate) async fn profile(State(d): State<Diag>, RawQuery(q): RawQuery) -> Res
     respond(d, params, format, false).await
 }
 
-/// `GET /flamegraph?seconds=N&frequency=HZ`: the SVG as a download.
+/// `GET /flamegraph?seconds=N&frequency=HZ&tagroot=KEY[,KEY]`: the SVG as a download.
 pub(crate) async fn flamegraph(State(d): State<Diag>, RawQuery(q): RawQuery) -> Response {
     respond(d, Params::parse(q.as_deref()), "svg", true).await
 }
@@ -96,10 +98,12 @@ async fn run(
 ) -> Result<(Vec<u8>, CpuProfile), ApiError> {
     let seconds = d.seconds(params, DEFAULT_SECONDS)?;
     let frequency = params.int_in("frequency", DEFAULT_FREQUENCY, 1, MAX_FREQUENCY)?;
+    let tagroot = tagroot(params, format)?;
     let _permit = d.heavy()?;
     let capture = capture(d, Duration::from_secs(seconds), frequency).await?;
     tokio::task::spawn_blocking(move || {
-        let profile = CpuProfile::resolve(capture);
+        let mut profile = CpuProfile::resolve(capture);
+        profile.tagroot = tagroot;
         let body = match format {
             "proto" => profile.to_proto(),
             "svg" => profile.to_svg(),
@@ -110,6 +114,44 @@ async fn run(
     .await
     .map_err(|e| ApiError::Internal(format!("building the CPU profile failed: {e}")))?
     .map_err(|e| ApiError::Internal(format!("encoding the CPU profile failed: {e}")))
+}
+
+/// The most keys `tagroot` takes.
+const MAX_TAGROOT_KEYS: usize = 8;
+
+/// `tagroot=KEY[,KEY]`: label keys whose values become the root frames of svg and folded
+/// output (Go's `-tagroot`). A proto profile carries every label already.
+fn tagroot(params: &Params, format: &str) -> Result<Vec<String>, ApiError> {
+    let Some(raw) = params.get("tagroot") else {
+        return Ok(Vec::new());
+    };
+    let keys: Vec<String> = raw
+        .split(',')
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if format == "proto" {
+        return Err(ApiError::bad_param(
+            "tagroot",
+            raw,
+            "tagroot only with format=svg or format=folded (a proto profile carries the labels: use go tool pprof -tagroot)",
+        ));
+    }
+    if keys.is_empty()
+        || keys.len() > MAX_TAGROOT_KEYS
+        || keys.iter().any(|k| k.len() > crate::labels::MAX_KEY_LEN)
+    {
+        return Err(ApiError::bad_param(
+            "tagroot",
+            raw,
+            format!(
+                "1 to {MAX_TAGROOT_KEYS} comma-separated label keys of at most {} bytes, such as http.route",
+                crate::labels::MAX_KEY_LEN
+            ),
+        ));
+    }
+    Ok(keys)
 }
 
 /// One reader's window, and whether shutdown cut it short.
@@ -203,6 +245,10 @@ impl Recording {
 pub(crate) struct CpuProfile {
     stacks: Vec<Sample>,
     symbols: HashMap<usize, Resolved>,
+    /// The label sets the samples name.
+    labels: HashMap<u32, Arc<LabelSet>>,
+    /// Label keys whose values root the folded stacks (`?tagroot=`).
+    tagroot: Vec<String>,
     start: SystemTime,
     duration: Duration,
     cpu_used: Duration,
@@ -226,7 +272,10 @@ impl CpuProfile {
         } = capture.window;
         stacks.retain(|s| !s.ips.is_empty());
         let symbols = symbols::resolve_all(stacks.iter().flat_map(|s| s.ips.iter().copied()));
+        let labels = crate::labels::resolve(stacks.iter().map(|s| s.label));
         Self {
+            labels,
+            tagroot: Vec::new(),
             samples: stacks.iter().map(|s| s.count).sum(),
             sampled_ns: stacks.iter().map(|s| s.weight_ns).sum(),
             stacks,
@@ -320,11 +369,11 @@ impl CpuProfile {
                 .iter()
                 .map(|ip| b.location(*ip as u64, self.symbols.get(ip).map_or(&[][..], |l| &l[..])))
                 .collect();
-            b.sample(
-                locations,
-                vec![s.count, s.weight_ns],
-                &[("thread", &s.thread)],
-            );
+            let mut labels: Vec<(&str, &str)> = vec![("thread", &s.thread)];
+            if let Some(set) = self.labels.get(&s.label) {
+                labels.extend(set.iter().filter(|(k, _)| *k != "thread"));
+            }
+            b.sample(locations, vec![s.count, s.weight_ns], &labels);
         }
         proto::gzip(&b.encode())
     }
@@ -332,11 +381,39 @@ impl CpuProfile {
     /// Collapsed stacks, root first, one line per distinct stack and thread name:
     /// `thread;a;b;c COUNT`. Threads that share a name (a pool's workers) and stacks that
     /// differ only below what the names show are merged, as the folded format expects.
+    /// With `tagroot` keys, each key's value comes first: `KEY=value;thread;a;b;c COUNT`
+    /// (`KEY=(none)` for samples without it).
     pub(crate) fn to_folded(&self) -> Vec<String> {
+        if self.tagroot.is_empty() {
+            return flamegraph::fold(
+                self.stacks
+                    .iter()
+                    .map(|s| (s.thread.as_str(), &s.ips[..], s.count)),
+                &self.symbols,
+            );
+        }
+        let prefixes: Vec<String> = self
+            .stacks
+            .iter()
+            .map(|s| {
+                let set = self.labels.get(&s.label);
+                let mut p = String::new();
+                for key in &self.tagroot {
+                    let value = set.and_then(|l| l.get(key)).unwrap_or("(none)");
+                    p.push_str(key);
+                    p.push('=');
+                    p.push_str(value);
+                    p.push(flamegraph::PREFIX_SEP);
+                }
+                p.push_str(&s.thread);
+                p
+            })
+            .collect();
         flamegraph::fold(
             self.stacks
                 .iter()
-                .map(|s| (s.thread.as_str(), &s.ips[..], s.count)),
+                .zip(&prefixes)
+                .map(|(s, p)| (p.as_str(), &s.ips[..], s.count)),
             &self.symbols,
         )
     }
@@ -405,6 +482,8 @@ impl CpuProfile {
         }
         CpuProfile {
             symbols,
+            labels: HashMap::new(),
+            tagroot: Vec::new(),
             start: SystemTime::now(),
             duration: Duration::from_secs(30),
             cpu_used: Duration::from_secs_f64(samples as f64 / 99.0),

@@ -119,7 +119,6 @@ pub(crate) struct Sample {
     /// The thread's name (`comm`).
     pub(crate) thread: String,
     /// The label-set id the thread carried (0: none).
-    #[allow(dead_code)] // read by the labels work
     pub(crate) label: u32,
     /// Signals that landed on this stack.
     pub(crate) count: i64,
@@ -204,8 +203,7 @@ pub(crate) use control::{install_handler, join, running};
     target_os = "linux",
     any(target_arch = "x86_64", target_arch = "aarch64")
 ))]
-#[allow(unused_imports)] // for the labels work
-pub(crate) use signal::set_label_id;
+pub(crate) use signal::{label_id, set_label_id};
 
 #[cfg(feature = "bench")]
 #[cfg(all(
@@ -248,10 +246,18 @@ mod unsupported {
         None
     }
 
-    /// Does nothing.
-    #[allow(dead_code)]
-    pub(crate) fn set_label_id(_id: u32) -> u32 {
-        0
+    thread_local! {
+        static LABEL: AtomicU32 = const { AtomicU32::new(0) };
+    }
+
+    /// Sets the thread's label-set id (nothing samples it here); returns the old.
+    pub(crate) fn set_label_id(id: u32) -> u32 {
+        LABEL.with(|l| l.swap(id, Ordering::Relaxed))
+    }
+
+    /// The thread's label-set id.
+    pub(crate) fn label_id() -> u32 {
+        LABEL.with(|l| l.load(Ordering::Relaxed))
     }
 
     impl Lease {
@@ -277,7 +283,9 @@ mod unsupported {
     any(target_arch = "x86_64", target_arch = "aarch64")
 )))]
 #[allow(unused_imports)]
-pub(crate) use unsupported::{install_handler, join, join_blocking, running, set_label_id};
+pub(crate) use unsupported::{
+    install_handler, join, join_blocking, label_id, running, set_label_id,
+};
 
 #[cfg(feature = "bench")]
 #[cfg(all(

@@ -46,9 +46,15 @@ thread_local! {
 }
 
 /// Sets the label-set id that this thread's samples carry from now on; returns the old.
-#[allow(dead_code)] // filled by the labels work
+#[inline]
 pub(crate) fn set_label_id(id: u32) -> u32 {
     LABEL.with(|l| l.swap(id, Ordering::Relaxed))
+}
+
+/// The label-set id this thread's samples carry now.
+#[inline]
+pub(crate) fn label_id() -> u32 {
+    LABEL.with(|l| l.load(Ordering::Relaxed))
 }
 
 /// Counters since the process started.
