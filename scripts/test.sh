@@ -37,6 +37,12 @@ step() {
 . scripts/lib.sh
 
 install_tools() {
+  # Seen once on a shared machine: /dev/null replaced by a regular file (tmux then fails
+  # to start its server, and every `> /dev/null` fills a file). Put the device back.
+  if [ ! -c /dev/null ]; then
+    echo "warning: /dev/null is not a character device; recreating it" >&2
+    as_root rm -f /dev/null && as_root mknod -m 666 /dev/null c 1 3
+  fi
   need_deb cc gcc     # tikv-jemalloc-sys builds jemalloc from C
   need_deb make make
   need_deb go golang-go
