@@ -21,16 +21,15 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::shutdown::Shutdown;
@@ -136,14 +135,24 @@ pub async fn serve(
     limits: ConnLimits,
     shutdown: Shutdown,
 ) -> io::Result<()> {
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    // Plain atomics and one shared sweeper rather than a semaphore permit and a timer per
+    // connection: under tokio-console every semaphore operation and every sleep is
+    // instrumented, and a flood of short connections would fill its event queue.
+    let open = Arc::new(AtomicUsize::new(0));
+    let watched: Watchlist = Arc::new(Mutex::new(Vec::new()));
     let mut conns = JoinSet::new();
+    let mut sweep = tokio::time::interval(sweep_period(&limits));
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let accepted = tokio::select! {
             () = shutdown.triggered() => break,
             accepted = listener.accept() => accepted,
             // Reap finished connections so the set does not grow.
             Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+            _ = sweep.tick() => {
+                sweep_stuck(&watched, &limits);
+                continue;
+            }
         };
         let stream = match accepted {
             Ok((stream, _)) => stream,
@@ -154,17 +163,24 @@ pub async fn serve(
                 continue;
             }
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
+        if open.fetch_add(1, Ordering::AcqRel) >= limits.max_connections {
+            open.fetch_sub(1, Ordering::AcqRel);
             // Refused at once; a best-effort answer that never waits on the client.
             let _ = stream.try_write(REFUSED);
             drop(stream);
             continue;
-        };
+        }
+        let slot = Slot(open.clone());
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         let stop = shutdown.clone();
+        let activity = Arc::new(Activity::new());
+        watched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::downgrade(&activity));
         conns.spawn(async move {
-            serve_connection(stream, app, limits, stop).await;
+            serve_connection(stream, app, activity, stop).await;
             drop(slot);
         });
     }
@@ -184,6 +200,42 @@ pub async fn serve(
     Ok(())
 }
 
+/// The connections the sweeper looks at.
+type Watchlist = Arc<Mutex<Vec<std::sync::Weak<Activity>>>>;
+
+/// One open connection counted against the cap, until dropped.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// How often the sweeper looks: four times per header-read timeout (a head is cut within
+/// 1.25 of it), at most once a second.
+fn sweep_period(limits: &ConnLimits) -> Duration {
+    (limits.header_read_timeout / 4)
+        .min(limits.idle_timeout / 4)
+        .clamp(Duration::from_millis(10), Duration::from_secs(1))
+}
+
+/// Tells every stuck connection to close, and forgets the closed ones.
+fn sweep_stuck(watched: &Watchlist, limits: &ConnLimits) {
+    let mut list = watched.lock().unwrap_or_else(|e| e.into_inner());
+    list.retain(|weak| {
+        let Some(a) = weak.upgrade() else {
+            return false;
+        };
+        if let Err(why) = verdict(&a, limits, a.now()) {
+            tracing::debug!(target: "diag::conn", "closing a connection: {why}");
+            a.stuck.notify_one();
+            return false;
+        }
+        true
+    });
+}
+
 /// The moments that decide whether a connection is stuck, in milliseconds since `origin`.
 #[derive(Debug)]
 struct Activity {
@@ -194,9 +246,21 @@ struct Activity {
     header_started: AtomicU64,
     /// Requests whose handler has not answered yet.
     in_flight: AtomicUsize,
+    /// Woken by the sweeper when the connection is stuck.
+    stuck: tokio::sync::Notify,
 }
 
 impl Activity {
+    fn new() -> Self {
+        Activity {
+            origin: Instant::now(),
+            last_io: AtomicU64::new(0),
+            header_started: AtomicU64::new(u64::MAX),
+            in_flight: AtomicUsize::new(0),
+            stuck: tokio::sync::Notify::new(),
+        }
+    }
+
     fn now(&self) -> u64 {
         self.origin.elapsed().as_millis() as u64
     }
@@ -320,16 +384,10 @@ fn verdict(a: &Activity, limits: &ConnLimits, now: u64) -> Result<Duration, &'st
     Ok(Duration::from_millis(idle - quiet))
 }
 
-async fn serve_connection(stream: TcpStream, app: Router, limits: ConnLimits, stop: Shutdown) {
+async fn serve_connection(stream: TcpStream, app: Router, activity: Arc<Activity>, stop: Shutdown) {
     use hyper_util::server::conn::auto::Builder;
     use tower::ServiceExt as _;
 
-    let activity = Arc::new(Activity {
-        origin: Instant::now(),
-        last_io: AtomicU64::new(0),
-        header_started: AtomicU64::new(u64::MAX),
-        in_flight: AtomicUsize::new(0),
-    });
     let io = TokioIo::new(Watched {
         inner: stream,
         activity: activity.clone(),
@@ -344,26 +402,17 @@ async fn serve_connection(stream: TcpStream, app: Router, limits: ConnLimits, st
             res
         }
     });
+    // No timer for hyper: the sweeper in `serve` keeps the header-read and idle timeouts.
     let mut builder = Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
+    builder.http1().keep_alive(true);
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     let mut stopping = false;
     loop {
-        // A head can begin while the watchdog sleeps towards the idle deadline: look at
-        // least four times per header-read timeout, so a head is cut within 1.25 of it.
-        let check = match verdict(&activity, &limits, activity.now()) {
-            Ok(after) => after.min(limits.header_read_timeout / 4),
-            Err(why) => {
-                // Stuck: dropping the connection closes the socket.
-                tracing::debug!(target: "diag::conn", "closing a connection: {why}");
-                return;
-            }
-        };
         tokio::select! {
             _ = conn.as_mut() => return,
-            () = tokio::time::sleep(check) => {}
+            // Stuck: dropping the connection closes the socket.
+            () = activity.stuck.notified() => return,
             () = stop.triggered(), if !stopping => {
                 if activity.in_flight.load(Ordering::Relaxed) == 0 {
                     // Idle, or a head still trickling in: nothing to finish, so nothing
@@ -382,12 +431,9 @@ mod tests {
     use super::*;
 
     fn activity(last_io: u64) -> Activity {
-        Activity {
-            origin: Instant::now(),
-            last_io: AtomicU64::new(last_io),
-            header_started: AtomicU64::new(u64::MAX),
-            in_flight: AtomicUsize::new(0),
-        }
+        let a = Activity::new();
+        a.last_io.store(last_io, Ordering::Relaxed);
+        a
     }
 
     #[test]
