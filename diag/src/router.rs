@@ -38,12 +38,20 @@ fn always() -> Result<(), String> {
 }
 
 fn cpu_available() -> Result<(), String> {
-    if cfg!(feature = "cpu") {
-        Ok(())
-    } else {
+    if !cfg!(feature = "cpu") {
         Err(CPU_MISSING.to_owned())
+    } else if !cfg!(all(
+        target_os = "linux",
+        any(target_arch = "x86_64", target_arch = "aarch64")
+    )) {
+        // The index says so too, not only the 501.
+        Err(CPU_UNSUPPORTED.to_owned())
+    } else {
+        Ok(())
     }
 }
+
+const CPU_UNSUPPORTED: &str = "CPU profiling needs Linux on x86_64 or aarch64 (diag's own      sampler: per-thread CPU timers and a frame-pointer walk); this build is for another      platform";
 
 fn trace_available() -> Result<(), String> {
     #[cfg(feature = "trace")]
