@@ -14,45 +14,15 @@ use testkit::{get, request};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Anonymous plus shared memory of this process, in KiB (`RssAnon + RssShmem`).
+/// Anonymous plus shared memory of this process, in KiB (`RssAnon + RssShmem`, read by
+/// `testkit::mem`). Its address is also this test's known program function.
+#[inline(never)]
 fn anon_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let field = |name: &str| -> u64 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap()
-    };
-    field("RssAnon:") + field("RssShmem:")
+    kib(testkit::mem::anon_mib(std::process::id()))
 }
 
-/// Samples [`anon_kib`] every 100 ms until dropped; `stop` returns the samples.
-struct Sampler {
-    on: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<Vec<u64>>,
-}
-
-impl Sampler {
-    fn start() -> Self {
-        let on = Arc::new(AtomicBool::new(true));
-        let flag = on.clone();
-        let thread = std::thread::spawn(move || {
-            let mut samples = Vec::new();
-            while flag.load(Ordering::Relaxed) {
-                samples.push(anon_kib());
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            samples
-        });
-        Self { on, thread }
-    }
-
-    fn stop(self) -> Vec<u64> {
-        self.on.store(false, Ordering::Relaxed);
-        self.thread.join().unwrap()
-    }
+fn kib(mib: f64) -> u64 {
+    (mib * 1024.0) as u64
 }
 
 fn median(mut v: Vec<u64>) -> u64 {
@@ -114,7 +84,7 @@ async fn memory_stays_bounded_under_new_addresses() {
     assert!(r.text().lines().count() > 1000, "{}", &r.text()[..200]);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let base = median((0..5).map(|_| anon_kib()).collect());
-    let sampler = Sampler::start();
+    let sampler = testkit::mem::Sampler::start(std::process::id(), Duration::from_millis(100));
     let started = Instant::now();
     for round in 1..400 {
         let t = Instant::now();
@@ -134,7 +104,7 @@ async fn memory_stays_bounded_under_new_addresses() {
     }
     let took = started.elapsed();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let samples = sampler.stop();
+    let samples: Vec<u64> = sampler.finish().into_iter().map(kib).collect();
     let peak = *samples.iter().max().unwrap();
     let after = median(samples[samples.len().saturating_sub(10)..].to_vec());
     eprintln!(
