@@ -20,6 +20,15 @@ for arg in "$@"; do
   esac
 done
 
+# A cold run builds every target once: incremental caches would only double the disk it
+# takes (about 9 GB here), and a full disk is what broke a CI run once (jemalloc's build
+# failed at 803 s). Set CARGO_INCREMENTAL=1 to keep them while iterating.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+free_gb=$(df -Pk . | awk 'NR==2 { printf "%d", $4 / 1048576 }')
+if [ "$free_gb" -lt 25 ]; then
+  echo "warning: ${free_gb} GB free on this disk; a cold run needs about 25 GB (target/)" >&2
+fi
+
 started=$(date +%s)
 declare -a summary=()
 step() {

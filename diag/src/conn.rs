@@ -227,7 +227,7 @@ fn sweep_stuck(watched: &Watchlist, limits: &ConnLimits) {
         let Some(a) = weak.upgrade() else {
             return false;
         };
-        if let Err(why) = verdict(&a, limits, a.now()) {
+        if let Some(why) = verdict(&a, limits, a.now()) {
             tracing::debug!(target: "diag::conn", "closing a connection: {why}");
             a.stuck.notify_one();
             return false;
@@ -362,26 +362,19 @@ impl Drop for InFlight {
     }
 }
 
-/// Why the watchdog closes a connection at `now`, or the time until it should look again.
-fn verdict(a: &Activity, limits: &ConnLimits, now: u64) -> Result<Duration, &'static str> {
+/// Why the watchdog closes a connection at `now`, if it should.
+fn verdict(a: &Activity, limits: &ConnLimits, now: u64) -> Option<&'static str> {
     let header = limits.header_read_timeout.as_millis() as u64;
     let idle = limits.idle_timeout.as_millis() as u64;
     let started = a.header_started.load(Ordering::Relaxed);
     if started != u64::MAX {
-        let waited = now.saturating_sub(started);
-        if waited >= header {
-            return Err("header read timeout");
-        }
-        return Ok(Duration::from_millis(header - waited));
+        return (now.saturating_sub(started) >= header).then_some("header read timeout");
     }
     if a.in_flight.load(Ordering::Relaxed) > 0 {
-        return Ok(limits.idle_timeout.min(limits.header_read_timeout));
+        return None;
     }
     let quiet = now.saturating_sub(a.last_io.load(Ordering::Relaxed));
-    if quiet >= idle {
-        return Err("idle timeout");
-    }
-    Ok(Duration::from_millis(idle - quiet))
+    (quiet >= idle).then_some("idle timeout")
 }
 
 async fn serve_connection(stream: TcpStream, app: Router, activity: Arc<Activity>, stop: Shutdown) {
@@ -440,14 +433,11 @@ mod tests {
     fn a_quiet_connection_without_requests_is_idle() {
         let limits = ConnLimits::new().with_idle_timeout(Duration::from_secs(1));
         let a = activity(100_000);
-        assert_eq!(
-            verdict(&a, &limits, 100_400),
-            Ok(Duration::from_millis(600))
-        );
-        assert_eq!(verdict(&a, &limits, 101_000), Err("idle timeout"));
+        assert_eq!(verdict(&a, &limits, 100_400), None);
+        assert_eq!(verdict(&a, &limits, 101_000), Some("idle timeout"));
         // A request in flight (a long profile) is never idle, however quiet.
         a.in_flight.store(1, Ordering::Relaxed);
-        assert!(verdict(&a, &limits, 200_000).is_ok());
+        assert_eq!(verdict(&a, &limits, 200_000), None);
     }
 
     #[test]
@@ -455,13 +445,10 @@ mod tests {
         let limits = ConnLimits::new().with_header_read_timeout(Duration::from_secs(2));
         let a = activity(100_000);
         a.header_started.store(99_000, Ordering::Relaxed);
-        assert_eq!(
-            verdict(&a, &limits, 100_000),
-            Ok(Duration::from_millis(1000))
-        );
-        assert_eq!(verdict(&a, &limits, 101_000), Err("header read timeout"));
+        assert_eq!(verdict(&a, &limits, 100_000), None);
+        assert_eq!(verdict(&a, &limits, 101_000), Some("header read timeout"));
         // Trickling bytes does not help: the clock runs from the head's first byte.
         a.last_io.store(101_000, Ordering::Relaxed);
-        assert_eq!(verdict(&a, &limits, 101_000), Err("header read timeout"));
+        assert_eq!(verdict(&a, &limits, 101_000), Some("header read timeout"));
     }
 }

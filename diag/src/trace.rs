@@ -237,8 +237,13 @@ impl Buffer {
 
     /// Empties the buffer and gives its memory back.
     fn clear(&mut self) {
-        self.records = Vec::new();
+        drop(self.take());
+    }
+
+    /// Takes the records out, leaving the buffer empty.
+    fn take(&mut self) -> Vec<Record> {
         self.bytes = 0;
+        std::mem::take(&mut self.records)
     }
 }
 
@@ -549,8 +554,7 @@ async fn run(d: &Diag, params: &Params) -> Result<Response, ApiError> {
     };
     drop(open);
     let end_us = now_us();
-    let records = std::mem::take(&mut Buffer::lock().records);
-    Buffer::lock().clear();
+    let records = Buffer::lock().take();
     let dropped = DROPPED.load(Ordering::Relaxed);
     let body = tokio::task::spawn_blocking(move || {
         render(&records, started, start_us, end_us, dropped, ended_early)

@@ -57,6 +57,7 @@ impl Image {
 
 /// Keeps the program's file mapped between passes (`true`) or maps it for each pass and
 /// unmaps it after (`false`, the default).
+#[cfg(feature = "bench")]
 pub(crate) fn keep_mapped(keep: bool) {
     KEEP_MAPPED.store(keep, Ordering::Relaxed);
 }
