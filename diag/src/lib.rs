@@ -66,6 +66,8 @@ pub mod criterion;
 mod error;
 #[cfg(any(feature = "cpu", feature = "heap", feature = "taskdump"))]
 mod flamegraph;
+#[cfg(test)]
+mod golden;
 #[cfg(feature = "heap")]
 mod heap;
 mod index;

@@ -58,7 +58,7 @@ static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
 
 /// One recorded thing, in microseconds since `ORIGIN`.
 #[derive(Debug)]
-enum Record {
+pub(crate) enum Record {
     /// A span's life: created, closed (an async slice, its own track).
     Span {
         id: u64,
@@ -557,7 +557,15 @@ async fn run(d: &Diag, params: &Params) -> Result<Response, ApiError> {
     let records = Buffer::lock().take();
     let dropped = DROPPED.load(Ordering::Relaxed);
     let body = tokio::task::spawn_blocking(move || {
-        render(&records, started, start_us, end_us, dropped, ended_early)
+        let program = std::env::args().next().unwrap_or_default();
+        let window = Window {
+            started,
+            start_us,
+            end_us,
+            dropped,
+            ended_early,
+        };
+        render(&records, &window, std::process::id(), &program)
     })
     .await
     .map_err(|e| ApiError::Internal(format!("building the trace failed: {e}")))?;
@@ -583,16 +591,28 @@ impl Drop for ReleaseOnDrop {
     }
 }
 
-fn render(
-    records: &[Record],
-    started: SystemTime,
-    start_us: f64,
-    end_us: f64,
-    dropped: u64,
-    ended_early: bool,
-) -> String {
+/// What a window was: when it started (wall clock, and the trace clock in microseconds),
+/// when it ended, what it dropped and whether shutdown ended it.
+#[derive(Debug)]
+pub(crate) struct Window {
+    pub(crate) started: SystemTime,
+    pub(crate) start_us: f64,
+    pub(crate) end_us: f64,
+    pub(crate) dropped: u64,
+    pub(crate) ended_early: bool,
+}
+
+/// The window's records as Chrome trace-event JSON, for the process `pid` running
+/// `program`.
+pub(crate) fn render(records: &[Record], window: &Window, pid: u32, program: &str) -> String {
     use serde_json::{Value, json};
-    let pid = std::process::id();
+    let Window {
+        started,
+        start_us,
+        end_us,
+        dropped,
+        ended_early,
+    } = *window;
     // Each event is written out as it is made, so the answer's peak memory is the text
     // itself, not a tree of every event beside it.
     let mut out = String::from("{\"traceEvents\":[");
@@ -606,7 +626,7 @@ fn render(
     let mut threads: BTreeMap<u64, &str> = BTreeMap::new();
     emit(
         json!({"ph": "M", "name": "process_name", "pid": pid, "tid": 0,
-        "args": {"name": std::env::args().next().unwrap_or_default()}}),
+        "args": {"name": program}}),
     );
     // Times relative to the window's start, in microseconds.
     let rel = |t: f64| ((t - start_us) * 1000.0).round() / 1000.0;

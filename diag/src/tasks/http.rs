@@ -15,6 +15,7 @@ use http::{HeaderValue, header};
 use super::dump::{self, Frame, Silence, TaskDump, Wait};
 use super::registry::{MAX_TRACED_TASKS, Outcome};
 use crate::error::ApiError;
+use crate::maps::ProcMapping;
 use crate::params::Params;
 use crate::proto::{self, ProfileBuilder};
 use crate::state::Diag;
@@ -279,7 +280,7 @@ fn render(dump: &TaskDump, debug: &str, min_interval: Duration, fresh: bool) -> 
         );
     }
     let mut res = match debug {
-        "0" => match to_proto(dump, &header_line) {
+        "0" => match to_proto(dump, &header_line, crate::maps::current()) {
             Ok(body) => (
                 [
                     (header::CONTENT_TYPE, "application/octet-stream"),
@@ -319,12 +320,17 @@ fn text(body: String) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
 }
 
-fn to_proto(dump: &TaskDump, comment: &str) -> std::io::Result<Vec<u8>> {
+/// The dump as a gzipped goroutine profile, its locations attributed to `mappings`.
+pub(crate) fn to_proto(
+    dump: &TaskDump,
+    comment: &str,
+    mappings: Vec<ProcMapping>,
+) -> std::io::Result<Vec<u8>> {
     let mut b = ProfileBuilder::new(
         &[("goroutine", "count")],
         ("goroutine", "count"),
         1,
-        crate::maps::current(),
+        mappings,
     );
     b.time(unix_nanos(dump.taken), dump.took.as_nanos() as i64);
     b.comment(comment);
@@ -352,7 +358,7 @@ fn push_frame(out: &mut String, f: &Frame) {
 }
 
 /// Go's `debug=1`: stacks grouped, most common first, `COUNT @ ADDRS` then the frames.
-fn to_grouped_text(dump: &TaskDump, header_line: &str) -> String {
+pub(crate) fn to_grouped_text(dump: &TaskDump, header_line: &str) -> String {
     let groups = grouped(dump);
     let mut out = format!(
         "{header_line}\ngoroutine profile: total {}\n",
@@ -422,7 +428,7 @@ fn secs(d: Duration) -> String {
 
 /// Go's `debug=2`: every task on its own, with its id, name, state and age, as Go's
 /// `goroutine 7 [chan receive, 2 minutes]:`.
-fn to_per_task_text(dump: &TaskDump, header_line: &str) -> String {
+pub(crate) fn to_per_task_text(dump: &TaskDump, header_line: &str) -> String {
     let mut out = format!("{header_line}\n");
     for t in &dump.tasks {
         let state = match t.outcome {

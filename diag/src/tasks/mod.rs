@@ -16,7 +16,7 @@
 //! libraries' tasks) and futures not wrapped; they run as before, unseen by dumps.
 
 pub(crate) mod dump;
-mod http;
+pub(crate) mod http;
 mod layer;
 pub(crate) mod registry;
 pub(crate) mod traced;
