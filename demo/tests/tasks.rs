@@ -195,9 +195,13 @@ async fn dumps_within_the_interval_are_served_again_with_their_age() {
         "{:?}",
         again.headers
     );
-    assert_eq!(again.header("x-diag-dump-age-seconds"), "1");
+    // At least the 1.1 s waited; more on a busy machine, never the 60 s of a fresh dump.
+    let age: u64 = again.header("x-diag-dump-age-seconds").parse().unwrap();
+    assert!((1..30).contains(&age), "age {age} s");
     assert!(
-        again.text().contains("(1 s ago; dumps at most every 60 s)"),
+        again
+            .text()
+            .contains(&format!("({age} s ago; dumps at most every 60 s)")),
         "{}",
         again.text()
     );
