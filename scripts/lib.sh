@@ -1,5 +1,5 @@
 # Shared by scripts/test.sh and scripts/overhead.sh (sourced, not run): installing the
-# Debian packages a script drives, when their command is missing.
+# Debian packages a script drives, when their command (or file) is missing.
 
 as_root() {
   if [ "$(id -u)" = 0 ]; then "$@"
@@ -9,10 +9,17 @@ as_root() {
 }
 
 apt_updated=0
-need_deb() { # need_deb COMMAND PACKAGE
-  command -v "$1" >/dev/null && return 0
+deb_present() { # a command on PATH, or (given as /an/absolute/path) a file
+  case "$1" in
+    /*) [ -e "$1" ] ;;
+    *) command -v "$1" >/dev/null ;;
+  esac
+}
+
+need_deb() { # need_deb COMMAND-OR-/PATH PACKAGE
+  deb_present "$1" && return 0
   echo "installing $2 (for $1)"
   if [ $apt_updated = 0 ]; then as_root apt-get update -qq; apt_updated=1; fi
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$2" >/dev/null
-  command -v "$1" >/dev/null || { echo "$2 did not provide $1" >&2; return 1; }
+  deb_present "$1" || { echo "$2 did not provide $1" >&2; return 1; }
 }

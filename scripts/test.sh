@@ -3,7 +3,8 @@
 # Installs what the tests drive for real (Debian's Go for `go tool pprof`, wrk,
 # Chromium with playwright-core for the browser test, tmux and tokio-console, a C
 # toolchain for jemalloc, kubernetes-validate and dockerfile from PyPI for the deployment
-# checks; podman, runc and debootstrap for the container check) when missing, and prints
+# checks; podman, runc and debootstrap for the container check; the aarch64 cross gcc and
+# libc, qemu-user and rustup's aarch64 target for the aarch64 run) when missing, and prints
 # how long each step took.
 #
 #   scripts/test.sh            everything
@@ -15,7 +16,7 @@ lint=1
 for arg in "$@"; do
   case "$arg" in
     --no-lint) lint=0 ;;
-    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
     *) echo "unknown argument: $arg (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -84,6 +85,9 @@ if [ $lint = 1 ]; then
   step "cargo clippy (unwinders)" cargo clippy -q --manifest-path benches/unwinders/Cargo.toml \
     --target-dir target/unwinders --all-targets -- -D warnings
   step "cargo fmt --check (unwinders)" cargo fmt --manifest-path benches/unwinders/Cargo.toml --check
+  step "cargo clippy (ring loom)" cargo clippy -q --manifest-path diag/loom/Cargo.toml \
+    --target-dir target/loom --release --all-targets -- -D warnings
+  step "cargo fmt --check (ring loom)" cargo fmt --manifest-path diag/loom/Cargo.toml --check
   step "cargo doc" env RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features
   # The one switched-off state that needs its own build: diag without its CPU backend.
   step "diag without default features" cargo clippy -p diag --no-default-features -- -D warnings
@@ -95,6 +99,68 @@ if [ $lint = 1 ]; then
 fi
 step "deployment files" python3 scripts/check_deploy.py
 step "cargo test" cargo test --workspace --all-features
+
+# The sample ring model-checked by loom (diag/loom: the ring's own source, built with loom's
+# atomics and cell; two producers and the drain on rings of 2 and 3 slots). Then each
+# deliberately weakened ring (a Release or Acquire made Relaxed, or unpublished slots
+# read) must be reported by loom as a data race: the model still has teeth.
+loom_ring() {
+  local loom=(--release --manifest-path diag/loom/Cargo.toml --target-dir target/loom)
+  cargo test -q "${loom[@]}" -- --nocapture
+  local m log=target/loom/mutant.log
+  for m in relaxed_publish relaxed_observe relaxed_free relaxed_check_free read_unpublished; do
+    if DIAG_LOOM_MUTANT=$m cargo test -q "${loom[@]}" a_full_ring >"$log" 2>&1; then
+      echo "the loom model passed with the ring weakened ($m): it no longer checks the ring" >&2
+      return 1
+    fi
+    if ! grep -q "Causality violation" "$log"; then
+      cat "$log" >&2
+      echo "the weakened ring ($m) failed for another reason than the data race" >&2
+      return 1
+    fi
+    echo "weakened ring ($m): loom reports $(grep -m1 -o 'Causality violation: [^.]*' "$log")"
+  done
+}
+step "ring under loom" loom_ring
+
+# diag's CPU engine cross-built for aarch64 (Debian's cross gcc and libc: jemalloc, a
+# dev-dependency, is C) and run under qemu-user: the engine's unit tests (the ring's among
+# them), and CPU profiles over HTTP that go tool pprof reads with the burning function in
+# them. qemu-user passes timer_create with SIGEV_THREAD_ID through to the host kernel, so
+# the per-thread CPU timers fire, but it is no faithful aarch64 machine, and five tests
+# are filtered out by name (the reasons are printed below): two compare the samples with
+# the process's CPU time from /proc/self/stat, whose CPU fields qemu-user reports as zero;
+# three count samples against floors sized for native speed, which emulation on a shared
+# machine missed. It also runs the guest with the host's (x86) memory ordering: the ring's
+# orderings are checked by loom above, not here.
+aarch64_engine() {
+  need_deb aarch64-linux-gnu-gcc gcc-aarch64-linux-gnu
+  need_deb /usr/aarch64-linux-gnu/lib/libc.so libc6-dev-arm64-cross
+  need_deb qemu-aarch64 qemu-user
+  rustup target list --installed | grep -qx aarch64-unknown-linux-gnu ||
+    rustup target add aarch64-unknown-linux-gnu
+  local arm=(-q -p diag --target aarch64-unknown-linux-gnu)
+  local cpu_time=(sampled_cpu_time_matches_the_cpu_time_used cpu_time_stays_honest_above_the_kernel_tick)
+  local counts=(folded_output_parses overlapping_profiles_share_the_sampler_and_each_gets_its_window
+    a_sample_inside_write_names_its_rust_caller)
+  local skip=() t
+  for t in "${cpu_time[@]}" "${counts[@]}"; do skip+=(--skip "$t"); done
+  (
+    export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
+    export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu"
+    export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
+    export AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar
+    cargo test "${arm[@]}" --lib cpu::engine
+    echo "skipped under qemu-aarch64: ${cpu_time[*]}: they compare the samples with the" \
+      "process's CPU time read from /proc/self/stat, whose CPU fields qemu-user reports as" \
+      "zero (\"the window's CPU 3.30 s, the whole request's 0.00 s\")"
+    echo "skipped under qemu-aarch64: ${counts[*]}: their floors (> 50 and > 40 samples" \
+      "in a 1 s window; 95 % of at least 20 samples) are sized for native speed; emulated on" \
+      "a shared 2-core machine they got 44, 8 to 32, and 23 of 25 (docs/internals.md, aarch64)"
+    cargo test "${arm[@]}" --test cpu -- "${skip[@]}"
+  )
+}
+step "aarch64 engine under qemu" aarch64_engine
 step "diag without features: the 501s" cargo test -q -p diag --no-default-features --test features
 step "cargo bench --no-run" cargo bench --workspace --no-run
 build_unwinder_benches() { # one build per unwinder: their pprof-rs features exclude each other

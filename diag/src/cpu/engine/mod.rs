@@ -27,14 +27,6 @@ mod ring;
     any(target_arch = "x86_64", target_arch = "aarch64")
 ))]
 mod ring_tests;
-/// The atomics `ring.rs` is built on (a model checker would give its own).
-#[cfg(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
-mod atomics {
-    pub(crate) use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-}
 #[cfg(all(
     target_os = "linux",
     any(target_arch = "x86_64", target_arch = "aarch64")

@@ -7,23 +7,93 @@
 //! free for that position, `p - i + 1` once a producer has published it, and becomes
 //! `p - i + N` (free for the next lap) when the consumer has read it. So `N` must be at
 //! least 2: with one slot, "published for `p`" and "free for `p + 1`" are the same word,
-//! and a producer would overwrite a sample not yet read (a loom model of a one-slot ring
-//! showed it; the constructors refuse `N < 2` at compile time).
+//! and a producer would overwrite a sample not yet read (the constructors refuse `N < 2`
+//! at compile time).
 //!
-//! A producer claims position `head` by compare-and-swap, but only if the slot is free
-//! for it; otherwise the ring is full and the sample is dropped and counted. It writes
-//! the sample with relaxed stores and publishes it with a `Release` store of the sequence
-//! word. The consumer reads the word with `Acquire` and skips slots claimed but not yet
-//! published (a producer interrupted mid-write, e.g. by another signal), coming back to
-//! them on its next pass. Nothing here blocks, allocates or calls the system.
+//! A producer claims position `head` by compare-and-swap, but only if the slot's word,
+//! read with `Acquire`, says it is free for it (which orders the consumer's last reads
+//! of the slot before the producer's writes); otherwise the ring is full and the sample
+//! is dropped and counted. It writes the sample into the slot's plain (non-atomic) cell
+//! and publishes it with a `Release` store of the sequence word. The consumer reads the
+//! word with `Acquire` and reads the cell only when the word says published, skipping
+//! slots claimed but not yet published (a producer interrupted mid-write, e.g. by
+//! another signal) and coming back to them on its next pass; it frees a slot with a
+//! `Release` store once it has copied it. Nothing here blocks, allocates or calls the
+//! system.
 //!
-//! The atomics come from the including module's `atomics` (std's here), and the ring's
-//! size and depth are parameters, so that a model checker can run this file on a small
-//! ring with its own atomics. (loom 0.7 was tried: its exploration misses interleavings
-//! where a thread loads an atomic before it compare-and-swaps it, which is how a
-//! producer claims a slot, so it could not check the claim; see docs/internals.md.)
+//! The atomics and the cell come from [`sync`]: std's, or loom's when built with
+//! `--cfg diag_loom` by the model-checking crate in `diag/loom`, which includes this very
+//! file. loom checks every access to the cell against the happens-before order its
+//! atomics build, so a publication or a free that does not order the writes and reads
+//! is reported as a data race (docs/internals.md, "The ring", has the mutants it
+//! catches).
 
-use super::atomics::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use sync::{AtomicU64, AtomicUsize, Ordering, UnsafeCell};
+
+/// The ring's atomics and cell: std's, or loom's under `--cfg diag_loom`. The orderings
+/// the protocol rests on are named here, so that the model-checking crate can weaken
+/// each one (`--cfg diag_loom_mutant="…"`) and show that its tests catch it.
+mod sync {
+    #[cfg(diag_loom)]
+    pub(crate) use loom::cell::UnsafeCell;
+    #[cfg(diag_loom)]
+    pub(crate) use loom::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    #[cfg(not(diag_loom))]
+    pub(crate) use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+    /// A producer publishes a written slot.
+    pub(crate) const PUBLISH: Ordering = if cfg!(diag_loom_mutant = "relaxed_publish") {
+        Ordering::Relaxed
+    } else {
+        Ordering::Release
+    };
+    /// The consumer reads a slot's word before reading its cell.
+    pub(crate) const OBSERVE: Ordering = if cfg!(diag_loom_mutant = "relaxed_observe") {
+        Ordering::Relaxed
+    } else {
+        Ordering::Acquire
+    };
+    /// The consumer frees a slot it has copied.
+    pub(crate) const FREE: Ordering = if cfg!(diag_loom_mutant = "relaxed_free") {
+        Ordering::Relaxed
+    } else {
+        Ordering::Release
+    };
+    /// A producer checks that a slot is free before claiming it.
+    pub(crate) const CHECK_FREE: Ordering = if cfg!(diag_loom_mutant = "relaxed_check_free") {
+        Ordering::Relaxed
+    } else {
+        Ordering::Acquire
+    };
+    /// The consumer reads slots whose word says published (the mutant also reads those
+    /// only claimed).
+    pub(crate) const SKIP_UNPUBLISHED: bool = !cfg!(diag_loom_mutant = "read_unpublished");
+
+    /// std's `UnsafeCell` with loom's access methods, so that one code path serves both.
+    #[cfg(not(diag_loom))]
+    #[derive(Debug)]
+    pub(crate) struct UnsafeCell<T>(std::cell::UnsafeCell<T>);
+
+    #[cfg(not(diag_loom))]
+    impl<T> UnsafeCell<T> {
+        #[allow(dead_code)]
+        pub(crate) const fn new(value: T) -> Self {
+            Self(std::cell::UnsafeCell::new(value))
+        }
+
+        /// Calls `f` with a pointer to read the value through.
+        #[inline(always)]
+        pub(crate) fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R {
+            f(self.0.get())
+        }
+
+        /// Calls `f` with a pointer to write the value through.
+        #[inline(always)]
+        pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+            f(self.0.get())
+        }
+    }
+}
 
 /// Frames kept per sample at most (deeper stacks are cut at the root end).
 pub(crate) const MAX_DEPTH: usize = 128;
@@ -34,31 +104,38 @@ pub(crate) const SLOTS: usize = 1024;
 /// pointer lay outside it: only the interrupted address was kept.
 pub(crate) const FLAG_IP_ONLY: u32 = 1;
 
+/// What a slot holds: written only by the producer that claimed it, read only by the
+/// consumer once published.
+struct Payload<const D: usize> {
+    header: Header,
+    depth: usize,
+    frames: [usize; D],
+}
+
 /// One slot, holding up to `D` frames.
 pub(crate) struct Slot<const D: usize> {
     seq: AtomicUsize,
-    tid: AtomicU32,
-    thread_slot: AtomicU32,
-    label: AtomicU32,
-    flags: AtomicU32,
-    depth: AtomicU32,
-    weight: AtomicU64,
-    sp: AtomicUsize,
-    frames: [AtomicUsize; D],
+    payload: UnsafeCell<Payload<D>>,
 }
 
+// SAFETY: the payload is accessed by one thread at a time, handed over through `seq`: the
+// producer that claimed the slot (by a compare-and-swap on the ring's head, only after an
+// `Acquire` read of `seq` saying "free for this lap", which the consumer stored with
+// `Release` after its last read) writes it, then publishes with `Release`; the consumer
+// reads it only after an `Acquire` read saying "published". The loom model in
+// `diag/loom` checks this.
+unsafe impl<const D: usize> Sync for Slot<D> {}
+
 impl<const D: usize> Slot<D> {
+    #[allow(dead_code)]
     fn new() -> Self {
         Self {
             seq: AtomicUsize::new(0),
-            tid: AtomicU32::new(0),
-            thread_slot: AtomicU32::new(0),
-            label: AtomicU32::new(0),
-            flags: AtomicU32::new(0),
-            depth: AtomicU32::new(0),
-            weight: AtomicU64::new(0),
-            sp: AtomicUsize::new(0),
-            frames: std::array::from_fn(|_| AtomicUsize::new(0)),
+            payload: UnsafeCell::new(Payload {
+                header: Header::default(),
+                depth: 0,
+                frames: [0; D],
+            }),
         }
     }
 }
@@ -113,13 +190,14 @@ impl<const N: usize, const D: usize> RingOf<N, D> {
     /// The empty ring on the heap, from zeroed memory: no page is touched until used.
     ///
     /// # Safety
-    /// The atomics must be valid when all-zero (std's are: an atomic integer of 0).
+    /// The atomics and cells must be valid when all-zero (std's are: integers of 0).
+    #[cfg(not(diag_loom))]
     pub(crate) unsafe fn boxed_zeroed() -> Box<Self> {
         const { assert!(N >= 2, "a ring needs at least two slots") };
         let layout = std::alloc::Layout::new::<Self>();
         // SAFETY: the caller vouches that all-zero is a valid, empty ring (sequence words,
-        // cursor and counters at 0); the pointer comes from the global allocator with
-        // this type's layout and is non-null.
+        // cursor, counters and payloads at 0); the pointer comes from the global allocator
+        // with this type's layout and is non-null.
         unsafe {
             let p = std::alloc::alloc_zeroed(layout) as *mut Self;
             if p.is_null() {
@@ -143,7 +221,7 @@ impl<const N: usize, const D: usize> RingOf<N, D> {
             let pos = self.head.load(Ordering::Relaxed);
             let i = pos % N;
             let slot = &self.slots[i];
-            if slot.seq.load(Ordering::Acquire) != pos.wrapping_sub(i) {
+            if slot.seq.load(sync::CHECK_FREE) != pos.wrapping_sub(i) {
                 break; // not yet read by the consumer: full
             }
             if self
@@ -177,23 +255,19 @@ impl<const N: usize, const D: usize> RingOf<N, D> {
         while pos != end {
             let i = pos % N;
             let slot = &self.slots[i];
-            let seq = slot.seq.load(Ordering::Acquire);
+            let seq = slot.seq.load(sync::OBSERVE);
             let base = pos.wrapping_sub(i);
-            if seq == base.wrapping_add(1) {
-                let depth = (slot.depth.load(Ordering::Relaxed) as usize).min(D);
-                for (d, f) in frames.iter_mut().zip(&slot.frames[..depth]) {
-                    *d = f.load(Ordering::Relaxed);
-                }
-                let header = Header {
-                    tid: slot.tid.load(Ordering::Relaxed),
-                    thread_slot: slot.thread_slot.load(Ordering::Relaxed),
-                    label: slot.label.load(Ordering::Relaxed),
-                    flags: slot.flags.load(Ordering::Relaxed),
-                    weight: slot.weight.load(Ordering::Relaxed),
-                    sp: slot.sp.load(Ordering::Relaxed),
-                };
+            if seq == base.wrapping_add(1) || (!sync::SKIP_UNPUBLISHED && seq == base) {
+                // SAFETY: "published" read with `Acquire`: the producer's writes happened
+                // before, and no producer writes this slot again until it is freed below.
+                let (header, depth) = slot.payload.with(|p| unsafe {
+                    let p = &*p;
+                    let depth = p.depth.min(D);
+                    frames[..depth].copy_from_slice(&p.frames[..depth]);
+                    (p.header, depth)
+                });
                 // Free the slot for the next lap before handing the copy on.
-                slot.seq.store(base.wrapping_add(N), Ordering::Release);
+                slot.seq.store(base.wrapping_add(N), sync::FREE);
                 read += 1;
                 f(Sample {
                     header,
@@ -214,23 +288,26 @@ impl<const N: usize, const D: usize> Claim<'_, N, D> {
     /// Writes frame `i` (ignored beyond the ring's depth).
     #[inline]
     pub(crate) fn frame(&self, i: usize, ip: usize) {
-        if let Some(f) = self.slot.frames.get(i) {
-            f.store(ip, Ordering::Relaxed);
+        if i < D {
+            // SAFETY: this claim is the slot's only writer and nobody reads it until it
+            // is published (see `Slot`'s `Sync`); `i` is in bounds, and the pointer is
+            // written through without making a reference to the whole payload.
+            self.slot.payload.with_mut(|p| unsafe {
+                (&raw mut (*p).frames).cast::<usize>().add(i).write(ip);
+            });
         }
     }
 
     /// Publishes the sample with `depth` frames written.
     pub(crate) fn publish(self, header: Header, depth: usize) {
         let s = self.slot;
-        s.tid.store(header.tid, Ordering::Relaxed);
-        s.thread_slot.store(header.thread_slot, Ordering::Relaxed);
-        s.label.store(header.label, Ordering::Relaxed);
-        s.flags.store(header.flags, Ordering::Relaxed);
-        s.weight.store(header.weight, Ordering::Relaxed);
-        s.sp.store(header.sp, Ordering::Relaxed);
-        s.depth.store(depth.min(D) as u32, Ordering::Relaxed);
+        // SAFETY: as in `frame`.
+        s.payload.with_mut(|p| unsafe {
+            (&raw mut (*p).header).write(header);
+            (&raw mut (*p).depth).write(depth.min(D));
+        });
         let i = self.pos % N;
         s.seq
-            .store(self.pos.wrapping_sub(i).wrapping_add(1), Ordering::Release);
+            .store(self.pos.wrapping_sub(i).wrapping_add(1), sync::PUBLISH);
     }
 }

@@ -3,7 +3,7 @@
 use super::ring::{Header, Ring, SLOTS};
 
 fn boxed() -> Box<Ring> {
-    // SAFETY: std's atomics are valid when zeroed.
+    // SAFETY: std's atomics and the plain integers of the payload are valid when zeroed.
     unsafe { Ring::boxed_zeroed() }
 }
 
