@@ -28,6 +28,11 @@ const RECORDER_TICK: Duration = Duration::from_millis(250);
 const RESCAN: Duration = Duration::from_millis(100);
 /// How often the executable mappings are re-read (libraries loaded since).
 const REMAP: Duration = Duration::from_secs(1);
+/// How often threads are listed while only the recorder samples: at each drain (a new
+/// thread's CPU before it is listed goes unrecorded).
+const RECORDER_RESCAN: Duration = RECORDER_TICK;
+/// How often the mappings are re-read while only the recorder samples.
+const RECORDER_REMAP: Duration = Duration::from_secs(10);
 /// Thread names remembered per session at most; later new names are counted under one.
 const MAX_NAMES: usize = 4096;
 
@@ -403,11 +408,16 @@ impl Engine {
             self.end_if_idle();
             return;
         }
-        if now.duration_since(s.last_remap) >= REMAP {
+        let (rescan, remap) = if s.readers.is_empty() {
+            (RECORDER_RESCAN, RECORDER_REMAP)
+        } else {
+            (RESCAN, REMAP)
+        };
+        if now.duration_since(s.last_remap) >= remap {
             s.last_remap = now;
             threads::publish_exec(&threads::read_maps());
         }
-        if now.duration_since(s.last_scan) >= RESCAN {
+        if now.duration_since(s.last_scan) >= rescan {
             s.last_scan = now;
             s.scan();
         }
