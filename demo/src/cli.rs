@@ -184,6 +184,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_recorder_flag_takes_a_duration_or_off() {
+        assert_eq!(
+            parse_recorder("10m"),
+            Ok(RecorderKeep(Some(Duration::from_secs(600))))
+        );
+        assert_eq!(parse_recorder("off"), Ok(RecorderKeep(None)));
+        assert_eq!(parse_recorder("0s"), Ok(RecorderKeep(None)));
+        assert!(parse_recorder("61m").unwrap_err().contains("1s to 60m"));
+        assert!(parse_recorder("500ms").is_err());
+        assert!(parse_recorder("soon").is_err());
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));

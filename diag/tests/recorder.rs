@@ -188,10 +188,13 @@ async fn more_than_kept_says_so_and_bad_values_are_400s() {
     let (_serial, addr, shutdown) = server(rec).await;
     let on = Arc::new(AtomicBool::new(true));
     let flag = on.clone();
+    // Under labels: a profile of the past carries them as a live one does.
     let burner = std::thread::spawn(move || {
-        while flag.load(Ordering::Relaxed) {
-            std::hint::black_box(spin_cpu(100_000));
-        }
+        diag::labels::with(diag::labels::LabelSet::new([("job", "spinner")]), || {
+            while flag.load(Ordering::Relaxed) {
+                std::hint::black_box(spin_cpu(100_000));
+            }
+        })
     });
     tokio::time::sleep(Duration::from_secs(4)).await;
 
@@ -230,6 +233,28 @@ async fn more_than_kept_says_so_and_bad_values_are_400s() {
     assert!(r.text().contains("spin_cpu"), "{}", r.text());
     assert!(r.header("x-diag-recorder-short").is_empty());
     assert!(r.header("x-diag-recorded").contains(" to "));
+
+    let r = get(&format!(
+        "http://{addr}/debug/pprof/profile?since=30&format=folded&tagroot=job"
+    ))
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert!(
+        r.text()
+            .lines()
+            .any(|l| l.starts_with("job=spinner;") && l.contains("spin_cpu")),
+        "{}",
+        r.text()
+    );
+    let tags = go_pprof_async(vec![
+        "-tags".into(),
+        format!("http://{addr}/debug/pprof/profile?since=30"),
+    ])
+    .await;
+    assert!(
+        tags.contains("job: Total") && tags.contains("spinner"),
+        "{tags}"
+    );
 
     let r = get(&format!(
         "http://{addr}/debug/pprof/profile?since=30&format=svg"
