@@ -227,7 +227,7 @@ impl fmt::Debug for Config {
 /// The always-on CPU recorder's settings ([`Config::with_cpu_recorder`]): how far back it
 /// keeps, how often it samples, and how finely it divides time.
 ///
-/// Memory is bounded whatever the load: stacks are interned once in a table capped at 6
+/// Memory is bounded whatever the load: stacks are interned once in a table capped at 5
 /// MiB of addresses, and each bucket holds only (stack id, thread, label, count, CPU
 /// time) entries. See docs/performance.md for what 10 minutes cost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

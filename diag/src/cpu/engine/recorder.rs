@@ -18,9 +18,9 @@ use super::{
     Sample, Window,
 };
 
-/// Frames the recorder may make the stack table hold (6 MiB of addresses): past it, a
+/// Frames the recorder may make the stack table hold (5 MiB of addresses): past it, a
 /// sample on a stack not yet known is counted as lost.
-pub(crate) const MAX_FRAMES: usize = 6 * 1024 * 1024 / std::mem::size_of::<usize>();
+pub(crate) const MAX_FRAMES: usize = 5 * 1024 * 1024 / std::mem::size_of::<usize>();
 
 /// One (stack, thread, label) of a closed bucket.
 #[derive(Debug, Clone, Copy)]
