@@ -5,7 +5,7 @@
 #   scripts/overhead.sh            the full run (about 20 minutes; progress is printed)
 #   scripts/overhead.sh --quick    a few seconds per part: proves the script works end to end
 #   scripts/overhead.sh --rounds N N alternations per overhead pair instead of 10
-#   scripts/overhead.sh --parts "5 6"  only these parts (0 1 2 3 5 6 7; 3 covers 4)
+#   scripts/overhead.sh --parts "5 6"  only these parts (0 1 2 3 5 6 7 8; 3 covers 4)
 #
 # Measures, printing a summary at the end (docs/performance.md quotes it):
 #  0. what diag costs while nobody profiles: the server's CPU time per request under wrk
@@ -30,7 +30,11 @@
 #     request with the layer installed and idle (B) against without it (A,
 #     `--no-trace-layer`), two processes of the same binary, alternated;
 #  7. what an open /trace window costs: the same CPU per request while a window spans the
-#     wrk run (B) against none (A), in one process, alternated.
+#     wrk run (B) against none (A), in one process, alternated;
+#  8. what the always-on CPU recorder costs (19 Hz, 10 minutes kept): the same CPU per
+#     request with it on (B, `--cpu-recorder 10m`) against off (A), two processes of the
+#     same binary, alternated (only with --parts 8). Every other part runs the demo with
+#     the recorder off (DEMO_CPU_RECORDER=off), so their figures keep their meaning.
 # Traffic goes to 127.0.0.1 only, bounded in time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -75,7 +79,7 @@ peer=../shared/peers/go-counter
 
 # Rough minutes per part at 10 rounds of 3 s (part 2 and 3 do not depend on rounds).
 estimate=$(python3 -c "
-per = {'0': 2.2, '1': 4.5, '2': 1.2, '3': 2.0, '5': 3.5, '6': 2.2, '7': 3.0}
+per = {'0': 2.2, '1': 4.5, '2': 1.2, '3': 2.0, '5': 3.5, '6': 2.2, '7': 3.0, '8': 2.2}
 fixed = {'2', '3'}
 total = sum(per[p] * (1 if p in fixed else $rounds / 10) * ($run_s / 3 if p not in fixed else 1)
             for p in '$parts'.split() if p in per)
@@ -89,6 +93,8 @@ cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 rss() { awk '/^RssAnon/{a=$2} /^RssFile/{f=$2} END{printf "%d MiB (%d anonymous + %d file-backed)", (a+f)/1024, a/1024, f/1024}' "/proc/$1/status"; }
 wait_http() { for _ in $(seq 100); do curl -sf -o /dev/null "$1" && return 0; sleep 0.05; done; echo "no answer from $1" >&2; exit 1; }
 
+# The demo's recorder is on by default; the parts measure without it unless they say.
+export DEMO_CPU_RECORDER=${DEMO_CPU_RECORDER:-off}
 start_demo() { # [PORT DIAG_PORT|main|off [MALLOC_CONF [FLAG...]]]
   local port=${1:-$demo_port} diag=${2:-$demo_diag} conf=${3:-}
   shift $(( $# < 3 ? $# : 3 ))
@@ -279,12 +285,23 @@ window_events=$(python3 -c "import json,sys; d=json.load(open(sys.argv[1])); pri
 kill $pid_w; wait $pid_w 2>/dev/null || true
 fi
 
+if want 8; then
+echo; echo "== 8. the CPU recorder on (B) against off (A), $rounds alternations"
+start_demo 18088 16068; pid_a=$demo_pid; port_a=18088
+start_demo 18089 16069 "" --cpu-recorder 10m; pid_b=$demo_pid; port_b=18089
+index=$(curl -sf "http://127.0.0.1:16069/debug/pprof/")
+case $index in *"The CPU recorder is on"*) ;; *) echo "part 8: the recorder is not on in B" >&2; exit 1 ;; esac
+heap_pair "recorder demo /" "/"
+heap_pair "recorder demo /work?n=$work_n" "/work?n=$work_n"
+kill $pid_a $pid_b; wait $pid_a $pid_b 2>/dev/null || true
+fi
+
 echo; echo "================ summary ================"
 echo "machine: $(nproc) cores, $(uname -r), CONFIG_HZ $(zcat /proc/config.gz 2>/dev/null | sed -n 's/^CONFIG_HZ=//p')"
 echo "overhead (server CPU per request B / A: demo/go = a CPU profile running / none;"
 echo "  diag-idle = diag mounted and idle / not mounted;"
 echo "  heap-prof = jemalloc profiling active / inactive; trace-layer = installed and idle / absent;"
-echo "  trace-window = a /trace window open / none;"
+echo "  trace-window = a /trace window open / none; recorder = the CPU recorder on / off;"
 echo "  median of $rounds pairs [min, max]; throughput A -> B):"
 for f in "$out"/overhead-*[!e]; do
   [ -s "$f" ] || continue

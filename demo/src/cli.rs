@@ -48,6 +48,11 @@ pub struct Args {
     /// last dump is served again. `0s` dumps on every request.
     #[arg(long, env = "DEMO_DUMP_INTERVAL", default_value = "60s", value_parser = parse_duration)]
     pub dump_interval: Duration,
+    /// Keep the last stretch of CPU samples in memory (diag's always-on recorder, 19 Hz):
+    /// `/debug/pprof/profile?since=300` then answers at once with the last 5 minutes.
+    /// `0s` or `off` turns it off. At most 60m.
+    #[arg(long, env = "DEMO_CPU_RECORDER", default_value = "10m", value_parser = parse_recorder)]
+    pub cpu_recorder: RecorderKeep,
     /// Async worker threads of the runtime (default: one per CPU).
     #[arg(long, env = "DEMO_WORKER_THREADS", value_parser = clap::value_parser!(usize))]
     pub worker_threads: Option<usize>,
@@ -135,6 +140,27 @@ pub enum LogFormat {
     Json,
 }
 
+/// How far back `--cpu-recorder` keeps (`None`: off).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecorderKeep(pub Option<Duration>);
+
+/// `--cpu-recorder`: a duration of 1 s to 60 m, or `off` / `0s` for none.
+pub(crate) fn parse_recorder(s: &str) -> Result<RecorderKeep, String> {
+    if s.trim() == "off" {
+        return Ok(RecorderKeep(None));
+    }
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Ok(RecorderKeep(None));
+    }
+    if d < Duration::from_secs(1) || d > diag::CpuRecorder::MAX_KEEP {
+        return Err(format!(
+            "{s:?}: the recorder keeps from 1s to 60m (or `off`)"
+        ));
+    }
+    Ok(RecorderKeep(Some(d)))
+}
+
 /// Parses `250ms`, `10s`, `2m` or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -156,6 +182,19 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_recorder_flag_takes_a_duration_or_off() {
+        assert_eq!(
+            parse_recorder("10m"),
+            Ok(RecorderKeep(Some(Duration::from_secs(600))))
+        );
+        assert_eq!(parse_recorder("off"), Ok(RecorderKeep(None)));
+        assert_eq!(parse_recorder("0s"), Ok(RecorderKeep(None)));
+        assert!(parse_recorder("61m").unwrap_err().contains("1s to 60m"));
+        assert!(parse_recorder("500ms").is_err());
+        assert!(parse_recorder("soon").is_err());
+    }
 
     #[test]
     fn durations() {

@@ -104,6 +104,9 @@ async fn run(args: Args, console: Option<diag::ConsoleServer>) -> Result<ExitCod
     if let Some(at) = console_addr {
         cfg = cfg.with_console_addr(at.to_string());
     }
+    if let Some(keep) = args.cpu_recorder.0 {
+        cfg = cfg.with_cpu_recorder(diag::CpuRecorder::new(keep));
+    }
     let state = AppState::start(args.options()?).await;
     let (hold_cap_mb, hold_cap) = state.hold_cap();
     tracing::info!(

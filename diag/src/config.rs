@@ -37,6 +37,8 @@ pub struct Config {
     pub(crate) app_runtime: Option<tokio::runtime::Handle>,
     /// The sidecar's connection limits.
     pub(crate) conn_limits: crate::conn::ConnLimits,
+    /// The always-on CPU recorder, when on.
+    pub(crate) cpu_recorder: Option<CpuRecorder>,
 }
 
 impl Config {
@@ -67,6 +69,7 @@ impl Config {
             shutdown: Shutdown::new(),
             console_addr: None,
             conn_limits: crate::conn::ConnLimits::new(),
+            cpu_recorder: None,
         }
     }
 
@@ -149,6 +152,28 @@ impl Config {
         self
     }
 
+    /// Turns on the always-on CPU recorder: diag samples the process's CPU continuously
+    /// at a low rate and keeps the last minutes, which `/profile?since=SECONDS` (or
+    /// `start`/`end`) answers at once. Off unless set. It stops when the
+    /// [`Shutdown`] diag watches is triggered. One recorder runs per process: a later
+    /// router built with one replaces it.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let cfg = diag::Config::new()
+    ///     .with_cpu_recorder(diag::CpuRecorder::new(Duration::from_secs(600)));
+    /// assert_eq!(cfg.cpu_recorder().map(|r| r.frequency()), Some(19));
+    /// ```
+    pub fn with_cpu_recorder(mut self, recorder: CpuRecorder) -> Self {
+        self.cpu_recorder = Some(recorder);
+        self
+    }
+
+    /// The CPU recorder's settings, when it is on.
+    pub fn cpu_recorder(&self) -> Option<&CpuRecorder> {
+        self.cpu_recorder.as_ref()
+    }
+
     /// The prefix the endpoints are served under (`""` for the root).
     pub fn prefix(&self) -> &str {
         &self.prefix
@@ -194,7 +219,78 @@ impl fmt::Debug for Config {
             .field("min_dump_interval", &self.min_dump_interval)
             .field("app_runtime", &self.app_runtime.is_some())
             .field("conn_limits", &self.conn_limits)
+            .field("cpu_recorder", &self.cpu_recorder)
             .finish_non_exhaustive()
+    }
+}
+
+/// The always-on CPU recorder's settings ([`Config::with_cpu_recorder`]): how far back it
+/// keeps, how often it samples, and how finely it divides time.
+///
+/// Memory is bounded whatever the load: stacks are interned once in a table capped at 5
+/// MiB of addresses, and each bucket holds only (stack id, thread, label, count, CPU
+/// time) entries. See docs/performance.md for what 10 minutes cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuRecorder {
+    keep: Duration,
+    frequency: u32,
+    bucket: Duration,
+}
+
+impl CpuRecorder {
+    /// How far back the recorder keeps unless told otherwise.
+    pub const DEFAULT_KEEP: Duration = Duration::from_secs(600);
+    /// The longest it may keep.
+    pub const MAX_KEEP: Duration = Duration::from_secs(3600);
+    /// Samples per second of each thread's CPU time (as Parca's agent: low, and prime so
+    /// it does not beat against periodic work).
+    pub const DEFAULT_FREQUENCY: u32 = 19;
+    /// The length of a bucket unless told otherwise: the finest time a stretch can pick.
+    pub const DEFAULT_BUCKET: Duration = Duration::from_secs(1);
+    /// The shortest bucket.
+    pub const MIN_BUCKET: Duration = Duration::from_millis(10);
+
+    /// A recorder keeping the last `keep` (1 s to [`CpuRecorder::MAX_KEEP`]) at 19 Hz in
+    /// buckets of 1 s.
+    pub fn new(keep: Duration) -> Self {
+        Self {
+            keep: keep.clamp(Duration::from_secs(1), Self::MAX_KEEP),
+            frequency: Self::DEFAULT_FREQUENCY,
+            bucket: Self::DEFAULT_BUCKET,
+        }
+    }
+
+    /// Samples at `frequency` Hz (1 to 1000) instead of 19.
+    pub fn with_frequency(mut self, frequency: u32) -> Self {
+        self.frequency = frequency.clamp(1, 1000);
+        self
+    }
+
+    /// Divides time into buckets of `bucket` ([`CpuRecorder::MIN_BUCKET`] to 1 s).
+    pub fn with_bucket(mut self, bucket: Duration) -> Self {
+        self.bucket = bucket.clamp(Self::MIN_BUCKET, Self::DEFAULT_BUCKET);
+        self
+    }
+
+    /// How far back it keeps.
+    pub fn keep(&self) -> Duration {
+        self.keep
+    }
+
+    /// Its sampling rate, in Hz.
+    pub fn frequency(&self) -> u32 {
+        self.frequency
+    }
+
+    /// The length of its buckets.
+    pub fn bucket(&self) -> Duration {
+        self.bucket
+    }
+}
+
+impl Default for CpuRecorder {
+    fn default() -> Self {
+        Self::new(Self::DEFAULT_KEEP)
     }
 }
 

@@ -15,7 +15,7 @@ pub const DEFAULT_BENCH_FREQUENCY: u32 = 999;
 /// While criterion profiles a benchmark (`--profile-time`), diag samples the whole process
 /// and, when it stops, writes `flamegraph.svg` and `profile.pb.gz` into the benchmark's
 /// directory (`target/criterion/<group>/<benchmark>/profile/`). A recording that cannot
-/// start (another sampler at another frequency) is reported on stderr and skipped; it
+/// start (the sampler could not set up its timers) is reported on stderr and skipped; it
 /// never panics in the middle of a benchmark run.
 ///
 /// ```no_run

@@ -72,12 +72,13 @@ fn page(d: &Diag, host: &str) -> String {
                 let _ = writeln!(
                     html,
                     "<p>A CPU profile is running at {hz} Hz for {readers} reader(s) until {}. \
-                     Others may share it at the same frequency.</p>",
+                     Others may join it at any frequency.</p>",
                     crate::util::utc(until)
                 );
             }
             None => html.push_str("<p>No CPU profile is running.</p>\n"),
         }
+        html.push_str(&recorder_line(cfg.cpu_recorder().is_some()));
     }
     html.push_str("<h2>Use it</h2>\n<pre>");
     let mut cmds = vec![
@@ -162,6 +163,29 @@ fn page(d: &Diag, host: &str) -> String {
     }
     html.push_str("</body></html>\n");
     html
+}
+
+/// Whether the CPU recorder runs, at what rate, how far back it reaches and what it holds.
+#[cfg(feature = "cpu")]
+fn recorder_line(configured: bool) -> String {
+    match crate::cpu::recorder_status() {
+        Some(r) => format!(
+            "<p>The CPU recorder is on: {} Hz, keeping the last {} s (it reaches back {} s now; \
+             {} stacks, {:.1} MiB). Ask for the past with <code>profile?since=SECONDS</code> \
+             or <code>profile?start=T&amp;end=T</code>.</p>\n",
+            r.frequency,
+            r.keep.as_secs(),
+            r.reaches_back.as_secs(),
+            r.stacks,
+            r.bytes as f64 / (1024.0 * 1024.0),
+        ),
+        None if configured => "<p>The CPU recorder is configured but not running (stopped by \
+                               shutdown, or it could not start: see the logs).</p>\n"
+            .to_owned(),
+        None => "<p>The CPU recorder is off (turn it on with \
+                 <code>Config::with_cpu_recorder</code>).</p>\n"
+            .to_owned(),
+    }
 }
 
 #[cfg(test)]

@@ -106,7 +106,7 @@ mod wall;
 #[doc = include_str!("../../docs/guide.md")]
 mod guide {}
 
-pub use config::{Config, TOKEN_ENV};
+pub use config::{Config, CpuRecorder, TOKEN_ENV};
 #[cfg(feature = "console")]
 pub use console::{
     ConsoleError, ConsoleLayer, ConsoleServer, DEFAULT_CONSOLE_ADDR, DEFAULT_RETENTION, console,

@@ -181,6 +181,8 @@ where
     S: Clone + Send + Sync + 'static,
 {
     let diag = Diag::new(cfg);
+    #[cfg(feature = "cpu")]
+    crate::cpu::start_recorder(diag.cfg());
     let prefix = diag.cfg().prefix().to_owned();
     let at = |path: &str| format!("{prefix}/{path}");
     let mut r: Router<Diag> = Router::new()

@@ -223,38 +223,76 @@ async fn overlapping_profiles_share_the_sampler_and_each_gets_its_window() {
     assert!(s > 40 && s * 2 < l, "short {s} samples, long {l}");
 }
 
+/// `go tool pprof -top`'s "Total samples" of a proto profile, in seconds of CPU.
+fn total_cpu_seconds(body: &[u8], name: &str) -> f64 {
+    let dir = temp_dir(name);
+    let file = dir.join("cpu.pb.gz");
+    std::fs::write(&file, body).unwrap();
+    let top = go_pprof(&["-top", file.to_str().unwrap()]);
+    let total = top
+        .lines()
+        .find_map(|l| l.split("Total samples = ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no total in:\n{top}"));
+    match total.strip_suffix("ms") {
+        Some(ms) => ms.parse::<f64>().unwrap() / 1000.0,
+        None => total.trim_end_matches('s').parse().unwrap(),
+    }
+}
+
+/// One sampler for all rates: readers at 19, 99 and 999 Hz over the same window all
+/// answer, and each one's CPU time is the same (each sample weighs its own timer's
+/// period), though they hold very different numbers of samples.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn another_frequency_while_shared_is_a_409_then_works_after() {
+async fn overlapping_readers_at_19_99_and_999_hz_agree_on_cpu_time() {
     let (_serial, addr) = server().await;
-    let running = tokio::spawn(async move {
-        get(&format!(
-            "http://{addr}/debug/pprof/profile?seconds=2&frequency=49&format=folded"
-        ))
-        .await
-    });
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let r = get(&format!(
-        "http://{addr}/debug/pprof/profile?seconds=1&frequency=99"
+    let on = burners(2);
+    // Warm the symbolizer so that the three windows end close together.
+    let warm = get(&format!(
+        "http://{addr}/debug/pprof/profile?seconds=1&format=folded"
     ))
     .await;
-    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
-    assert_eq!(r.header("x-go-pprof"), "1");
-    let text = r.text();
-    assert!(text.contains("frequency=49"), "{text}");
-    assert!(text.contains(" UTC"), "{text}");
-    // The same frequency shares.
-    let r = get(&format!(
-        "http://{addr}/debug/pprof/profile?seconds=1&frequency=49&format=folded"
-    ))
-    .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-    assert_eq!(running.await.unwrap().status, StatusCode::OK);
-    // Once every reader has left, any frequency starts at once.
-    let r = get(&format!(
-        "http://{addr}/debug/pprof/profile?seconds=1&frequency=99&format=folded"
-    ))
-    .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(warm.status, StatusCode::OK, "{}", warm.text());
+    let readers: Vec<_> = [19, 99, 999]
+        .into_iter()
+        .map(|hz| {
+            tokio::spawn(async move {
+                let r = get(&format!(
+                    "http://{addr}/debug/pprof/profile?seconds=5&frequency={hz}"
+                ))
+                .await;
+                (hz, r)
+            })
+        })
+        .collect();
+    let mut cpu = Vec::new();
+    for reader in readers {
+        let (hz, r) = reader.await.unwrap();
+        assert_eq!(r.status, StatusCode::OK, "{hz} Hz: {}", r.text());
+        let samples: i64 = r.header("x-diag-samples").parse().unwrap();
+        let used: f64 = r.header("x-diag-cpu-seconds").parse().unwrap();
+        let sampled =
+            tokio::task::spawn_blocking(move || total_cpu_seconds(&r.body, &format!("rates-{hz}")))
+                .await
+                .unwrap();
+        eprintln!("{hz} Hz: {samples} samples, {sampled:.2} s of CPU of {used:.2} s used");
+        // The same floor as the fidelity test's: each reader's CPU time is true.
+        assert!(
+            sampled >= 0.8 * used,
+            "{hz} Hz: sampled {sampled:.2} s of {used:.2} s"
+        );
+        cpu.push(sampled);
+    }
+    on.store(false, Ordering::Relaxed);
+    let (lo, hi) = (
+        cpu.iter().copied().fold(f64::MAX, f64::min),
+        cpu.iter().copied().fold(0.0, f64::max),
+    );
+    assert!(lo > 0.5, "two burners for 5 s sampled as {cpu:?} s");
+    assert!(
+        hi <= lo * 1.10,
+        "cpu/nanoseconds differ by more than 10 %: {cpu:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -266,9 +304,26 @@ async fn a_client_that_disconnects_gives_up_its_share_at_once() {
     );
     stream.write_all(head.as_bytes()).unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        get(&format!("http://{addr}/debug/pprof/"))
+            .await
+            .text()
+            .contains("A CPU profile is running at 49 Hz for 1 reader(s)")
+    );
     drop(stream);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    // Had the 60 s reader stayed, this would be a 409 (the sampler runs at 49 Hz).
+    // Had the 60 s reader stayed, the sampler would run for another minute.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !get(&format!("http://{addr}/debug/pprof/"))
+        .await
+        .text()
+        .contains("No CPU profile is running")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reader stayed after its client left"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let r = get(&format!(
         "http://{addr}/debug/pprof/profile?seconds=1&frequency=99&format=folded"
     ))

@@ -38,6 +38,9 @@ const NAMES: &[&str] = &[
     "force",
     "hz",
     "sample_index",
+    "since",
+    "start",
+    "end",
     "x",
     "",
 ];

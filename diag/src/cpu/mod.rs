@@ -2,6 +2,7 @@
 //! diag's own engine (`engine/`, no HTTP in it); this file turns its windows into answers.
 
 pub(crate) mod engine;
+mod past;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -34,7 +35,23 @@ pub(crate) const DEFAULT_FREQUENCY: u32 = 99;
 /// and weigh the sample that carries them.
 pub(crate) const MAX_FREQUENCY: u32 = 1000;
 
-pub(crate) use engine::{install_handler, running};
+pub(crate) use engine::{install_handler, recorder_status, running};
+
+/// Starts the always-on recorder when `cfg` asks for one; it stops with `cfg`'s shutdown.
+pub(crate) fn start_recorder(cfg: &crate::Config) {
+    let Some(r) = cfg.cpu_recorder() else {
+        return;
+    };
+    let shutdown = cfg.shutdown().clone();
+    engine::start_recorder(
+        engine::RecorderSettings {
+            frequency: r.frequency(),
+            keep: r.keep(),
+            bucket: r.bucket(),
+        },
+        Box::new(move || shutdown.is_triggered()),
+    );
+}
 
 /// `GET /profile?seconds=N&frequency=HZ&format=proto|svg|folded&tagroot=KEY[,KEY]`.
 pub(crate) async fn profile(State(d): State<Diag>, RawQuery(q): RawQuery) -> Response {
@@ -85,6 +102,27 @@ async fn respond(d: Diag, params: Params, format: &'static str, download: bool) 
             if profile.ended_early {
                 h.insert("x-diag-ended-early", HeaderValue::from_static("shutdown"));
             }
+            if let Some(past) = &profile.recorded {
+                let end = profile.start + profile.duration;
+                if let Ok(v) =
+                    HeaderValue::from_str(&format!("{} to {}", utc(profile.start), utc(end)))
+                {
+                    h.insert("x-diag-recorded", v);
+                }
+                if let Some(asked) = past.asked_from {
+                    if let Ok(v) = HeaderValue::from_str(&format!(
+                        "asked from {}, kept from {} ({:.0} s)",
+                        utc(asked),
+                        utc(past.kept_from),
+                        SystemTime::now()
+                            .duration_since(past.kept_from)
+                            .unwrap_or_default()
+                            .as_secs_f64()
+                    )) {
+                        h.insert("x-diag-recorder-short", v);
+                    }
+                }
+            }
             res
         }
         Err(e) => e.into_response(),
@@ -96,11 +134,20 @@ async fn run(
     params: &Params,
     format: &'static str,
 ) -> Result<(Vec<u8>, CpuProfile), ApiError> {
-    let seconds = d.seconds(params, DEFAULT_SECONDS)?;
-    let frequency = params.int_in("frequency", DEFAULT_FREQUENCY, 1, MAX_FREQUENCY)?;
+    let stretch = past::stretch(params)?;
+    let (seconds, frequency) = match stretch {
+        None => (
+            d.seconds(params, DEFAULT_SECONDS)?,
+            params.int_in("frequency", DEFAULT_FREQUENCY, 1, MAX_FREQUENCY)?,
+        ),
+        Some(_) => (0, 0),
+    };
     let tagroot = tagroot(params, format)?;
     let _permit = d.heavy()?;
-    let capture = capture(d, Duration::from_secs(seconds), frequency).await?;
+    let capture = match stretch {
+        None => capture(d, Duration::from_secs(seconds), frequency).await?,
+        Some(stretch) => past::capture(stretch, d.cfg().cpu_recorder().is_some()).await?,
+    };
     tokio::task::spawn_blocking(move || {
         let mut profile = CpuProfile::resolve(capture);
         profile.tagroot = tagroot;
@@ -159,22 +206,22 @@ fn tagroot(params: &Params, format: &str) -> Result<Vec<String>, ApiError> {
 struct Capture {
     window: Window,
     ended_early: bool,
+    /// When the window comes from the recorder: what it kept.
+    recorded: Option<Past>,
+}
+
+/// What the recorder kept of a stretch asked.
+#[derive(Debug, Clone, Copy)]
+struct Past {
+    /// The start of the oldest sample kept.
+    kept_from: SystemTime,
+    /// When the stretch asked began before that: its start.
+    asked_from: Option<SystemTime>,
 }
 
 /// The answer an engine error gets.
 fn engine_error(e: EngineError) -> ApiError {
     match e {
-        EngineError::OtherFrequency { running, until } => {
-            let left = until
-                .duration_since(SystemTime::now())
-                .unwrap_or(Duration::ZERO)
-                .as_secs();
-            ApiError::Conflict(format!(
-                "cpu profiling already in use at frequency={running} Hz until {} ({left} s from now); \
-                 ask for frequency={running} to share it, or retry once it ends",
-                utc(until)
-            ))
-        }
         EngineError::Unsupported => ApiError::NotImplemented(e.to_string()),
         EngineError::Start(_) | EngineError::Lost => ApiError::Internal(e.to_string()),
     }
@@ -195,6 +242,7 @@ async fn capture(d: &Diag, window: Duration, frequency: u32) -> Result<Capture, 
     Ok(Capture {
         window,
         ended_early,
+        recorded: None,
     })
 }
 
@@ -213,9 +261,6 @@ impl Recording {
     pub(crate) fn start(frequency: u32) -> Result<Recording, String> {
         match engine::join_blocking(frequency, Duration::from_secs(3600)) {
             Ok(lease) => Ok(Recording { lease }),
-            Err(EngineError::OtherFrequency { running, .. }) => Err(format!(
-                "the CPU sampler already runs at {running} Hz in this process"
-            )),
             Err(e) => Err(e.to_string()),
         }
     }
@@ -230,12 +275,14 @@ impl Recording {
                 start: now,
                 end: now,
                 frequency,
+                peak_frequency: frequency,
                 losses: Losses::default(),
             }
         });
         CpuProfile::resolve(Capture {
             window,
             ended_early: false,
+            recorded: None,
         })
     }
 }
@@ -253,12 +300,16 @@ pub(crate) struct CpuProfile {
     duration: Duration,
     cpu_used: Duration,
     frequency: u32,
+    /// The highest rate the sampler ran at over the window (for other readers).
+    peak_frequency: u32,
     /// Signals taken.
     samples: i64,
     /// CPU nanoseconds they stand for.
     sampled_ns: i64,
     losses: Losses,
     ended_early: bool,
+    /// From the recorder: what it kept of the stretch asked.
+    recorded: Option<Past>,
 }
 
 impl CpuProfile {
@@ -268,6 +319,7 @@ impl CpuProfile {
             start,
             end,
             frequency,
+            peak_frequency,
             losses,
         } = capture.window;
         stacks.retain(|s| !s.ips.is_empty());
@@ -284,8 +336,10 @@ impl CpuProfile {
             duration: end.mono.duration_since(start.mono),
             cpu_used: end.cpu.saturating_sub(start.cpu),
             frequency,
+            peak_frequency,
             losses,
             ended_early: capture.ended_early,
+            recorded: capture.recorded,
         }
     }
 
@@ -324,8 +378,30 @@ impl CpuProfile {
                 lost.push(format!("{n} {what}"));
             }
         }
+        let source = match &self.recorded {
+            None => String::new(),
+            Some(Past {
+                asked_from: None, ..
+            }) => " (from the CPU recorder)".to_owned(),
+            Some(Past {
+                asked_from: Some(asked),
+                kept_from,
+            }) => format!(
+                " (from the CPU recorder: asked from {}, which keeps only from {})",
+                utc(*asked),
+                utc(*kept_from)
+            ),
+        };
+        let shared = if self.peak_frequency > self.frequency {
+            format!(
+                " (the sampler ran at up to {} Hz for other readers; each sample weighs its own timer's period)",
+                self.peak_frequency
+            )
+        } else {
+            String::new()
+        };
         format!(
-            "{:.1} s at {} Hz from {}: {} samples ({:.0} Hz achieved), {:.2} s of CPU sampled of {:.2} s used{}{}",
+            "{:.1} s at {} Hz{shared}{source} from {}: {} samples ({:.0} Hz achieved), {:.2} s of CPU sampled of {:.2} s used{}{}",
             self.duration.as_secs_f64(),
             self.frequency,
             utc(self.start),
@@ -488,6 +564,8 @@ impl CpuProfile {
             duration: Duration::from_secs(30),
             cpu_used: Duration::from_secs_f64(samples as f64 / 99.0),
             frequency: DEFAULT_FREQUENCY,
+            peak_frequency: DEFAULT_FREQUENCY,
+            recorded: None,
             samples: stacks.len() as i64,
             sampled_ns: stacks.len() as i64 * period_ns,
             stacks,

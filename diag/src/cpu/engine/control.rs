@@ -8,21 +8,33 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
+use super::recorder::{self, Recorder};
 use super::ring::FLAG_IP_ONLY;
 use super::signal::{self, Counters};
+use super::stacks::Stacks;
 use super::threads::{self, Slots, THREADS};
 use super::timer::{self, Jitter, TimerId};
-use super::{EngineError, Lease, Losses, Mark, Sample, Window};
+use super::{
+    EngineError, Lease, Losses, Mark, Recorded, RecorderSettings, RecorderStatus, Refusal, Sample,
+    Window,
+};
 
-/// How often the ring is drained while a session runs.
+/// How often the ring is drained while a reader samples.
 const TICK: Duration = Duration::from_millis(20);
+/// How often it is drained while only the recorder samples (at most; a shorter bucket
+/// drains at each bucket's end).
+const RECORDER_TICK: Duration = Duration::from_millis(250);
 /// How often `/proc/self/task` is listed for new threads (and exited ones).
 const RESCAN: Duration = Duration::from_millis(100);
 /// How often the executable mappings are re-read (libraries loaded since).
 const REMAP: Duration = Duration::from_secs(1);
-/// Distinct stacks kept per session at most (~300 bytes each at 30 frames): beyond it,
-/// new stacks are counted as lost rather than kept.
-const MAX_STACKS: usize = 16_384;
+/// How often threads are listed while only the recorder samples: at each drain (a new
+/// thread's CPU before it is listed goes unrecorded).
+const RECORDER_RESCAN: Duration = RECORDER_TICK;
+/// How often the mappings are re-read while only the recorder samples.
+const RECORDER_REMAP: Duration = Duration::from_secs(10);
+/// Thread names remembered per session at most; later new names are counted under one.
+const MAX_NAMES: usize = 4096;
 
 type Job = Box<dyn FnOnce(&mut Engine) + Send>;
 
@@ -58,8 +70,8 @@ fn submit(job: Job) -> bool {
 fn run(rx: Receiver<Job>) {
     let mut engine = Engine::default();
     loop {
-        let job = if engine.session.is_some() {
-            match rx.recv_timeout(TICK) {
+        let job = if let Some(every) = engine.tick_every() {
+            match rx.recv_timeout(every) {
                 Ok(job) => Some(job),
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => return,
@@ -158,13 +170,41 @@ impl Drop for Lease {
     }
 }
 
-/// What the index page shows: `Some((frequency, readers, until))` while readers sample.
-/// Never waits.
+/// What the index page shows: `Some((highest frequency, readers, until))` while readers
+/// sample. Never waits.
 pub(crate) fn running() -> Option<(u32, usize, SystemTime)> {
     STATUS.try_lock().ok().and_then(|s| *s)
 }
 
+/// What the index page shows of the recorder, when it runs. Never waits.
+pub(crate) fn recorder_status() -> Option<RecorderStatus> {
+    RECORDER_STATUS.try_lock().ok().and_then(|s| *s)
+}
+
 static STATUS: Mutex<Option<(u32, usize, SystemTime)>> = Mutex::new(None);
+static RECORDER_STATUS: Mutex<Option<RecorderStatus>> = Mutex::new(None);
+
+/// Starts the recorder (replacing one that runs) with `settings`; it stops once
+/// `stop_when` answers true (checked at each drain). Returns at once; a failure to start
+/// the sampler is logged.
+pub(crate) fn start_recorder(settings: RecorderSettings, stop_when: Box<dyn Fn() -> bool + Send>) {
+    let sent = submit(Box::new(move |e| {
+        if let Err(err) = e.start_recorder(settings, stop_when) {
+            tracing::warn!("diag: the CPU recorder could not start: {err}");
+        }
+    }));
+    if !sent {
+        tracing::warn!("diag: the CPU recorder could not start: no sampler thread");
+    }
+}
+
+/// The recorder's samples over `[from, to]` (`to`: now when `None`).
+pub(crate) async fn recorded(
+    from: SystemTime,
+    to: Option<SystemTime>,
+) -> Result<Result<Recorded, Refusal>, EngineError> {
+    on_sampler(move |e| e.recorded(from, to)).await
+}
 
 #[derive(Default)]
 struct Engine {
@@ -175,18 +215,19 @@ struct Engine {
 }
 
 struct Session {
+    /// The rate the timers run at: the highest any reader or the recorder asks.
     frequency: u32,
     period_ns: u64,
     generation: u32,
     until: SystemTime,
     readers: HashMap<u64, Reader>,
+    recorder: Option<Recorder>,
     threads: HashMap<u32, Tracked>,
     slots: Slots,
     jitter: Jitter,
     last_scan: Instant,
     last_remap: Instant,
-    stacks: HashMap<Arc<[usize]>, u32>,
-    stack_list: Vec<Arc<[usize]>>,
+    stacks: Stacks,
     names: HashMap<Arc<str>, u32>,
     name_list: Vec<Arc<str>>,
     stacks_full: u64,
@@ -206,6 +247,9 @@ struct Tracked {
 }
 
 struct Reader {
+    frequency: u32,
+    /// The highest rate the sampler ran at during this window.
+    peak_frequency: u32,
     /// (stack, thread name, label) → (signals, CPU nanoseconds).
     counts: HashMap<(u32, u32, u32), (i64, i64)>,
     start: Mark,
@@ -217,34 +261,52 @@ struct Reader {
 impl Engine {
     fn publish_status(&self) {
         let status = self.session.as_ref().and_then(|s| {
-            (!s.readers.is_empty()).then_some((s.frequency, s.readers.len(), s.until))
+            let top = s.readers.values().map(|r| r.frequency).max()?;
+            Some((top, s.readers.len(), s.until))
         });
         *STATUS.lock().unwrap_or_else(|e| e.into_inner()) = status;
+        let rec = self
+            .session
+            .as_ref()
+            .and_then(|s| s.recorder.as_ref().map(|r| r.status(&s.stacks)));
+        *RECORDER_STATUS.lock().unwrap_or_else(|e| e.into_inner()) = rec;
+    }
+
+    /// How long the loop may wait for a job before draining: `None` when nothing samples.
+    fn tick_every(&self) -> Option<Duration> {
+        let s = self.session.as_ref()?;
+        if !s.readers.is_empty() {
+            return Some(TICK);
+        }
+        Some(
+            s.recorder
+                .as_ref()
+                .map_or(TICK, |r| r.settings.bucket.min(RECORDER_TICK)),
+        )
+    }
+
+    /// Starts a session at `frequency` unless one runs.
+    fn ensure_session(&mut self, frequency: u32, until: SystemTime) -> Result<(), EngineError> {
+        if self.session.is_none() {
+            self.session = Some(Session::start(frequency, until, &mut self.tail)?);
+        }
+        Ok(())
     }
 
     fn join(&mut self, frequency: u32, window: Duration) -> Result<u64, EngineError> {
         let until = SystemTime::now() + window;
-        match &mut self.session {
-            Some(s) if s.frequency != frequency => {
-                return Err(EngineError::OtherFrequency {
-                    running: s.frequency,
-                    until: s.until,
-                });
-            }
-            Some(s) => s.until = s.until.max(until),
-            None => {
-                let s = Session::start(frequency, until, &mut self.tail)?;
-                self.session = Some(s);
-            }
-        }
+        self.ensure_session(frequency, until)?;
         // Samples taken before this reader joined are not its own.
         self.tick();
         let id = self.next_reader;
         self.next_reader += 1;
         if let Some(s) = &mut self.session {
+            s.until = s.until.max(until);
             s.readers.insert(
                 id,
                 Reader {
+                    frequency,
+                    peak_frequency: frequency,
                     counts: HashMap::new(),
                     start: Mark::now(),
                     counters: Counters::now(),
@@ -252,6 +314,7 @@ impl Engine {
                     threads_unsampled: s.unsampled.len() as u64,
                 },
             );
+            s.retune();
         }
         Ok(id)
     }
@@ -264,16 +327,63 @@ impl Engine {
         let reader = s.readers.remove(&id).ok_or(EngineError::Lost)?;
         let end = Mark::now();
         let window = s.window(reader, end);
-        if s.readers.is_empty() {
+        self.end_if_idle();
+        Ok(window)
+    }
+
+    /// Stops the session when no reader and no recorder is left; else sets the rate to
+    /// what those left ask.
+    fn end_if_idle(&mut self) {
+        let idle = self
+            .session
+            .as_ref()
+            .is_some_and(|s| s.readers.is_empty() && s.recorder.is_none());
+        if idle {
             if let Some(s) = self.session.take() {
                 s.stop(&mut self.tail);
             }
             release_free_memory();
+        } else if let Some(s) = &mut self.session {
+            s.retune();
         }
-        Ok(window)
     }
 
-    /// Drains the ring into the readers' windows; lists threads when due.
+    fn start_recorder(
+        &mut self,
+        settings: RecorderSettings,
+        stop_when: Box<dyn Fn() -> bool + Send>,
+    ) -> Result<(), EngineError> {
+        self.ensure_session(settings.frequency, SystemTime::now())?;
+        self.tick();
+        if let Some(s) = &mut self.session {
+            if let Some(old) = s.recorder.take() {
+                old.release_all(&mut s.stacks);
+            }
+            s.recorder = Some(Recorder::new(settings, stop_when));
+            s.retune();
+        }
+        Ok(())
+    }
+
+    fn recorded(&mut self, from: SystemTime, to: Option<SystemTime>) -> Result<Recorded, Refusal> {
+        self.tick();
+        let Some(s) = &mut self.session else {
+            return Err(Refusal::Off);
+        };
+        let Some(r) = &mut s.recorder else {
+            return Err(Refusal::Off);
+        };
+        let to = to.unwrap_or_else(SystemTime::now);
+        let names = &s.name_list;
+        let name = |id: u32| {
+            names
+                .get(id as usize)
+                .map_or_else(|| "(unknown)".to_owned(), |n| n.to_string())
+        };
+        r.window(from, to, &s.stacks, &name)
+    }
+
+    /// Drains the ring into the readers' windows and the recorder; lists threads when due.
     fn tick(&mut self) {
         let Some(s) = &mut self.session else {
             return;
@@ -283,11 +393,31 @@ impl Engine {
         }
         s.learn_stacks();
         let now = Instant::now();
-        if now.duration_since(s.last_remap) >= REMAP {
+        let mut stopped = false;
+        if let Some(r) = &mut s.recorder {
+            if (r.stop_when)() {
+                if let Some(r) = s.recorder.take() {
+                    r.release_all(&mut s.stacks);
+                }
+                stopped = true;
+            } else {
+                r.tick(&mut s.stacks, now);
+            }
+        }
+        if stopped {
+            self.end_if_idle();
+            return;
+        }
+        let (rescan, remap) = if s.readers.is_empty() {
+            (RECORDER_RESCAN, RECORDER_REMAP)
+        } else {
+            (RESCAN, REMAP)
+        };
+        if now.duration_since(s.last_remap) >= remap {
             s.last_remap = now;
             threads::publish_exec(&threads::read_maps());
         }
-        if now.duration_since(s.last_scan) >= RESCAN {
+        if now.duration_since(s.last_scan) >= rescan {
             s.last_scan = now;
             s.scan();
         }
@@ -299,8 +429,8 @@ impl Session {
         signal::ensure_installed().map_err(|e| {
             EngineError::Start(format!("installing the SIGPROF handler failed: {e}"))
         })?;
-        let period_ns = 1_000_000_000 / u64::from(frequency.max(1));
-        let generation = signal::begin_session(period_ns);
+        let period_ns = period_of(frequency);
+        let generation = signal::begin_rate(period_ns);
         threads::publish_exec(&threads::read_maps());
         let now = Instant::now();
         let mut s = Session {
@@ -309,13 +439,13 @@ impl Session {
             generation,
             until,
             readers: HashMap::new(),
+            recorder: None,
             threads: HashMap::new(),
             slots: Slots::default(),
             jitter: Jitter::new(),
             last_scan: now,
             last_remap: now,
-            stacks: HashMap::new(),
-            stack_list: Vec::new(),
+            stacks: Stacks::default(),
             names: HashMap::new(),
             name_list: Vec::new(),
             stacks_full: 0,
@@ -347,6 +477,63 @@ impl Session {
         }
     }
 
+    /// Runs the timers at the highest rate asked by a reader or the recorder.
+    fn retune(&mut self) {
+        let wanted = self
+            .readers
+            .values()
+            .map(|r| r.frequency)
+            .chain(self.recorder.as_ref().map(|r| r.settings.frequency))
+            .max();
+        if let Some(hz) = wanted {
+            if hz != self.frequency {
+                self.set_rate(hz);
+            }
+        }
+        for r in self.readers.values_mut() {
+            r.peak_frequency = r.peak_frequency.max(self.frequency);
+        }
+    }
+
+    /// Replaces every thread's timer by one at `frequency` carrying a new generation, so
+    /// that a signal of an old timer still pending is weighed by its own period. The new
+    /// timer's first expiry comes when the old period's elapsed part plus it make one new
+    /// period: nothing is lost when the rate falls; when it rises, a thread loses what its
+    /// old timer had counted beyond one new period (less than one old period).
+    fn set_rate(&mut self, frequency: u32) {
+        let old_period = self.period_ns;
+        self.frequency = frequency;
+        self.period_ns = period_of(frequency);
+        self.generation = signal::begin_rate(self.period_ns);
+        let mut gone = Vec::new();
+        for (tid, t) in &mut self.threads {
+            let left = timer::remaining(t.timer).unwrap_or(old_period);
+            let elapsed = old_period.saturating_sub(left);
+            let first = self.period_ns.saturating_sub(elapsed).max(1);
+            let value = signal::timer_value(self.generation, t.slot);
+            let new = timer::create(*tid, value).and_then(|id| {
+                match timer::arm(id, first, self.period_ns) {
+                    Ok(()) => Ok(id),
+                    Err(e) => {
+                        timer::delete(id);
+                        Err(e)
+                    }
+                }
+            });
+            timer::delete(t.timer);
+            match new {
+                Ok(id) => t.timer = id,
+                // The thread exited since the last scan.
+                Err(_) => gone.push(*tid),
+            }
+        }
+        for tid in gone {
+            if let Some(t) = self.threads.remove(&tid) {
+                self.slots.give_back(t.slot);
+            }
+        }
+    }
+
     /// Arms timers for new threads and deletes those of exited ones. Returns the last
     /// timer error, if any.
     fn scan(&mut self) -> Option<std::io::Error> {
@@ -364,6 +551,7 @@ impl Session {
                 self.slots.give_back(t.slot);
             }
         }
+        self.unsampled.retain(|t| alive.contains(t));
         let mut renamed = Vec::new();
         for (tid, t) in &mut self.threads {
             if t.fresh {
@@ -425,6 +613,16 @@ impl Session {
         if let Some(id) = self.names.get(name.as_str()) {
             return *id;
         }
+        // A process that keeps starting threads of new names (or unnamed ones, named by
+        // their id) must not grow the table for as long as the recorder runs.
+        let name = if self.name_list.len() >= MAX_NAMES {
+            "(other threads)".to_owned()
+        } else {
+            name
+        };
+        if let Some(id) = self.names.get(name.as_str()) {
+            return *id;
+        }
         let id = self.name_list.len() as u32;
         let name: Arc<str> = name.into();
         self.name_list.push(name.clone());
@@ -437,30 +635,50 @@ impl Session {
         if h.flags & FLAG_IP_ONLY != 0 {
             self.to_learn.insert(h.thread_slot as usize, (h.tid, h.sp));
         }
-        if self.readers.is_empty() || sample.frames.is_empty() {
+        if sample.frames.is_empty() {
             return;
         }
-        let stack = match self.stacks.get(sample.frames) {
-            Some(id) => *id,
-            None if self.stack_list.len() >= MAX_STACKS => {
+        let recorded = self.recorder.as_mut().and_then(|r| r.thin(h.weight));
+        if self.readers.is_empty() && recorded.is_none() {
+            return;
+        }
+        // The recorder may fill the table up to its own share; readers up to the cap.
+        let limit = if self.readers.is_empty() {
+            recorder::MAX_FRAMES
+        } else {
+            usize::MAX
+        };
+        let live_before = self.stacks.live();
+        let Some(stack) = self.stacks.intern(sample.frames, limit) else {
+            if !self.readers.is_empty() {
                 self.stacks_full += 1;
-                return;
             }
-            None => {
-                let id = self.stack_list.len() as u32;
-                let frames: Arc<[usize]> = sample.frames.into();
-                self.stack_list.push(frames.clone());
-                self.stacks.insert(frames, id);
-                id
+            if let (Some(r), Some(_)) = (&mut self.recorder, recorded) {
+                r.lost_stack();
             }
+            return;
         };
         let name = match self.threads.get(&h.tid) {
             Some(t) => t.name,
             None => self.intern_name(format!("thread {}", h.tid)),
         };
+        let key = (stack, name, h.label);
+        if let (Some(r), Some(weight)) = (&mut self.recorder, recorded) {
+            // A stack new to the table counts against the recorder's share even when a
+            // reader's cap let it in.
+            let new = self.stacks.live() > live_before;
+            if !new || self.stacks.frames_held() <= recorder::MAX_FRAMES {
+                r.add(&mut self.stacks, key, weight);
+            } else {
+                r.lost_stack();
+            }
+        }
         let weight = i64::try_from(h.weight).unwrap_or(i64::MAX);
         for r in self.readers.values_mut() {
-            let e = r.counts.entry((stack, name, h.label)).or_insert((0, 0));
+            let e = r.counts.entry(key).or_insert_with(|| {
+                self.stacks.hold(stack);
+                (0, 0)
+            });
             e.0 += 1;
             e.1 = e.1.saturating_add(weight);
         }
@@ -482,24 +700,29 @@ impl Session {
         }
     }
 
-    fn window(&self, reader: Reader, end: Mark) -> Window {
+    /// The reader's finished window; the stacks it held are let go.
+    fn window(&mut self, reader: Reader, end: Mark) -> Window {
         let counters = Counters::now().since(reader.counters);
-        let samples = reader
-            .counts
-            .into_iter()
-            .map(|((stack, name, label), (count, weight_ns))| Sample {
-                ips: self.stack_list[stack as usize].to_vec(),
-                thread: self.name_list[name as usize].to_string(),
+        let mut samples = Vec::with_capacity(reader.counts.len());
+        for ((stack, name, label), (count, weight_ns)) in reader.counts {
+            samples.push(Sample {
+                ips: self.stacks.frames(stack).to_vec(),
+                thread: self
+                    .name_list
+                    .get(name as usize)
+                    .map_or_else(|| "(unknown)".to_owned(), |n| n.to_string()),
                 label,
                 count,
                 weight_ns,
-            })
-            .collect();
+            });
+            self.stacks.release(stack);
+        }
         Window {
             samples,
             start: reader.start,
             end,
-            frequency: self.frequency,
+            frequency: reader.frequency,
+            peak_frequency: reader.peak_frequency,
             losses: Losses {
                 ring_full: counters.dropped,
                 ip_only: counters.ip_only,
@@ -510,6 +733,11 @@ impl Session {
             },
         }
     }
+}
+
+/// Nanoseconds of thread CPU time between two expiries at `frequency`.
+fn period_of(frequency: u32) -> u64 {
+    1_000_000_000 / u64::from(frequency.max(1))
 }
 
 /// Hands freed pages back to the system after a session: glibc keeps them otherwise, and

@@ -6,16 +6,23 @@
 //! Linux on x86_64 and aarch64 only: elsewhere [`join`] answers
 //! [`EngineError::Unsupported`].
 //!
-//! Readers share one sampler at one frequency: any number may join at the frequency that
-//! runs; another frequency is refused while any reader is present. The first reader
-//! starts the timers, the last one to leave (by [`Lease::finish`] or by dropping its
-//! lease, e.g. when its client disconnects) stops and deletes them.
+//! Readers share one sampler, at any frequencies: the timers run at the highest rate any
+//! reader (or the recorder) asks, and each sample weighs the period of the timer that
+//! produced it × (1 + overruns), so every reader's CPU time stays true; a reader at a
+//! lower rate keeps every sample (more samples, the same total). The first reader starts
+//! the timers, the last one to leave (by [`Lease::finish`] or by dropping its lease, e.g.
+//! when its client disconnects) stops and deletes them, unless the recorder runs.
 
 #[cfg(all(
     target_os = "linux",
     any(target_arch = "x86_64", target_arch = "aarch64")
 ))]
 mod control;
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+mod recorder;
 #[cfg(all(
     target_os = "linux",
     any(target_arch = "x86_64", target_arch = "aarch64")
@@ -32,6 +39,11 @@ mod ring_tests;
     any(target_arch = "x86_64", target_arch = "aarch64")
 ))]
 mod signal;
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+mod stacks;
 #[cfg(all(
     target_os = "linux",
     any(target_arch = "x86_64", target_arch = "aarch64")
@@ -56,8 +68,6 @@ pub(crate) const SUPPORTED: &str = "Linux on x86_64 or aarch64";
 /// Why a reader could not join, or lost its window.
 #[derive(Debug)]
 pub(crate) enum EngineError {
-    /// The sampler runs at another frequency until at least `until`.
-    OtherFrequency { running: u32, until: SystemTime },
     /// The signal handler or the timers could not be set up (the system's error).
     Start(String),
     /// This platform has no engine.
@@ -77,9 +87,6 @@ pub(crate) enum EngineError {
 impl std::fmt::Display for EngineError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::OtherFrequency { running, .. } => {
-                write!(f, "the CPU sampler runs at {running} Hz")
-            }
             Self::Start(msg) => write!(f, "could not start the CPU sampler: {msg}"),
             Self::Unsupported => write!(
                 f,
@@ -140,8 +147,48 @@ pub(crate) struct Window {
     pub(crate) samples: Vec<Sample>,
     pub(crate) start: Mark,
     pub(crate) end: Mark,
+    /// The rate this reader asked.
     pub(crate) frequency: u32,
+    /// The highest rate the sampler ran at during the window (other readers').
+    pub(crate) peak_frequency: u32,
     pub(crate) losses: Losses,
+}
+
+/// How the recorder samples and what it keeps.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RecorderSettings {
+    pub(crate) frequency: u32,
+    pub(crate) keep: Duration,
+    pub(crate) bucket: Duration,
+}
+
+/// What the recorder answers for a stretch of time.
+#[derive(Debug)]
+pub(crate) struct Recorded {
+    pub(crate) window: Window,
+    /// The start of the oldest bucket kept.
+    pub(crate) kept_from: SystemTime,
+    /// Whether the stretch asked began before what is kept.
+    pub(crate) short: bool,
+}
+
+/// Why a stretch could not be answered.
+#[derive(Debug)]
+pub(crate) enum Refusal {
+    /// The recorder is not on.
+    Off,
+    /// Nothing is kept of the stretch asked: it ended before `kept_from`.
+    Before { kept_from: SystemTime },
+}
+
+/// What the index page shows of the recorder.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RecorderStatus {
+    pub(crate) frequency: u32,
+    pub(crate) keep: Duration,
+    pub(crate) reaches_back: Duration,
+    pub(crate) bytes: usize,
+    pub(crate) stacks: usize,
 }
 
 /// A moment of the window, for the achieved-rate arithmetic.
@@ -189,7 +236,9 @@ pub(crate) use control::join_blocking;
     target_os = "linux",
     any(target_arch = "x86_64", target_arch = "aarch64")
 ))]
-pub(crate) use control::{install_handler, join, running};
+pub(crate) use control::{
+    install_handler, join, recorded, recorder_status, running, start_recorder,
+};
 
 #[cfg(all(
     target_os = "linux",
@@ -231,6 +280,27 @@ mod unsupported {
     #[allow(dead_code)]
     pub(crate) fn join_blocking(_frequency: u32, _window: Duration) -> Result<Lease, EngineError> {
         Err(EngineError::Unsupported)
+    }
+
+    /// Logs that there is no recorder on this platform.
+    pub(crate) fn start_recorder(
+        _settings: RecorderSettings,
+        _stop_when: Box<dyn Fn() -> bool + Send>,
+    ) {
+        tracing::warn!("diag: the CPU recorder needs {SUPPORTED}");
+    }
+
+    /// Always [`EngineError::Unsupported`].
+    pub(crate) async fn recorded(
+        _from: SystemTime,
+        _to: Option<SystemTime>,
+    ) -> Result<Result<Recorded, Refusal>, EngineError> {
+        Err(EngineError::Unsupported)
+    }
+
+    /// Always `None`.
+    pub(crate) fn recorder_status() -> Option<RecorderStatus> {
+        None
     }
 
     /// Always `None`.
@@ -276,7 +346,8 @@ mod unsupported {
 )))]
 #[allow(unused_imports)]
 pub(crate) use unsupported::{
-    install_handler, join, join_blocking, label_id, running, set_label_id,
+    install_handler, join, join_blocking, label_id, recorded, recorder_status, running,
+    set_label_id, start_recorder,
 };
 
 #[cfg(feature = "bench")]

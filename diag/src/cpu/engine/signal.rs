@@ -29,11 +29,15 @@ pub(crate) fn ring() -> Option<&'static Ring> {
     RING.get().map(|r| &**r)
 }
 
-/// The current session's generation (low 16 bits go in each timer's value): a signal
-/// from an earlier session's timer, still pending when it stopped, is not counted.
+/// The latest rate generation (its low 16 bits go in each timer's value). Every start of
+/// a session and every change of its rate takes a new one, and its timers are created
+/// anew with it, so each signal says which period its timer had.
 static GENERATION: AtomicU32 = AtomicU32::new(0);
-/// Nanoseconds of CPU time per timer expiry in the current session.
-static PERIOD_NS: AtomicU64 = AtomicU64::new(0);
+/// The period of each recent generation, by its low 8 bits: `generation << 48 | period
+/// in ns` (0: not a generation of the running session). A signal from a timer of an
+/// earlier rate is weighed by that rate's period; one from an ended session, or from a
+/// generation 256 changes old, finds no matching entry and is not counted.
+static PERIODS: [AtomicU64; 256] = [const { AtomicU64::new(0) }; 256];
 
 static IP_ONLY: AtomicU64 = AtomicU64::new(0);
 static STALE: AtomicU64 = AtomicU64::new(0);
@@ -90,15 +94,30 @@ impl Counters {
     }
 }
 
-/// Starts a session whose timers expire every `period_ns`; returns its generation.
-pub(crate) fn begin_session(period_ns: u64) -> u32 {
-    PERIOD_NS.store(period_ns, Ordering::Relaxed);
-    GENERATION.fetch_add(1, Ordering::AcqRel).wrapping_add(1)
+/// Starts a rate generation whose timers expire every `period_ns` (the first of a session
+/// or a new rate within it); returns it.
+pub(crate) fn begin_rate(period_ns: u64) -> u32 {
+    let generation = GENERATION.fetch_add(1, Ordering::AcqRel).wrapping_add(1) & 0xffff;
+    let entry = (u64::from(generation) << 48) | (period_ns & 0xffff_ffff_ffff);
+    PERIODS[generation as usize & 0xff].store(entry, Ordering::Release);
+    generation
 }
 
 /// Ends the session: signals of its timers still pending are not counted.
 pub(crate) fn end_session() {
     GENERATION.fetch_add(1, Ordering::AcqRel);
+    for p in &PERIODS {
+        p.store(0, Ordering::Release);
+    }
+}
+
+/// The period of `generation`'s timers, when it belongs to the running session.
+/// Async-signal-safe.
+#[inline]
+fn period_of(generation: u32) -> Option<u64> {
+    let entry = PERIODS[generation as usize & 0xff].load(Ordering::Acquire);
+    let period = entry & 0xffff_ffff_ffff;
+    (entry >> 48 == u64::from(generation) && period != 0).then_some(period)
 }
 
 /// The `si_value` of the timer of thread-table slot `slot` in session `generation`.
@@ -250,13 +269,13 @@ unsafe fn handle(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c
         return;
     }
     let generation = (ti.value >> 32) as u32 & 0xffff;
-    if generation != GENERATION.load(Ordering::Acquire) & 0xffff {
+    let Some(period) = period_of(generation) else {
         STALE.fetch_add(1, Ordering::Relaxed);
         return;
-    }
+    };
     let slot = (ti.value & 0xffff_ffff) as usize;
     let expiries = 1 + u64::try_from(ti.overrun).unwrap_or(0);
-    let weight = PERIOD_NS.load(Ordering::Relaxed).saturating_mul(expiries);
+    let weight = period.saturating_mul(expiries);
     // SAFETY: `ctx` is the interrupted thread's ucontext.
     let regs = unsafe { regs_of(ctx) };
     // SAFETY: as documented on `sample`.
@@ -332,7 +351,10 @@ unsafe fn regs_of(ctx: *mut libc::c_void) -> Regs {
 /// this returns. For benchmarks and tests.
 #[cfg_attr(not(any(test, feature = "bench")), allow(dead_code))]
 pub(crate) fn sample_this_thread(slot: usize) -> io::Result<()> {
-    queue_to_this_thread(timer_value(GENERATION.load(Ordering::Acquire), slot))
+    queue_to_this_thread(timer_value(
+        GENERATION.load(Ordering::Acquire) & 0xffff,
+        slot,
+    ))
 }
 
 /// Sends this thread a timer-shaped `SIGPROF` without diag's marker: the same delivery,

@@ -75,6 +75,25 @@ pub(crate) fn arm(timer: TimerId, first_ns: u64, period_ns: u64) -> io::Result<(
     Ok(())
 }
 
+/// The thread CPU time left until `timer`'s next expiry, in nanoseconds (0: disarmed).
+pub(crate) fn remaining(timer: TimerId) -> io::Result<u64> {
+    // SAFETY: all-zero itimerspec is valid; the kernel fills it.
+    let mut spec: libc::itimerspec = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid out pointer.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_timer_gettime,
+            timer.0,
+            &mut spec as *mut libc::itimerspec,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let v = spec.it_value;
+    Ok((v.tv_sec as u64).saturating_mul(1_000_000_000) + v.tv_nsec as u64)
+}
+
 /// Deletes `timer` (disarming it). Errors are ignored: the thread may have exited.
 pub(crate) fn delete(timer: TimerId) {
     // SAFETY: deleting a timer id this module created; a stale id only fails.
