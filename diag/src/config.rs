@@ -37,6 +37,9 @@ pub struct Config {
     pub(crate) app_runtime: Option<tokio::runtime::Handle>,
     /// The sidecar's connection limits.
     pub(crate) conn_limits: crate::conn::ConnLimits,
+    /// Whether jemalloc's heap samples are unwound by diag's frame-pointer walker.
+    #[cfg_attr(not(feature = "heap"), allow(dead_code))]
+    pub(crate) heap_frame_pointers: bool,
 }
 
 impl Config {
@@ -67,6 +70,7 @@ impl Config {
             shutdown: Shutdown::new(),
             console_addr: None,
             conn_limits: crate::conn::ConnLimits::new(),
+            heap_frame_pointers: true,
         }
     }
 
@@ -142,6 +146,21 @@ impl Config {
         self
     }
 
+    /// Whether jemalloc's heap samples are unwound by diag's frame-pointer walker (the
+    /// default, `true`) or by jemalloc's own unwinder (libgcc's `_Unwind_Backtrace`,
+    /// several times slower per sample).
+    ///
+    /// The walker is installed, through jemalloc's `experimental.hooks.prof_backtrace`,
+    /// only when a probe allocation unwound by both gives the same frames from the
+    /// allocating function up; `false` writes jemalloc's previous unwinder back. The
+    /// setting is process-wide (jemalloc has one hook): the router built last decides.
+    /// Needs the `heap` and `cpu` features on Linux (x86_64, aarch64); the heap
+    /// profile's `X-Diag-Heap-Unwinder` header and comment say which unwinder is in place.
+    pub fn with_heap_frame_pointers(mut self, on: bool) -> Self {
+        self.heap_frame_pointers = on;
+        self
+    }
+
     /// Tells the index page that a tokio-console server listens at `addr`, so that it can
     /// show the command to attach.
     pub fn with_console_addr(mut self, addr: impl Into<String>) -> Self {
@@ -194,6 +213,7 @@ impl fmt::Debug for Config {
             .field("min_dump_interval", &self.min_dump_interval)
             .field("app_runtime", &self.app_runtime.is_some())
             .field("conn_limits", &self.conn_limits)
+            .field("heap_frame_pointers", &self.heap_frame_pointers)
             .finish_non_exhaustive()
     }
 }

@@ -198,6 +198,12 @@ pub(crate) use control::join_blocking;
     any(target_arch = "x86_64", target_arch = "aarch64")
 ))]
 pub(crate) use control::{install_handler, join, running};
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+#[cfg_attr(not(feature = "heap"), allow(unused_imports))]
+pub(crate) use unwind::walk_own_stack;
 
 #[cfg(all(
     target_os = "linux",
