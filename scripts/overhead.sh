@@ -15,17 +15,30 @@
 #  1. overhead: the server's CPU time per request (from /proc/PID/stat) under wrk on `/`
 #     and on fixed-work `/work?n=`, with a CPU profile running (B) against none (A),
 #     alternating A and B; the median of the per-pair ratios B/A, with min and max, and
-#     throughput beside it; for the demo and for Go;
+#     throughput beside it; for the demo and for Go; and for the demo the same cost
+#     computed bottom-up: the profile's samples (its X-Diag-Samples header) times the
+#     cost of one (sample_us below, from `cargo bench -p benches --bench cpu_sample`),
+#     plus the CPU time of diag's sampler thread (diag-sampler), over the process's CPU
+#     time while the profile ran (including the answer's symbolizing and encoding after
+#     the window, which is not counted as overhead: a thread pool's threads come and go,
+#     so it cannot be read per thread);
 #  2. fidelity: sampled CPU time (go tool pprof's "Total samples") over the CPU time the
 #     process used in the same window, at 99 Hz (Go: 100 Hz), under wrk on `/` plus 1, 2
 #     and 4 concurrent `/work` loops;
-#  3. the time from the end of the window to the last byte of the answer, cold (first
-#     profile of the process) and warm;
+#  3. the time from the end of a 1 s window to the last byte of the answer, cold (first
+#     profile of the process) and warm, with how many addresses each window brought that
+#     no earlier profile of the process had (symbolizing those is the work after the
+#     window): a `/work` load throughout, plus in each warm window a short load on one
+#     path of a rotating list, so that some windows bring new code and most bring none;
+#     the time per new address is the least-squares slope of time over new addresses;
 #  4. resident memory before the first profile, after it, and after many back-to-back ones;
 #  5. what jemalloc heap profiling costs: the same CPU per request, on `/`, `/work?n=` and
-#     the allocation-heavy `/churn`, with profiling active (B, the demo's default) against
-#     inactive (A, `_RJEM_MALLOC_CONF=prof_active:false`): two processes of the same
-#     binary, alternated; and how long a heap dump takes and how big it is, 64 MiB held;
+#     the allocation-heavy `/churn`, with profiling active (B, the demo's default, samples
+#     unwound by diag's frame-pointer walker) against inactive (A,
+#     `_RJEM_MALLOC_CONF=prof_active:false`): two processes of the same binary,
+#     alternated; then `/churn` again with profiling active and jemalloc's own libgcc
+#     unwinder (B, `--heap-libgcc-unwinder`) against the same A; and how long a heap dump
+#     takes and how big it is, 64 MiB held;
 #  6. what diag's trace layer costs while no /trace window is open: the same CPU per
 #     request with the layer installed and idle (B) against without it (A,
 #     `--no-trace-layer`), two processes of the same binary, alternated;
@@ -79,7 +92,7 @@ peer=../shared/peers/go-counter
 
 # Rough minutes per part at 10 rounds of 3 s (part 2 and 3 do not depend on rounds).
 estimate=$(python3 -c "
-per = {'0': 2.2, '1': 4.5, '2': 1.2, '3': 2.0, '5': 3.5, '6': 2.2, '7': 3.0, '8': 2.2}
+per = {'0': 2.2, '1': 4.5, '2': 1.2, '3': 2.0, '5': 4.7, '6': 2.2, '7': 3.0, '8': 2.2}
 fixed = {'2', '3'}
 total = sum(per[p] * (1 if p in fixed else $rounds / 10) * ($run_s / 3 if p not in fixed else 1)
             for p in '$parts'.split() if p in per)
@@ -90,6 +103,20 @@ cargo build --release -q -p demo
 (cd "$peer" && GOFLAGS=-mod=mod go build -o "$OLDPWD/target/go-counter" .)
 
 cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+# CPU ticks of PID's threads named NAME, from each thread's stat after its name, so a name
+# with spaces cannot shift the fields.
+thread_ticks() { # PID NAME
+  local sum=0 d t
+  for d in /proc/"$1"/task/*; do
+    if [ "$(cat "$d/comm" 2>/dev/null)" = "$2" ]; then
+      t=$(sed 's/.*) //' "$d/stat" 2>/dev/null | awk '{print $12+$13}'); sum=$((sum + ${t:-0}))
+    fi
+  done
+  echo $sum
+}
+# One sample of diag's engine (signal delivery and handler) at 32 frames, in µs:
+# docs/performance.md, "The cost of one sample" (cargo bench -p benches --bench cpu_sample).
+sample_us=${SAMPLE_US:-2.83}
 rss() { awk '/^RssAnon/{a=$2} /^RssFile/{f=$2} END{printf "%d MiB (%d anonymous + %d file-backed)", (a+f)/1024, a/1024, f/1024}' "/proc/$1/status"; }
 wait_http() { for _ in $(seq 100); do curl -sf -o /dev/null "$1" && return 0; sleep 0.05; done; echo "no answer from $1" >&2; exit 1; }
 
@@ -127,13 +154,21 @@ overhead() {
   local file="$out/overhead-${name//[\/ ?=]/_}"
   echo "$name" > "$file.name"
   : > "$file"
+  local bu="$out/bottomup-${name//[\/ ?=]/_}"
+  : > "$bu"
   for r in $(seq "$rounds"); do
     a=$(measure "$pid" "$url")
-    curl -s -o /dev/null "$profile_url" & local prof=$!
+    local c0 d0 c1 d1
+    c0=$(cpu_ticks "$pid"); d0=$(thread_ticks "$pid" diag-sampler)
+    curl -s -o /dev/null -D "$bu.hdr" "$profile_url" & local prof=$!
     sleep 0.5
     b=$(measure "$pid" "$url")
     wait $prof
+    c1=$(cpu_ticks "$pid"); d1=$(thread_ticks "$pid" diag-sampler)
     echo "$a $b" >> "$file"
+    local samples
+    samples=$(tr -d '\r' < "$bu.hdr" | sed -n 's/^x-diag-samples: //ip')
+    [ -n "$samples" ] && echo "$samples $((d1 - d0)) $((c1 - c0))" >> "$bu"
     printf '  %-26s round %2d/%d: A %s us/req, B %s us/req\n' "$name" "$r" "$rounds" "${a%% *}" "${b%% *}"
   done
 }
@@ -222,23 +257,31 @@ if want 1 || want 2; then
 kill $demo_pid; wait $demo_pid 2>/dev/null || true
 fi
 
-latency() { # seconds of the window, then the time from its end to the last byte, in ms
-  curl -s -o /dev/null -w '%{time_total}' "http://127.0.0.1:$demo_diag/debug/pprof/profile?seconds=1" |
+latency() { # FILE: a 1 s profile saved there; prints the time from the window's end to the last byte, in ms
+  curl -s -o "$1" -w '%{time_total}' "http://127.0.0.1:$demo_diag/debug/pprof/profile?seconds=1" |
     python3 -c "import sys; print(f'{(float(sys.stdin.read()) - 1) * 1000:.1f}')"
 }
+# Paths loaded, one per warm window in turn, beside the /work load: new code now and then.
+lat_paths=("/" "/hash?n=20000" "/churn?n=200&bytes=4096" "/metrics" "/sleep?ms=1" "/readyz")
 if want 3; then
 echo; echo "== 3 and 4. answer latency after the window, and resident memory (fresh demo process)"
 start_demo
 rss0=$(rss $demo_pid)
 # A little traffic, so that the profiles hold stacks to symbolize.
-wrk -t1 -c4 -d"$((b2b + 8))s" "http://127.0.0.1:$demo_port/work?n=$work_n" >/dev/null &
+wrk -t1 -c4 -d"$((3 * b2b + 8))s" "http://127.0.0.1:$demo_port/work?n=$work_n" >/dev/null &
 load=$!
-cold=$(latency)
+cold=$(latency "$out/lat-0.pb.gz")
 rss1=$(rss $demo_pid)
 : > "$out/warm"
-for i in $(seq "$b2b"); do latency >> "$out/warm"; done
+for i in $(seq "$b2b"); do
+  path=${lat_paths[$(( (i - 1) % ${#lat_paths[@]} ))]}
+  (end=$((SECONDS + 2)); while [ $SECONDS -lt $end ]; do curl -s -o /dev/null "http://127.0.0.1:$demo_port$path"; done) &
+  loop=$!
+  echo "$(latency "$out/lat-$i.pb.gz") $path" >> "$out/warm"
+  wait $loop
+done
 rss2=$(rss $demo_pid)
-wait $load || true
+kill $load 2>/dev/null || true; wait $load 2>/dev/null || true
 kill $demo_pid; wait $demo_pid 2>/dev/null || true
 fi
 
@@ -247,9 +290,18 @@ if want 5; then
 echo; echo "== 5. jemalloc heap profiling: active (B) against inactive (A), $rounds alternations"
 start_demo 18081 16061 prof_active:false; pid_a=$demo_pid; port_a=18081
 start_demo 18082 16062; pid_b=$demo_pid; port_b=18082
+start_demo 18088 16068 "" --heap-libgcc-unwinder; pid_c=$demo_pid; port_c=18088
+for p in 16062:frame-pointer 16068:jemalloc; do
+  got=$(curl -s -o /dev/null -D - "http://127.0.0.1:${p%%:*}/debug/pprof/heap" |
+        tr -d '\r' | sed -n 's/^x-diag-heap-unwinder: //ip')
+  [ "$got" = "${p#*:}" ] || { echo "the demo on ${p%%:*} unwinds heap samples with '$got', not ${p#*:}" >&2; exit 1; }
+done
 heap_pair "heap-prof demo /" "/"
 heap_pair "heap-prof demo /work?n=$work_n" "/work?n=$work_n"
 heap_pair "heap-prof demo /churn" "/churn?n=200&bytes=4096"
+pid_fp=$pid_b; port_fp=$port_b; pid_b=$pid_c; port_b=$port_c
+heap_pair "heap-prof-libgcc demo /churn" "/churn?n=200&bytes=4096"
+pid_b=$pid_fp; port_b=$port_fp; kill $pid_c; wait $pid_c 2>/dev/null || true
 curl -sf -o /dev/null -X POST "http://127.0.0.1:18082/hold?mb=64"
 for i in $(seq "$dumps"); do
   curl -s -o /dev/null -w '%{time_total} %{size_download}\n' "http://127.0.0.1:16062/debug/pprof/heap" >> "$out/dumps"
@@ -300,7 +352,8 @@ echo; echo "================ summary ================"
 echo "machine: $(nproc) cores, $(uname -r), CONFIG_HZ $(zcat /proc/config.gz 2>/dev/null | sed -n 's/^CONFIG_HZ=//p')"
 echo "overhead (server CPU per request B / A: demo/go = a CPU profile running / none;"
 echo "  diag-idle = diag mounted and idle / not mounted;"
-echo "  heap-prof = jemalloc profiling active / inactive; trace-layer = installed and idle / absent;"
+echo "  heap-prof = jemalloc profiling active / inactive (heap-prof-libgcc: with jemalloc's own unwinder);"
+echo "  trace-layer = installed and idle / absent;"
 echo "  trace-window = a /trace window open / none; recorder = the CPU recorder on / off;"
 echo "  median of $rounds pairs [min, max]; throughput A -> B):"
 for f in "$out"/overhead-*[!e]; do
@@ -316,16 +369,53 @@ print(f"  {name:<22} {statistics.median(ratios):.3f} [{ratios[0]:.3f}, {ratios[-
       f"{us_a:.2f} -> {us_b:.2f} us/req, {rps_a:.0f} -> {rps_b:.0f} req/s")
 PY
 done
+for f in "$out"/bottomup-*[!r]; do
+  [ -s "$f" ] || continue
+  python3 - "$f" "$sample_us" "$tck" <<'PY'
+import sys
+rows = [list(map(float, l.split())) for l in open(sys.argv[1]) if l.strip()]
+us, tck = float(sys.argv[2]), float(sys.argv[3])
+samples = sum(r[0] for r in rows); diag_s = sum(r[1] for r in rows) / tck; cpu_s = sum(r[2] for r in rows) / tck
+cost = samples * us * 1e-6 + diag_s
+name = sys.argv[1].split("bottomup-", 1)[1]
+print(f"  bottom-up {name:<20} {1 + cost / max(cpu_s - cost, 1e-9):.4f}: {samples:.0f} samples x {us} us "
+      f"= {samples * us * 1e-3:.1f} ms + diag-sampler {diag_s * 1e3:.0f} ms, of {cpu_s:.2f} s of CPU "
+      f"over {len(rows)} profiles")
+PY
+done
 if [ -s "$out/fidelity" ]; then
   echo "fidelity (sampled CPU / CPU used):"
   awk '{printf "  %-5s %s /work loops + wrk on /: %s (%s s of %s s)\n", $1, $2, $5, $3, $4}' "$out/fidelity"
 fi
 if want 3; then
-  python3 - "$cold" "$out/warm" <<'PY'
-import statistics, sys
-warm = sorted(float(l) for l in open(sys.argv[2]) if l.strip())
-print(f"end of window to last byte: cold (first profile) {float(sys.argv[1]):.0f} ms; "
+  python3 - "$cold" "$out/warm" "$out" <<'PY'
+import re, statistics, subprocess, sys
+def addresses(path):
+    raw = subprocess.run(["go", "tool", "pprof", "-raw", path], capture_output=True, text=True).stdout
+    return set(re.findall(r"^\s+\d+: (0x[0-9a-f]+) ", raw, re.M))
+seen = addresses(f"{sys.argv[3]}/lat-0.pb.gz")
+cold = float(sys.argv[1])
+rows = []
+for i, line in enumerate(l for l in open(sys.argv[2]) if l.strip()):
+    ms, path = line.split(maxsplit=1)
+    a = addresses(f"{sys.argv[3]}/lat-{i + 1}.pb.gz")
+    rows.append((float(ms), len(a - seen), len(a), path.strip()))
+    seen |= a
+warm = sorted(r[0] for r in rows)
+print(f"end of window to last byte: cold (first profile, {len(addresses(sys.argv[3] + '/lat-0.pb.gz'))} "
+      f"addresses, all new) {cold:.0f} ms; "
       f"warm median {statistics.median(warm):.0f} ms [{warm[0]:.0f}, {warm[-1]:.0f}] over {len(warm)}")
+n = [r[1] for r in rows]; t = [r[0] for r in rows]
+if len(set(n)) > 1:
+    mn, mt = statistics.mean(n), statistics.mean(t)
+    slope = sum((x - mn) * (y - mt) for x, y in zip(n, t)) / sum((x - mn) ** 2 for x in n)
+    print(f"  time per new address (slope over the warm windows): {slope:.3f} ms; "
+          f"intercept {mt - slope * mn:.0f} ms")
+few = [r for r in rows if r[1] <= 200]
+if few:
+    print(f"  windows bringing <= 200 new addresses: {len(few)}, slowest {max(r[0] for r in few):.0f} ms")
+for ms, new, total, path in rows:
+    print(f"    {ms:6.0f} ms  {new:4d} new of {total:4d} addresses  (load {path})")
 PY
   echo "resident memory: $rss0 before any profile; $rss1 after the first;" \
        "$rss2 after $b2b more back to back"

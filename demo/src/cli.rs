@@ -60,6 +60,12 @@ pub struct Args {
     /// 501); for measuring what the idle layer costs.
     #[arg(long, env = "DEMO_NO_TRACE_LAYER")]
     pub no_trace_layer: bool,
+    /// Let jemalloc unwind heap samples with libgcc, as it does by default, instead of
+    /// diag's frame-pointer walker (diag installs its walker only when a probe agrees with
+    /// libgcc; heap profiles' `X-Diag-Heap-Unwinder` says which one runs); for measuring
+    /// what the walker saves.
+    #[arg(long, env = "DEMO_HEAP_LIBGCC_UNWINDER")]
+    pub heap_libgcc_unwinder: bool,
     /// Log format.
     #[arg(long, env = "DEMO_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
     pub log_format: LogFormat,

@@ -95,7 +95,8 @@ async fn run(args: Args, console: Option<diag::ConsoleServer>) -> Result<ExitCod
         )
         .with_default_env()
         .with_shutdown(stop.clone())
-        .with_min_dump_interval(args.dump_interval);
+        .with_min_dump_interval(args.dump_interval)
+        .with_heap_frame_pointers(!args.heap_libgcc_unwinder);
     let console_addr = console.map(|server| {
         let at = server.local_addr();
         server.spawn(stop.clone());

@@ -39,6 +39,9 @@ pub struct Config {
     pub(crate) conn_limits: crate::conn::ConnLimits,
     /// The always-on CPU recorder, when on.
     pub(crate) cpu_recorder: Option<CpuRecorder>,
+    /// Whether jemalloc's heap samples are unwound by diag's frame-pointer walker.
+    #[cfg_attr(not(feature = "heap"), allow(dead_code))]
+    pub(crate) heap_frame_pointers: bool,
 }
 
 impl Config {
@@ -70,6 +73,7 @@ impl Config {
             console_addr: None,
             conn_limits: crate::conn::ConnLimits::new(),
             cpu_recorder: None,
+            heap_frame_pointers: true,
         }
     }
 
@@ -142,6 +146,21 @@ impl Config {
     /// listener are under that listener's limits instead (see [`crate::conn::serve`]).
     pub fn with_conn_limits(mut self, limits: crate::conn::ConnLimits) -> Self {
         self.conn_limits = limits;
+        self
+    }
+
+    /// Whether jemalloc's heap samples are unwound by diag's frame-pointer walker (the
+    /// default, `true`) or by jemalloc's own unwinder (libgcc's `_Unwind_Backtrace`,
+    /// several times slower per sample).
+    ///
+    /// The walker is installed, through jemalloc's `experimental.hooks.prof_backtrace`,
+    /// only when a probe allocation unwound by both gives the same frames from the
+    /// allocating function up; `false` writes jemalloc's previous unwinder back. The
+    /// setting is process-wide (jemalloc has one hook): the router built last decides.
+    /// Needs the `heap` and `cpu` features on Linux (x86_64, aarch64); the heap
+    /// profile's `X-Diag-Heap-Unwinder` header and comment say which unwinder is in place.
+    pub fn with_heap_frame_pointers(mut self, on: bool) -> Self {
+        self.heap_frame_pointers = on;
         self
     }
 
@@ -220,6 +239,7 @@ impl fmt::Debug for Config {
             .field("app_runtime", &self.app_runtime.is_some())
             .field("conn_limits", &self.conn_limits)
             .field("cpu_recorder", &self.cpu_recorder)
+            .field("heap_frame_pointers", &self.heap_frame_pointers)
             .finish_non_exhaustive()
     }
 }

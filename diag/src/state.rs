@@ -21,6 +21,8 @@ struct Inner {
 
 impl Diag {
     pub(crate) fn new(cfg: Config) -> Self {
+        #[cfg(feature = "heap")]
+        crate::heap::apply_unwinder(cfg.heap_frame_pointers);
         let heavy = Arc::new(Semaphore::new(cfg.max_concurrent));
         Self {
             inner: Arc::new(Inner { cfg, heavy }),

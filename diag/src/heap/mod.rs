@@ -10,6 +10,41 @@
 
 mod dump;
 mod jemalloc;
+#[cfg(all(
+    feature = "cpu",
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+mod unwinder;
+/// Without diag's CPU engine there is no walker to give jemalloc: its own stays.
+#[cfg(not(all(
+    feature = "cpu",
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+)))]
+mod unwinder {
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub(crate) enum Unwinder {
+        Jemalloc(String),
+    }
+    impl Unwinder {
+        pub(crate) fn name(&self) -> &'static str {
+            "jemalloc"
+        }
+        pub(crate) fn describe(&self) -> String {
+            let Self::Jemalloc(why) = self;
+            format!("stacks unwound by jemalloc's own unwinder ({why})")
+        }
+    }
+    pub(crate) fn apply(_on: bool) {}
+    pub(crate) fn refresh() {}
+    pub(crate) fn current() -> Unwinder {
+        Unwinder::Jemalloc(
+            "diag's frame-pointer walker needs the cpu feature on Linux x86_64 or aarch64"
+                .to_owned(),
+        )
+    }
+}
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
@@ -32,6 +67,7 @@ pub(crate) use jemalloc::available;
 #[cfg(feature = "cpu")]
 pub(crate) use jemalloc::purge;
 pub use jemalloc::{HeapStats, HeapUnavailable, heap_stats};
+pub(crate) use unwinder::apply as apply_unwinder;
 
 /// Go's heap sample types, in Go's order: `(type, unit)`.
 const SAMPLE_TYPES: [(&str, &str); 4] = [
@@ -168,6 +204,10 @@ async fn respond(d: Diag, params: Params, kind: Kind) -> Response {
                 h.insert(header::CONTENT_DISPOSITION, HeaderValue::from_static(name));
             }
             h.insert("x-diag-heap-stacks", profile.stacks.len().into());
+            h.insert(
+                "x-diag-heap-unwinder",
+                HeaderValue::from_static(profile.unwinder.name()),
+            );
             if profile.ended_early {
                 h.insert("x-diag-ended-early", HeaderValue::from_static("shutdown"));
             }
@@ -194,6 +234,8 @@ async fn run(d: &Diag, req: &Request) -> Result<(Vec<u8>, HeapProfile), ApiError
         )));
     }
     let _permit = d.heavy()?;
+    unwinder::refresh();
+    let unwinder = unwinder::current();
     let started = SystemTime::now();
     let mono = Instant::now();
     let first = snapshot().await?;
@@ -214,7 +256,14 @@ async fn run(d: &Diag, req: &Request) -> Result<(Vec<u8>, HeapProfile), ApiError
     let format = req.format;
     let sample_type = req.sample_type;
     tokio::task::spawn_blocking(move || {
-        let profile = HeapProfile::resolve(snap, settings.accum, started, duration, ended_early);
+        let profile = HeapProfile::resolve(
+            snap,
+            settings.accum,
+            started,
+            duration,
+            ended_early,
+            unwinder,
+        );
         let body = match format {
             "proto" => profile.to_proto(kind, sample_type),
             "svg" => profile.to_svg(kind, sample_type),
@@ -250,6 +299,8 @@ struct HeapProfile {
     /// The window of a delta profile; `None` for the heap as it is.
     duration: Option<Duration>,
     ended_early: bool,
+    /// Who unwinds jemalloc's samples (when the profile was asked for).
+    unwinder: unwinder::Unwinder,
 }
 
 impl HeapProfile {
@@ -259,6 +310,7 @@ impl HeapProfile {
         start: SystemTime,
         duration: Option<Duration>,
         ended_early: bool,
+        unwinder: unwinder::Unwinder,
     ) -> Self {
         let symbols = symbols::resolve_all(snap.stacks.keys().flatten().copied());
         let mut merged: HashMap<Vec<usize>, Counts> = HashMap::with_capacity(snap.stacks.len());
@@ -279,6 +331,7 @@ impl HeapProfile {
             start,
             duration,
             ended_early,
+            unwinder,
         }
     }
 
@@ -342,6 +395,7 @@ impl HeapProfile {
             kind.name(),
             self.subtitle(sample_type)
         ));
+        b.comment(&self.unwinder.describe());
         b.default_sample_type(sample_type);
         for (ips, c) in &self.stacks {
             let locations = ips

@@ -239,6 +239,12 @@ pub(crate) use control::join_blocking;
 pub(crate) use control::{
     install_handler, join, recorded, recorder_status, running, start_recorder,
 };
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+#[cfg_attr(not(feature = "heap"), allow(unused_imports))]
+pub(crate) use unwind::walk_own_stack;
 
 #[cfg(all(
     target_os = "linux",

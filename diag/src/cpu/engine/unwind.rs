@@ -102,6 +102,62 @@ pub(crate) unsafe fn walk(
     n
 }
 
+/// Walks the calling thread's own stack, outside any signal handler: the first address is
+/// the return address into the function that called this one (so it names the caller,
+/// at its call), then the frame records above it, through [`walk`]. `[lo, hi)` bounds
+/// every read; this function's own frame record must lie in it, else nothing is put.
+/// Returns how many addresses were put.
+///
+/// jemalloc's heap-sample hook (`heap/unwinder.rs`) calls it; any code that wants its own
+/// stack without libgcc's unwinder may.
+///
+/// # Safety
+/// `[lo, hi)` must be the calling thread's stack, or a part of it holding the stack
+/// pointer, mapped and readable.
+#[inline(never)]
+#[cfg_attr(not(feature = "heap"), allow(dead_code))]
+pub(crate) unsafe fn walk_own_stack(
+    lo: usize,
+    hi: usize,
+    max: usize,
+    put: impl FnMut(usize, usize),
+) -> usize {
+    let fp: usize;
+    // SAFETY: reads the frame-pointer register, which every function of this build keeps
+    // pointing at its own frame record (`-C force-frame-pointers=yes`, set in
+    // .cargo/config.toml and needed by the whole engine); nothing is written.
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        core::arch::asm!("mov {}, rbp", out(reg) fp, options(nomem, nostack, preserves_flags));
+    }
+    // SAFETY: as above, with x29.
+    #[cfg(target_arch = "aarch64")]
+    unsafe {
+        core::arch::asm!("mov {}, x29", out(reg) fp, options(nomem, nostack, preserves_flags));
+    }
+    let word = core::mem::size_of::<usize>();
+    if fp < lo || fp % word != 0 || fp.checked_add(2 * word).is_none_or(|e| e > hi) {
+        return 0;
+    }
+    // SAFETY: `[fp, fp + 16)` lies in `[lo, hi)`, the caller's readable stack.
+    let (caller_fp, ret) = unsafe { (read_word(fp), read_word(fp + word)) };
+    if caller_fp <= fp {
+        return 0;
+    }
+    // Start as if interrupted in the caller at its call: ip + 1 is the return address.
+    // The stack pointer is put at the caller's record, where no word before the first
+    // return address can pass for one, so the leaf search adds nothing.
+    let regs = Regs {
+        ip: ret.wrapping_sub(1),
+        fp: caller_fp,
+        sp: caller_fp,
+        lr: 0,
+    };
+    // SAFETY: `[caller_fp, hi)` ⊆ `[lo, hi)`, mapped and readable as the caller promised;
+    // EXEC describes mappings the sampler thread found, which stay mapped.
+    unsafe { walk(regs, lo, hi, &super::threads::EXEC, max, put) }
+}
+
 /// Words above the stack pointer searched for return addresses when the leaf is outside
 /// the main program (glibc's `write` keeps a 0x28-byte frame below its return address in
 /// a threaded process, and may be interrupted inside the helper it calls).

@@ -1,0 +1,424 @@
+//! jemalloc's heap samples unwound by diag's frame-pointer walker instead of libgcc.
+//!
+//! jemalloc unwinds the stack of every allocation it samples through one function
+//! pointer, `experimental.hooks.prof_backtrace` (jemalloc 5.3.1, prof_sys.c:524-532): by
+//! default `prof_backtrace_impl`, a libgcc `_Unwind_Backtrace` (~5 µs a sample, which
+//! is most of what heap profiling costs an allocation-heavy service). diag can set it to
+//! [`frame_pointer_backtrace`], the walk its CPU engine runs in the signal handler
+//! (`cpu/engine/unwind.rs`), started from the hook's own frame.
+//!
+//! jemalloc calls the hook with none of its locks held and with the thread marked
+//! reentrant, so allocations made inside it are not sampled (prof.c:220-233); the hook
+//! allocates nothing anyway after a thread's first sample (which asks glibc for the
+//! thread's stack range once). A `SIGPROF` may interrupt it: the two share no state.
+//!
+//! The walk is only as good as the frame pointers of every function between the
+//! allocation and its callers, jemalloc's own C functions included (they keep them when
+//! jemalloc is built with debug info, as cc then passes `-fno-omit-frame-pointer`). So it
+//! is installed only after a probe: one allocation, sampled for sure, unwound by both
+//! the hook found in place and diag's walk, must give the same frames from the
+//! allocating function up. Otherwise jemalloc's own unwinder stays, and the reason is
+//! kept for the profile's comment. [`crate::Config::with_heap_frame_pointers`] turns it
+//! off, which writes the previous hook back.
+
+use std::alloc::Layout;
+use std::cell::Cell;
+use std::ffi::{c_uint, c_void};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+use tikv_jemalloc_ctl::raw;
+
+use crate::cpu::engine::walk_own_stack;
+
+/// jemalloc's `prof_backtrace_hook_t`: fill `vec` with at most `max_len` return
+/// addresses, leaf first, and set `*len`.
+type Hook = unsafe extern "C" fn(vec: *mut *mut c_void, len: *mut c_uint, max_len: c_uint);
+
+const HOOK_CTL: &[u8] = b"experimental.hooks.prof_backtrace\0";
+
+/// The hook in place before diag first wrote one (jemalloc's `prof_backtrace_impl`, or
+/// the application's): diag's hook falls back to it, and turning diag's off restores it.
+static PREVIOUS: AtomicUsize = AtomicUsize::new(0);
+/// Serialises [`apply`] (and so the probe).
+static APPLY: Mutex<()> = Mutex::new(());
+/// The probe's verdict, once it could run: `Ok` says how the stacks compared.
+static VERDICT: OnceLock<Result<String, String>> = OnceLock::new();
+/// What the router built last asked for.
+static WANTED: AtomicBool = AtomicBool::new(false);
+
+thread_local! {
+    /// This thread's stack `[lo, hi)`: `(0, 0)` not asked yet, `(1, 0)` unknown.
+    static STACK: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
+    /// Set on the probing thread while the probe hook is installed.
+    static PROBING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Who unwinds jemalloc's samples now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Unwinder {
+    /// diag's frame-pointer walk; the probe's comparison.
+    FramePointer(String),
+    /// The hook jemalloc had (its own libgcc unwinder, or the application's); why.
+    Jemalloc(String),
+}
+
+impl Unwinder {
+    /// The `X-Diag-Heap-Unwinder` header's value.
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Self::FramePointer(_) => "frame-pointer",
+            Self::Jemalloc(_) => "jemalloc",
+        }
+    }
+
+    /// One sentence for the profile's comment.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Self::FramePointer(how) => {
+                format!("stacks unwound by diag's frame-pointer walker ({how})")
+            }
+            Self::Jemalloc(why) => format!("stacks unwound by jemalloc's own unwinder ({why})"),
+        }
+    }
+}
+
+fn read_hook() -> Result<Option<Hook>, String> {
+    // SAFETY: experimental.hooks.prof_backtrace reads as a prof_backtrace_hook_t, a
+    // nullable function pointer of this signature (jemalloc's ctl.c, prof_hook.h).
+    unsafe { raw::read::<Option<Hook>>(HOOK_CTL) }
+        .map_err(|e| format!("reading experimental.hooks.prof_backtrace: {e}"))
+}
+
+fn write_hook(hook: Hook) -> Result<(), String> {
+    // SAFETY: as in `read_hook`; jemalloc stores it with release ordering and calls it
+    // for every later sample, and it stays valid for the process's life.
+    unsafe { raw::write::<Option<Hook>>(HOOK_CTL, Some(hook)) }
+        .map_err(|e| format!("writing experimental.hooks.prof_backtrace: {e}"))
+}
+
+fn previous() -> Option<Hook> {
+    let p = PREVIOUS.load(Ordering::Acquire);
+    // SAFETY: PREVIOUS only ever holds 0 or a `Hook` read from jemalloc.
+    (p != 0).then(|| unsafe { std::mem::transmute::<usize, Hook>(p) })
+}
+
+fn is_ours(hook: Option<Hook>) -> bool {
+    hook.is_some_and(|h| {
+        std::ptr::fn_addr_eq(h, frame_pointer_backtrace as Hook)
+            || std::ptr::fn_addr_eq(h, probe_backtrace as Hook)
+    })
+}
+
+/// This thread's stack range, asked of glibc on the thread's first sample.
+fn own_stack() -> Option<(usize, usize)> {
+    let known = STACK.try_with(Cell::get).ok()?;
+    match known {
+        (0, 0) => {}
+        (1, 0) => return None,
+        range => return Some(range),
+    }
+    // SAFETY: `attr` is initialised by pthread_getattr_np before it is read and destroyed
+    // once; pthread_attr_getstack writes the two out-pointers.
+    let range = unsafe {
+        let mut attr: libc::pthread_attr_t = std::mem::zeroed();
+        if libc::pthread_getattr_np(libc::pthread_self(), &mut attr) != 0 {
+            None
+        } else {
+            let mut addr: *mut c_void = std::ptr::null_mut();
+            let mut size: libc::size_t = 0;
+            let rc = libc::pthread_attr_getstack(&attr, &mut addr, &mut size);
+            libc::pthread_attr_destroy(&mut attr);
+            let lo = addr as usize;
+            (rc == 0 && size > 0).then(|| (lo, lo.saturating_add(size)))
+        }
+    };
+    let _ = STACK.try_with(|s| s.set(range.unwrap_or((1, 0))));
+    range
+}
+
+/// diag's walk into `vec`, or 0 when this thread's stack is not known (or the hook runs
+/// on another stack, such as a signal's alternate one).
+///
+/// # Safety
+/// `vec` must have room for `max` pointers.
+#[inline(always)]
+unsafe fn frame_pointer_walk(vec: *mut *mut c_void, max: usize) -> usize {
+    let Some((lo, hi)) = own_stack() else {
+        return 0;
+    };
+    // SAFETY: `[lo, hi)` is this thread's stack as glibc reports it; `walk_own_stack`
+    // checks that its own frame lies in it (not on an alternate signal stack), and reads
+    // only from there up, the part in use. Each index is below `max`.
+    unsafe { walk_own_stack(lo, hi, max, |i, a| *vec.add(i) = a as *mut c_void) }
+}
+
+/// The hook diag installs: the frame-pointer walk, or the previous hook when the walk
+/// cannot run on this thread.
+///
+/// # Safety
+/// Called by jemalloc only, with `vec` holding `max_len` pointers.
+unsafe extern "C" fn frame_pointer_backtrace(
+    vec: *mut *mut c_void,
+    len: *mut c_uint,
+    max_len: c_uint,
+) {
+    // SAFETY: jemalloc's `vec` holds `max_len` entries.
+    let n = unsafe { frame_pointer_walk(vec, max_len as usize) };
+    if n >= 2 {
+        // SAFETY: jemalloc passes a valid `len`.
+        unsafe { *len = n as c_uint };
+    } else if let Some(prev) = previous() {
+        // SAFETY: the previous hook, called as jemalloc would.
+        unsafe { prev(vec, len, max_len) };
+    } else {
+        // SAFETY: as above.
+        unsafe { *len = 0 };
+    }
+}
+
+/// Frames kept from each walker in the probe.
+const PROBE_FRAMES: usize = 128;
+/// What the probe hook saw on the probing thread: jemalloc's walk, then diag's.
+static PROBE_PREV: [AtomicUsize; PROBE_FRAMES] = [const { AtomicUsize::new(0) }; PROBE_FRAMES];
+static PROBE_OURS: [AtomicUsize; PROBE_FRAMES] = [const { AtomicUsize::new(0) }; PROBE_FRAMES];
+static PROBE_LENS: [AtomicUsize; 2] = [const { AtomicUsize::new(0) }; 2];
+static PROBE_FIRED: AtomicBool = AtomicBool::new(false);
+
+/// The hook installed while probing: on the probing thread it unwinds with both walkers
+/// and keeps both results (jemalloc records the previous hook's); elsewhere it is the
+/// previous hook.
+///
+/// # Safety
+/// Called by jemalloc only, with `vec` holding `max_len` pointers.
+unsafe extern "C" fn probe_backtrace(vec: *mut *mut c_void, len: *mut c_uint, max_len: c_uint) {
+    let Some(prev) = previous() else {
+        // SAFETY: jemalloc passes a valid `len`.
+        unsafe { *len = 0 };
+        return;
+    };
+    if !PROBING.try_with(Cell::get).unwrap_or(false) {
+        // SAFETY: the previous hook, called as jemalloc would.
+        unsafe { prev(vec, len, max_len) };
+        return;
+    }
+    let max = (max_len as usize).min(PROBE_FRAMES);
+    let mut ours = [std::ptr::null_mut::<c_void>(); PROBE_FRAMES];
+    // SAFETY: `ours` holds PROBE_FRAMES ≥ max pointers.
+    let n_ours = unsafe { frame_pointer_walk(ours.as_mut_ptr(), max) };
+    // SAFETY: the previous hook, called as jemalloc would, into jemalloc's own `vec`.
+    unsafe { prev(vec, len, max_len) };
+    // SAFETY: the previous hook set `*len` entries of `vec`.
+    let n_prev = (unsafe { *len } as usize).min(max);
+    for (i, slot) in PROBE_PREV.iter().enumerate().take(n_prev) {
+        // SAFETY: `i < *len ≤ max_len`.
+        slot.store(unsafe { *vec.add(i) } as usize, Ordering::Relaxed);
+    }
+    for (slot, a) in PROBE_OURS.iter().zip(&ours[..n_ours]) {
+        slot.store(*a as usize, Ordering::Relaxed);
+    }
+    PROBE_LENS[0].store(n_prev, Ordering::Relaxed);
+    PROBE_LENS[1].store(n_ours, Ordering::Relaxed);
+    PROBE_FIRED.store(true, Ordering::Release);
+}
+
+/// Allocates `size` bytes here (freed at once) after noting this function's callers:
+/// returns the return address into this function's caller, which both walkers must find
+/// above the allocation.
+#[inline(never)]
+fn probe_alloc(layout: Layout) -> Option<usize> {
+    let mut own = [0usize; 4];
+    let own_ptr = own.as_mut_ptr();
+    let (lo, hi) = own_stack()?;
+    // SAFETY: this thread's stack; every index is below the array's 4.
+    let n = unsafe { walk_own_stack(lo, hi, own.len(), |i, a| *own_ptr.add(i) = a) };
+    // SAFETY: `layout` has a non-zero size; the block is freed with it.
+    let p = unsafe { std::alloc::alloc(layout) };
+    if !p.is_null() {
+        std::hint::black_box(p);
+        // SAFETY: allocated just above with `layout`.
+        unsafe { std::alloc::dealloc(p, layout) };
+    }
+    (n >= 2).then_some(own[1])
+}
+
+/// Runs the probe with the probe hook installed; the previous hook is back on return.
+#[inline(never)]
+fn probe(prev: Hook) -> Result<String, String> {
+    let lg: usize =
+        // SAFETY: opt.lg_prof_sample reads as a size_t.
+        unsafe { raw::read(b"opt.lg_prof_sample\0") }.map_err(|e| e.to_string())?;
+    // Four sampling periods: sampled with chance 1 - e^-4 each time.
+    let size = (4usize << lg.min(24)).max(4096);
+    let layout = Layout::from_size_align(size, 16).map_err(|e| e.to_string())?;
+    PROBE_FIRED.store(false, Ordering::Relaxed);
+    write_hook(probe_backtrace)?;
+    let _ = PROBING.try_with(|p| p.set(true));
+    let mut anchor = None;
+    for _ in 0..32 {
+        anchor = probe_alloc(layout);
+        if PROBE_FIRED.load(Ordering::Acquire) || anchor.is_none() {
+            break;
+        }
+    }
+    let _ = PROBING.try_with(|p| p.set(false));
+    write_hook(prev)?;
+    let anchor = anchor.ok_or("this thread's stack range is unknown")?;
+    if !PROBE_FIRED.load(Ordering::Acquire) {
+        return Err(format!(
+            "32 probe allocations of {size} bytes, none sampled by jemalloc"
+        ));
+    }
+    let load = |a: &[AtomicUsize], n: usize| -> Vec<usize> {
+        a[..n.min(PROBE_FRAMES)]
+            .iter()
+            .map(|x| x.load(Ordering::Relaxed))
+            .collect()
+    };
+    let theirs = load(&PROBE_PREV, PROBE_LENS[0].load(Ordering::Relaxed));
+    let ours = load(&PROBE_OURS, PROBE_LENS[1].load(Ordering::Relaxed));
+    compare(&theirs, &ours, anchor)
+}
+
+/// Whether two stacks of the probe allocation agree where a heap profile shows them:
+/// from the allocating function (the frame just below `anchor`, the return address into
+/// its caller) up to the root, as far as both reach. Says how they compared.
+fn compare(theirs: &[usize], ours: &[usize], anchor: usize) -> Result<String, String> {
+    let ia = theirs.iter().position(|&a| a == anchor);
+    let ib = ours.iter().position(|&a| a == anchor);
+    let (Some(ia), Some(ib)) = (ia, ib) else {
+        return Err(format!(
+            "on a probe allocation, {} did not reach the probe's caller \
+             ({} frames from jemalloc's unwinder, {} from diag's)",
+            match (ia, ib) {
+                (None, Some(_)) => "jemalloc's unwinder",
+                (Some(_), None) => "diag's frame-pointer walk",
+                _ => "neither unwinder",
+            },
+            theirs.len(),
+            ours.len()
+        ));
+    };
+    if ia == 0 || ib == 0 {
+        return Err("on a probe allocation, no frame below the probe's caller".to_owned());
+    }
+    let (t, o) = (&theirs[ia - 1..], &ours[ib - 1..]);
+    let shared = t.len().min(o.len());
+    if let Some(k) = (0..shared).find(|&k| t[k] != o[k]) {
+        return Err(format!(
+            "on a probe allocation, the two unwinders disagree {k} frames above the \
+             allocating function"
+        ));
+    }
+    if o.len() > t.len() && theirs.len() < PROBE_FRAMES {
+        return Err(format!(
+            "on a probe allocation, diag's walk gave {} frames past the root jemalloc's \
+             unwinder found",
+            o.len() - t.len()
+        ));
+    }
+    // Below the allocating function: jemalloc's frames and the allocator shims, which
+    // profiles drop. Count how many of them agree too.
+    let inner = theirs[..ia - 1]
+        .iter()
+        .rev()
+        .zip(ours[..ib - 1].iter().rev())
+        .take_while(|(a, b)| a == b)
+        .count();
+    Ok(format!(
+        "a probe allocation gave the same {shared} frames from the allocating function up as \
+         jemalloc's unwinder{}, and {inner} of the allocator's frames below it",
+        match t.len() - shared {
+            0 => String::new(),
+            n => format!(", which adds {n} at the root"),
+        }
+    ))
+}
+
+/// Installs diag's walker as jemalloc's unwinder (`on`) once the probe agrees, or puts
+/// the previous one back (`!on`); called when a router is built, so the last one built
+/// decides. Does nothing yet unless jemalloc can profile and is sampling now: then
+/// [`refresh`] does it later.
+pub(crate) fn apply(on: bool) {
+    WANTED.store(on, Ordering::Relaxed);
+    refresh();
+}
+
+/// Does what the router built last asked, if it could not be done then (jemalloc was
+/// not sampling); called before each heap profile.
+pub(crate) fn refresh() {
+    let on = WANTED.load(Ordering::Relaxed);
+    if super::jemalloc::profiling().is_err() {
+        return;
+    }
+    let Ok(_guard) = APPLY.lock() else {
+        return;
+    };
+    let Ok(current) = read_hook() else {
+        return;
+    };
+    if !is_ours(current) {
+        if let Some(h) = current {
+            PREVIOUS.store(h as usize, Ordering::Release);
+        }
+    }
+    let Some(prev) = previous() else {
+        return;
+    };
+    if on {
+        if is_ours(current) {
+            return;
+        }
+        if VERDICT.get_or_init(|| probe(prev)).is_ok() {
+            let _ = write_hook(frame_pointer_backtrace);
+        }
+    } else if is_ours(current) {
+        let _ = write_hook(prev);
+    }
+}
+
+/// Who unwinds jemalloc's samples now, and why.
+pub(crate) fn current() -> Unwinder {
+    match read_hook() {
+        Ok(h) if is_ours(h) => Unwinder::FramePointer(
+            VERDICT
+                .get()
+                .and_then(|v| v.clone().ok())
+                .unwrap_or_default(),
+        ),
+        Ok(_) => Unwinder::Jemalloc(match VERDICT.get() {
+            Some(Err(why)) => format!("diag's walker not installed: {why}"),
+            Some(Ok(_)) => "diag's walker turned off by configuration".to_owned(),
+            None => "diag's walker not probed: turned off, or jemalloc not sampling".to_owned(),
+        }),
+        Err(e) => Unwinder::Jemalloc(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stacks_compare_from_the_allocating_function_up() {
+        // jemalloc's frames differ below the allocating function (7); 9 is the anchor.
+        let theirs = [1, 2, 3, 7, 9, 10, 11, 12];
+        let ours = [5, 3, 7, 9, 10, 11];
+        let ok = compare(&theirs, &ours, 9).unwrap();
+        assert!(ok.contains("same 4 frames"), "{ok}");
+        assert!(ok.contains("adds 1 at the root"), "{ok}");
+        assert!(ok.contains("1 of the allocator's frames"), "{ok}");
+        // A frame lost above the allocating function.
+        let e = compare(&theirs, &[5, 3, 7, 9, 11], 9).unwrap_err();
+        assert!(e.contains("disagree 2 frames above"), "{e}");
+        // The allocating function itself differs.
+        let e = compare(&theirs, &[5, 3, 8, 9, 10], 9).unwrap_err();
+        assert!(e.contains("disagree 0 frames above"), "{e}");
+        // diag's walk stops short of the probe's caller.
+        let e = compare(&theirs, &[5, 3], 9).unwrap_err();
+        assert!(e.contains("diag's frame-pointer walk did not reach"), "{e}");
+        // diag's walk runs past the root.
+        let e = compare(&theirs, &[7, 9, 10, 11, 12, 13], 9).unwrap_err();
+        assert!(e.contains("1 frames past the root"), "{e}");
+    }
+}
