@@ -23,3 +23,15 @@ need_deb() { # need_deb COMMAND-OR-/PATH PACKAGE
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$2" >/dev/null
   deb_present "$1" || { echo "$2 did not provide $1" >&2; return 1; }
 }
+
+# free_ports N: N distinct free TCP ports on 127.0.0.1, on one line (held open together
+# while chosen, so none is given twice).
+free_ports() {
+  python3 - "$1" <<'PY'
+import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+PY
+}

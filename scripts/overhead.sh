@@ -74,7 +74,6 @@ fi
 rounds=${rounds_arg:-$rounds}
 want() { case " $parts " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 work_n=100000
-demo_port=18080; demo_diag=16060; go_port=17070
 tck=$(getconf CLK_TCK)
 out=$(mktemp -d)
 pids=()
@@ -87,6 +86,10 @@ need_deb wrk wrk
 need_deb go golang-go
 need_deb curl curl
 need_deb python3 python3
+# Free ports, taken all at once (the names keep the port each part used to have fixed).
+# shellcheck disable=SC2034
+read -r p16060 p16061 p16062 p16063 p16064 p16065 p16068 p16069 p17070 p18080 p18081 p18082 p18083 p18084 p18085 p18086 p18087 p18088 p18089 < <(free_ports 19)
+demo_port=${p18080}; demo_diag=${p16060}; go_port=${p17070}
 peer=../shared/peers/go-counter
 [ -d "$peer" ] || { echo "the Go peer is missing at $peer" >&2; exit 1; }
 
@@ -196,8 +199,8 @@ heap_pair() { # NAME PATH
 
 if want 0; then
 echo; echo "== 0. diag mounted on the service's listener and idle (B) against no diag at all (A), $rounds alternations"
-start_demo 18086 off "" --no-trace-layer; pid_a=$demo_pid; port_a=18086
-start_demo 18087 main; pid_b=$demo_pid; port_b=18087
+start_demo ${p18086} off "" --no-trace-layer; pid_a=$demo_pid; port_a=${p18086}
+start_demo ${p18087} main; pid_b=$demo_pid; port_b=${p18087}
 heap_pair "diag-idle demo /" "/"
 heap_pair "diag-idle demo /work?n=$work_n" "/work?n=$work_n"
 kill $pid_a $pid_b; wait $pid_a $pid_b 2>/dev/null || true
@@ -288,10 +291,10 @@ fi
 : > "$out/dumps"
 if want 5; then
 echo; echo "== 5. jemalloc heap profiling: active (B) against inactive (A), $rounds alternations"
-start_demo 18081 16061 prof_active:false; pid_a=$demo_pid; port_a=18081
-start_demo 18082 16062; pid_b=$demo_pid; port_b=18082
-start_demo 18088 16068 "" --heap-libgcc-unwinder; pid_c=$demo_pid; port_c=18088
-for p in 16062:frame-pointer 16068:jemalloc; do
+start_demo ${p18081} ${p16061} prof_active:false; pid_a=$demo_pid; port_a=${p18081}
+start_demo ${p18082} ${p16062}; pid_b=$demo_pid; port_b=${p18082}
+start_demo ${p18088} ${p16068} "" --heap-libgcc-unwinder; pid_c=$demo_pid; port_c=${p18088}
+for p in ${p16062}:frame-pointer ${p16068}:jemalloc; do
   got=$(curl -s -o /dev/null -D - "http://127.0.0.1:${p%%:*}/debug/pprof/heap" |
         tr -d '\r' | sed -n 's/^x-diag-heap-unwinder: //ip')
   [ "$got" = "${p#*:}" ] || { echo "the demo on ${p%%:*} unwinds heap samples with '$got', not ${p#*:}" >&2; exit 1; }
@@ -302,9 +305,9 @@ heap_pair "heap-prof demo /churn" "/churn?n=200&bytes=4096"
 pid_fp=$pid_b; port_fp=$port_b; pid_b=$pid_c; port_b=$port_c
 heap_pair "heap-prof-libgcc demo /churn" "/churn?n=200&bytes=4096"
 pid_b=$pid_fp; port_b=$port_fp; kill $pid_c; wait $pid_c 2>/dev/null || true
-curl -sf -o /dev/null -X POST "http://127.0.0.1:18082/hold?mb=64"
+curl -sf -o /dev/null -X POST "http://127.0.0.1:${p18082}/hold?mb=64"
 for i in $(seq "$dumps"); do
-  curl -s -o /dev/null -w '%{time_total} %{size_download}\n' "http://127.0.0.1:16062/debug/pprof/heap" >> "$out/dumps"
+  curl -s -o /dev/null -w '%{time_total} %{size_download}\n' "http://127.0.0.1:${p16062}/debug/pprof/heap" >> "$out/dumps"
 done
 dump_rss=$(rss $pid_b)
 kill $pid_a $pid_b; wait $pid_a $pid_b 2>/dev/null || true
@@ -312,13 +315,13 @@ fi
 
 if want 6; then
 echo; echo "== 6. diag's trace layer, installed and idle (B) against not installed (A), $rounds alternations"
-start_demo 18083 16063 "" --no-trace-layer; pid_a=$demo_pid; port_a=18083
-start_demo 18084 16064; pid_b=$demo_pid; port_b=18084
+start_demo ${p18083} ${p16063} "" --no-trace-layer; pid_a=$demo_pid; port_a=${p18083}
+start_demo ${p18084} ${p16064}; pid_b=$demo_pid; port_b=${p18084}
 heap_pair "trace-layer demo /" "/"
 heap_pair "trace-layer demo /work?n=$work_n" "/work?n=$work_n"
 # One window, to show the layer records when asked.
-curl -sf -o "$out/trace.json" "http://127.0.0.1:16064/debug/pprof/trace?seconds=1" & trace_curl=$!
-wrk -t1 -c4 -d2s "http://127.0.0.1:18084/" >/dev/null
+curl -sf -o "$out/trace.json" "http://127.0.0.1:${p16064}/debug/pprof/trace?seconds=1" & trace_curl=$!
+wrk -t1 -c4 -d2s "http://127.0.0.1:${p18084}/" >/dev/null
 wait $trace_curl
 trace_events=$(python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(len(d['traceEvents']), d['otherData']['events_dropped'])" "$out/trace.json")
 kill $pid_a $pid_b; wait $pid_a $pid_b 2>/dev/null || true
@@ -326,12 +329,12 @@ fi
 
 if want 7; then
 echo; echo "== 7. a /trace window open (B) against none (A), one process, $rounds alternations"
-start_demo 18085 16065; pid_w=$demo_pid
+start_demo ${p18085} ${p16065}; pid_w=$demo_pid
 win_s=$((run_s + 2))
-overhead "trace-window demo /" $pid_w "http://127.0.0.1:18085/" "http://127.0.0.1:16065/debug/pprof/trace?seconds=$win_s"
-overhead "trace-window demo /work?n=$work_n" $pid_w "http://127.0.0.1:18085/work?n=$work_n" "http://127.0.0.1:16065/debug/pprof/trace?seconds=$win_s"
-curl -sf -o "$out/trace7.json" "http://127.0.0.1:16065/debug/pprof/trace?seconds=$win_s" & trace_curl=$!
-sleep 0.5; wrk -t1 -c32 -d"${run_s}s" "http://127.0.0.1:18085/" >/dev/null
+overhead "trace-window demo /" $pid_w "http://127.0.0.1:${p18085}/" "http://127.0.0.1:${p16065}/debug/pprof/trace?seconds=$win_s"
+overhead "trace-window demo /work?n=$work_n" $pid_w "http://127.0.0.1:${p18085}/work?n=$work_n" "http://127.0.0.1:${p16065}/debug/pprof/trace?seconds=$win_s"
+curl -sf -o "$out/trace7.json" "http://127.0.0.1:${p16065}/debug/pprof/trace?seconds=$win_s" & trace_curl=$!
+sleep 0.5; wrk -t1 -c32 -d"${run_s}s" "http://127.0.0.1:${p18085}/" >/dev/null
 wait $trace_curl
 window_events=$(python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(d['otherData']['events_kept'], d['otherData']['events_dropped'])" "$out/trace7.json")
 kill $pid_w; wait $pid_w 2>/dev/null || true
@@ -339,9 +342,9 @@ fi
 
 if want 8; then
 echo; echo "== 8. the CPU recorder on (B) against off (A), $rounds alternations"
-start_demo 18088 16068; pid_a=$demo_pid; port_a=18088
-start_demo 18089 16069 "" --cpu-recorder 10m; pid_b=$demo_pid; port_b=18089
-index=$(curl -sf "http://127.0.0.1:16069/debug/pprof/")
+start_demo ${p18088} ${p16068}; pid_a=$demo_pid; port_a=${p18088}
+start_demo ${p18089} ${p16069} "" --cpu-recorder 10m; pid_b=$demo_pid; port_b=${p18089}
+index=$(curl -sf "http://127.0.0.1:${p16069}/debug/pprof/")
 case $index in *"The CPU recorder is on"*) ;; *) echo "part 8: the recorder is not on in B" >&2; exit 1 ;; esac
 heap_pair "recorder demo /" "/"
 heap_pair "recorder demo /work?n=$work_n" "/work?n=$work_n"
