@@ -12,7 +12,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-5}
 cargo build --release -p demo -q
-port=$((20000 + RANDOM % 20000)); dport=$((port + 1))
+. scripts/lib.sh
+read -r port dport < <(free_ports 2)
 RUST_LOG=warn target/release/demo --listen 127.0.0.1:$port --diag-listen 127.0.0.1:$dport >/dev/null 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null; kill $(jobs -p) 2>/dev/null || true' EXIT
