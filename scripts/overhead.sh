@@ -5,7 +5,7 @@
 #   scripts/overhead.sh            the full run (about 20 minutes; progress is printed)
 #   scripts/overhead.sh --quick    a few seconds per part: proves the script works end to end
 #   scripts/overhead.sh --rounds N N alternations per overhead pair instead of 10
-#   scripts/overhead.sh --parts "5 6"  only these parts (0 1 2 3 5 6 7; 3 covers 4)
+#   scripts/overhead.sh --parts "5 6"  only these parts (0 1 2 3 5 6 7 8; 3 covers 4)
 #
 # Measures, printing a summary at the end (docs/performance.md quotes it):
 #  0. what diag costs while nobody profiles: the server's CPU time per request under wrk
@@ -30,21 +30,24 @@
 #     request with the layer installed and idle (B) against without it (A,
 #     `--no-trace-layer`), two processes of the same binary, alternated;
 #  7. what an open /trace window costs: the same CPU per request while a window spans the
-#     wrk run (B) against none (A), in one process, alternated.
+#     wrk run (B) against none (A), in one process, alternated;
+#  8. what diag's RouteLabels layer costs: the same CPU per request on `/` with the layer
+#     (B, the demo's default) against without it (A, `--no-route-labels`), two processes
+#     of the same binary, alternated.
 # Traffic goes to 127.0.0.1 only, bounded in time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 quick=0
 rounds_arg=""
-parts="0 1 2 3 5 6 7"
+parts="0 1 2 3 5 6 7 8"
 while [ $# -gt 0 ]; do
   arg=$1; shift
   case "$arg" in
     --quick) quick=1 ;;
     --rounds) rounds_arg=${1:?--rounds needs a number}; shift ;;
     --parts) parts=${1:?--parts needs a list such as "5 6"}; shift ;;
-    -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
     *) echo "unknown argument: $arg (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -75,7 +78,7 @@ peer=../shared/peers/go-counter
 
 # Rough minutes per part at 10 rounds of 3 s (part 2 and 3 do not depend on rounds).
 estimate=$(python3 -c "
-per = {'0': 2.2, '1': 4.5, '2': 1.2, '3': 2.0, '5': 3.5, '6': 2.2, '7': 3.0}
+per = {'0': 2.2, '1': 4.5, '2': 1.2, '3': 2.0, '5': 3.5, '6': 2.2, '7': 3.0, '8': 1.2}
 fixed = {'2', '3'}
 total = sum(per[p] * (1 if p in fixed else $rounds / 10) * ($run_s / 3 if p not in fixed else 1)
             for p in '$parts'.split() if p in per)
@@ -279,12 +282,20 @@ window_events=$(python3 -c "import json,sys; d=json.load(open(sys.argv[1])); pri
 kill $pid_w; wait $pid_w 2>/dev/null || true
 fi
 
+if want 8; then
+echo; echo "== 8. RouteLabels installed (B) against left out (A, --no-route-labels), $rounds alternations"
+start_demo 18098 16098 "" --no-route-labels; pid_a=$demo_pid; port_a=18098
+start_demo 18099 16099; pid_b=$demo_pid; port_b=18099
+heap_pair "route-labels demo /" "/"
+kill $pid_a $pid_b; wait $pid_a $pid_b 2>/dev/null || true
+fi
+
 echo; echo "================ summary ================"
 echo "machine: $(nproc) cores, $(uname -r), CONFIG_HZ $(zcat /proc/config.gz 2>/dev/null | sed -n 's/^CONFIG_HZ=//p')"
 echo "overhead (server CPU per request B / A: demo/go = a CPU profile running / none;"
 echo "  diag-idle = diag mounted and idle / not mounted;"
 echo "  heap-prof = jemalloc profiling active / inactive; trace-layer = installed and idle / absent;"
-echo "  trace-window = a /trace window open / none;"
+echo "  trace-window = a /trace window open / none; route-labels = RouteLabels on / off;"
 echo "  median of $rounds pairs [min, max]; throughput A -> B):"
 for f in "$out"/overhead-*[!e]; do
   [ -s "$f" ] || continue

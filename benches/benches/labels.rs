@@ -1,6 +1,7 @@
 //! What labels on CPU samples cost: setting and restoring the thread's label id around
-//! one poll, and the `RouteLabels` layer per request (interning the method and route,
-//! the future's and the body's polls), beside a bare router and the demo's `GET /`.
+//! one poll, and the `RouteLabels` layer per request (the label-set id of the method and
+//! route from the thread's cache, the future's and the body's polls), beside a bare
+//! router and the demo's `GET /` with the layer and without it.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -36,6 +37,20 @@ fn per_poll(c: &mut Criterion) {
         b.iter(|| labels::with_id(black_box(id), || black_box(1)))
     });
     group.finish();
+
+    let mut group = c.benchmark_group("labels per request id");
+    group.bench_function("RouteLabels id of GET / (thread cache)", |b| {
+        b.iter(|| labels::route_id_for_bench(black_box(&http::Method::GET), black_box("/")))
+    });
+    group.bench_function("intern GET / each time (no cache)", |b| {
+        b.iter(|| {
+            labels::intern_for_bench(LabelSet::new([
+                ("http.method", "GET"),
+                (black_box("http.route"), black_box("/")),
+            ]))
+        })
+    });
+    group.finish();
 }
 
 fn call(rt: &tokio::runtime::Runtime, app: &Router) {
@@ -48,6 +63,8 @@ fn per_request(c: &mut Criterion) {
     let bare: Router = Router::new().route("/", get(|| async { "ok" }));
     let labelled = bare.clone().layer(labels::RouteLabels::new());
     let demo = demo::app(demo::AppState::new(), None);
+    let options = demo::Options::default().without_route_labels();
+    let demo_off = demo::app(rt.block_on(demo::AppState::start(options)), None);
     let mut group = c.benchmark_group("labels per request");
     group.bench_function("router without RouteLabels", |b| {
         b.iter(|| call(&rt, &bare))
@@ -58,6 +75,9 @@ fn per_request(c: &mut Criterion) {
     group.bench_function("demo GET / (RouteLabels on)", |b| {
         b.iter(|| call(&rt, &demo))
     });
+    group.bench_function("demo GET / (RouteLabels off)", |b| {
+        b.iter(|| call(&rt, &demo_off))
+    });
     group.finish();
     if support::measuring("labels per request") {
         support::ratio(
@@ -66,6 +86,13 @@ fn per_request(c: &mut Criterion) {
             20_000,
             || call(&rt, &bare),
             || call(&rt, &labelled),
+        );
+        support::ratio(
+            "labels: demo GET / with RouteLabels / without",
+            21,
+            20_000,
+            || call(&rt, &demo_off),
+            || call(&rt, &demo),
         );
     }
 }

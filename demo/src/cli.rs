@@ -55,6 +55,10 @@ pub struct Args {
     /// 501); for measuring what the idle layer costs.
     #[arg(long, env = "DEMO_NO_TRACE_LAYER")]
     pub no_trace_layer: bool,
+    /// Leave diag's `RouteLabels` layer out (CPU samples then carry no `http.method` and
+    /// `http.route`); for measuring what the layer costs.
+    #[arg(long, env = "DEMO_NO_ROUTE_LABELS")]
+    pub no_route_labels: bool,
     /// Log format.
     #[arg(long, env = "DEMO_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
     pub log_format: LogFormat,
@@ -95,6 +99,9 @@ impl Args {
         }
         if let Some(mb) = self.max_held_mb {
             options = options.with_max_held_mb(mb as usize);
+        }
+        if self.no_route_labels {
+            options = options.without_route_labels();
         }
         Ok(options)
     }
