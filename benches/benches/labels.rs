@@ -70,7 +70,7 @@ fn thread_cpu() -> Duration {
 /// request's whole work is on it): `rounds` alternations of `iters` calls each; prints
 /// the median per-round ratio B/A [min, max], and the median per-call difference B − A.
 fn cpu_ratio(name: &str, rounds: usize, iters: u32, mut a: impl FnMut(), mut b: impl FnMut()) {
-    let mut time = |f: &mut dyn FnMut()| {
+    let time = |f: &mut dyn FnMut()| {
         let t = thread_cpu();
         for _ in 0..iters {
             f();
