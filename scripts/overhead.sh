@@ -5,13 +5,14 @@
 #   scripts/overhead.sh            the full run (about 20 minutes; progress is printed)
 #   scripts/overhead.sh --quick    a few seconds per part: proves the script works end to end
 #   scripts/overhead.sh --rounds N N alternations per overhead pair instead of 10
-#   scripts/overhead.sh --parts "5 6"  only these parts (0 1 2 3 5 6 7 8; 3 covers 4)
+#   scripts/overhead.sh --parts "5 6"  only these parts (0 1 2 3 5 6 7 8 9; 3 covers 4; 8 only when asked)
 #
 # Measures, printing a summary at the end (docs/performance.md quotes it):
 #  0. what diag costs while nobody profiles: the server's CPU time per request under wrk
 #     with diag mounted on the service's own listener and its trace layer installed (B,
 #     `--diag-listen main`) against no diag at all (A, `--diag-listen off
-#     --no-trace-layer`), two processes of the same binary, alternated;
+#     --no-trace-layer --no-route-labels`; the demo's requests stay wrapped in
+#     diag::tasks::Traced), two processes of the same binary, alternated;
 #  1. overhead: the server's CPU time per request (from /proc/PID/stat) under wrk on `/`
 #     and on fixed-work `/work?n=`, with a CPU profile running (B) against none (A),
 #     alternating A and B; the median of the per-pair ratios B/A, with min and max, and
@@ -48,20 +49,23 @@
 #     request with it on (B, `--cpu-recorder 10m`) against off (A), two processes of the
 #     same binary, alternated (only with --parts 8). Every other part runs the demo with
 #     the recorder off (DEMO_CPU_RECORDER=off), so their figures keep their meaning.
+#  9. what diag's RouteLabels layer costs: the same CPU per request on `/` with the layer
+#     (B, the demo's default) against without it (A, `--no-route-labels`), two processes
+#     of the same binary, alternated.
 # Traffic goes to 127.0.0.1 only, bounded in time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 quick=0
 rounds_arg=""
-parts="0 1 2 3 5 6 7"
+parts="0 1 2 3 5 6 7 9"
 while [ $# -gt 0 ]; do
   arg=$1; shift
   case "$arg" in
     --quick) quick=1 ;;
     --rounds) rounds_arg=${1:?--rounds needs a number}; shift ;;
     --parts) parts=${1:?--parts needs a list such as "5 6"}; shift ;;
-    -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
     *) echo "unknown argument: $arg (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -88,14 +92,14 @@ need_deb curl curl
 need_deb python3 python3
 # Free ports, taken all at once (the names keep the port each part used to have fixed).
 # shellcheck disable=SC2034
-read -r p16060 p16061 p16062 p16063 p16064 p16065 p16068 p16069 p17070 p18080 p18081 p18082 p18083 p18084 p18085 p18086 p18087 p18088 p18089 < <(free_ports 19)
+read -r p16060 p16061 p16062 p16063 p16064 p16065 p16068 p16069 p16098 p16099 p17070 p18080 p18081 p18082 p18083 p18084 p18085 p18086 p18087 p18088 p18089 p18098 p18099 < <(free_ports 23)
 demo_port=${p18080}; demo_diag=${p16060}; go_port=${p17070}
 peer=../shared/peers/go-counter
 [ -d "$peer" ] || { echo "the Go peer is missing at $peer" >&2; exit 1; }
 
 # Rough minutes per part at 10 rounds of 3 s (part 2 and 3 do not depend on rounds).
 estimate=$(python3 -c "
-per = {'0': 2.2, '1': 4.5, '2': 1.2, '3': 2.0, '5': 4.7, '6': 2.2, '7': 3.0, '8': 2.2}
+per = {'0': 2.2, '1': 4.5, '2': 1.2, '3': 2.0, '5': 4.7, '6': 2.2, '7': 3.0, '8': 2.2, '9': 1.2}
 fixed = {'2', '3'}
 total = sum(per[p] * (1 if p in fixed else $rounds / 10) * ($run_s / 3 if p not in fixed else 1)
             for p in '$parts'.split() if p in per)
@@ -199,7 +203,7 @@ heap_pair() { # NAME PATH
 
 if want 0; then
 echo; echo "== 0. diag mounted on the service's listener and idle (B) against no diag at all (A), $rounds alternations"
-start_demo ${p18086} off "" --no-trace-layer; pid_a=$demo_pid; port_a=${p18086}
+start_demo ${p18086} off "" --no-trace-layer --no-route-labels; pid_a=$demo_pid; port_a=${p18086}
 start_demo ${p18087} main; pid_b=$demo_pid; port_b=${p18087}
 heap_pair "diag-idle demo /" "/"
 heap_pair "diag-idle demo /work?n=$work_n" "/work?n=$work_n"
@@ -351,6 +355,14 @@ heap_pair "recorder demo /work?n=$work_n" "/work?n=$work_n"
 kill $pid_a $pid_b; wait $pid_a $pid_b 2>/dev/null || true
 fi
 
+if want 9; then
+echo; echo "== 9. RouteLabels installed (B) against left out (A, --no-route-labels), $rounds alternations"
+start_demo ${p18098} ${p16098} "" --no-route-labels; pid_a=$demo_pid; port_a=${p18098}
+start_demo ${p18099} ${p16099}; pid_b=$demo_pid; port_b=${p18099}
+heap_pair "route-labels demo /" "/"
+kill $pid_a $pid_b; wait $pid_a $pid_b 2>/dev/null || true
+fi
+
 echo; echo "================ summary ================"
 echo "machine: $(nproc) cores, $(uname -r), CONFIG_HZ $(zcat /proc/config.gz 2>/dev/null | sed -n 's/^CONFIG_HZ=//p')"
 echo "overhead (server CPU per request B / A: demo/go = a CPU profile running / none;"
@@ -358,6 +370,7 @@ echo "  diag-idle = diag mounted and idle / not mounted;"
 echo "  heap-prof = jemalloc profiling active / inactive (heap-prof-libgcc: with jemalloc's own unwinder);"
 echo "  trace-layer = installed and idle / absent;"
 echo "  trace-window = a /trace window open / none; recorder = the CPU recorder on / off;"
+echo "  route-labels = RouteLabels on / off;"
 echo "  median of $rounds pairs [min, max]; throughput A -> B):"
 for f in "$out"/overhead-*[!e]; do
   [ -s "$f" ] || continue

@@ -66,6 +66,10 @@ pub struct Args {
     /// what the walker saves.
     #[arg(long, env = "DEMO_HEAP_LIBGCC_UNWINDER")]
     pub heap_libgcc_unwinder: bool,
+    /// Leave diag's `RouteLabels` layer out (CPU samples then carry no `http.method` and
+    /// `http.route`); for measuring what the layer costs.
+    #[arg(long, env = "DEMO_NO_ROUTE_LABELS")]
+    pub no_route_labels: bool,
     /// Log format.
     #[arg(long, env = "DEMO_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
     pub log_format: LogFormat,
@@ -106,6 +110,9 @@ impl Args {
         }
         if let Some(mb) = self.max_held_mb {
             options = options.with_max_held_mb(mb as usize);
+        }
+        if self.no_route_labels {
+            options = options.without_route_labels();
         }
         Ok(options)
     }

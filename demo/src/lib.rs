@@ -52,6 +52,7 @@ struct Inner {
     ready: AtomicBool,
     held: work::Held,
     metrics: Metrics,
+    route_labels: bool,
 }
 
 /// How [`AppState::start`] builds the service: where the count lives and how much `/hold`
@@ -60,6 +61,7 @@ struct Inner {
 pub struct Options {
     redis: Option<RedisConfig>,
     max_held_mb: Option<usize>,
+    no_route_labels: bool,
 }
 
 impl Options {
@@ -75,13 +77,20 @@ impl Options {
         self.max_held_mb = Some(mb.clamp(1, MAX_HELD_MB));
         self
     }
+
+    /// Leaves [`diag::labels::RouteLabels`] out of [`app`]: CPU samples then carry no
+    /// `http.method`/`http.route` (for measuring what the layer costs).
+    pub fn without_route_labels(mut self) -> Self {
+        self.no_route_labels = true;
+        self
+    }
 }
 
 impl AppState {
     /// A fresh service counting in memory: the counter at zero, not ready yet, nothing
     /// held, `/hold`'s default cap.
     pub fn new() -> Self {
-        Self::build(store::Store::memory(), Metrics::new(), None)
+        Self::build(store::Store::memory(), Metrics::new(), None, true)
     }
 
     /// A fresh service as `options` say. With Redis this connects once (within the
@@ -93,10 +102,20 @@ impl AppState {
             Some(cfg) => store::Store::redis(cfg, metrics.store()).await,
             None => store::Store::memory(),
         };
-        Self::build(store, metrics, options.max_held_mb)
+        Self::build(
+            store,
+            metrics,
+            options.max_held_mb,
+            !options.no_route_labels,
+        )
     }
 
-    fn build(store: store::Store, metrics: Metrics, max_held_mb: Option<usize>) -> Self {
+    fn build(
+        store: store::Store,
+        metrics: Metrics,
+        max_held_mb: Option<usize>,
+        route_labels: bool,
+    ) -> Self {
         let (cap, why) = match max_held_mb {
             Some(mb) => (mb, "set by --max-held-mb".to_owned()),
             None => cgroup::default_hold_cap(),
@@ -107,6 +126,7 @@ impl AppState {
                 ready: AtomicBool::new(false),
                 held: work::Held::new(cap, why),
                 metrics,
+                route_labels,
             }),
         }
     }
@@ -165,6 +185,7 @@ impl Default for AppState {
 /// The whole application as an axum [`Router`]; with `diag`, diag's endpoints are merged
 /// in and share the request-id and metrics middleware.
 pub fn app(state: AppState, diag: Option<diag::Config>) -> Router {
+    let route_labels = state.inner.route_labels;
     let mut router = Router::new()
         .route("/", get(count))
         .route("/healthz", get(healthz))
@@ -182,15 +203,19 @@ pub fn app(state: AppState, diag: Option<diag::Config>) -> Router {
     if let Some(cfg) = diag {
         router = router.merge(diag::router(cfg));
     }
-    router
+    let router = router
         .layer(axum::middleware::from_fn_with_state(
             state,
             request_id::track,
         ))
         // Every request's handler future is traced: task dumps show each one in flight.
-        .layer(diag::tasks::TracedLayer::new())
+        .layer(diag::tasks::TracedLayer::new());
+    if route_labels {
         // Every CPU sample taken for a request carries its method and route template.
-        .layer(diag::labels::RouteLabels::new())
+        router.layer(diag::labels::RouteLabels::new())
+    } else {
+        router
+    }
 }
 
 fn text(status: StatusCode, body: String) -> Response {

@@ -41,8 +41,11 @@ use crate::cpu::engine;
 
 mod route;
 
+#[doc(hidden)]
+pub use route::route_id_for_bench;
 pub use route::{
-    OTHER_METHOD, RouteLabels, RouteLabelsBody, RouteLabelsFuture, RouteLabelsService, UNMATCHED,
+    OTHER_METHOD, ROUTE_CACHE_MAX, RouteLabels, RouteLabelsBody, RouteLabelsFuture,
+    RouteLabelsService, UNMATCHED,
 };
 
 /// The most distinct label sets a process interns; later new sets get the overflow set.

@@ -213,6 +213,23 @@ async fn labels_reach_go_tool_pprof() {
         assert!(!top.contains(other), "{other} under -tagfocus /a:\n{top}");
     }
 
+    // Samples outside any request carry no route: any route at all drops them, and
+    // ignoring every route keeps them and nothing of the requests.
+    let routed = go_pprof(&["-top", "-tagfocus=http.route=.", file]);
+    assert!(routed.contains("burn_route_a"), "{routed}");
+    assert!(
+        !routed.contains("burn_outside_requests"),
+        "a sample outside any request carries a route:\n{routed}"
+    );
+    let unrouted = go_pprof(&["-top", "-tagignore=http.route=.", file]);
+    assert!(unrouted.contains("burn_outside_requests"), "{unrouted}");
+    for inside in ["burn_route_a", "burn_route_b", "burn_migrating"] {
+        assert!(
+            !unrouted.contains(inside),
+            "{inside} without a route:\n{unrouted}"
+        );
+    }
+
     // Folded with tagroot: every stack of each burner is rooted at the right route.
     let text = folded.text();
     let mut seen = HashMap::<&str, i64>::new();
