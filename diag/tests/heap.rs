@@ -9,9 +9,13 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+#[cfg(feature = "cpu")]
 use std::sync::Arc;
+#[cfg(feature = "cpu")]
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+#[cfg(feature = "cpu")]
+use std::time::Instant;
 
 use http::StatusCode;
 use testkit::{Reply, get, go_pprof_async, pprof_cum_mib, temp_dir};
@@ -335,6 +339,7 @@ async fn bad_parameters_name_what_is_allowed() {
 
 /// Threads that allocate and free blocks of 16 B to 64 KiB until the flag is cleared,
 /// counting their rounds.
+#[cfg(feature = "cpu")]
 fn allocators(threads: usize) -> (Arc<AtomicBool>, Arc<AtomicU64>) {
     let on = Arc::new(AtomicBool::new(true));
     let rounds = Arc::new(AtomicU64::new(0));
