@@ -160,14 +160,48 @@ fn subtitle(p: &WallProfile) -> String {
             s.untraced
         ));
     }
+    let t = &s.threads;
+    match &t.unavailable {
+        Some(why) => out.push_str(&format!("; threads not sampled: {why}")),
+        None => out.push_str(&format!(
+            "; threads: {} signals (real-time signal {}), {} samples, {} left out as tokio \
+             waiting for work ({:.1} s), {} missed, {} not kept (stack not known yet), \
+             {} over the {}-thread limit, {} not signalled (they block it); sampling them took \
+             {:.1} ms in all",
+            t.signals_sent,
+            t.signal,
+            t.samples,
+            s.idle_thread_samples,
+            s.idle_thread_nanos as f64 / 1e9,
+            t.missed,
+            t.ip_only,
+            t.over_limit,
+            super::sampler::MAX_THREADS_SAMPLED,
+            t.blocking_signal,
+            t.busy.as_secs_f64() * 1e3,
+        )),
+    }
+    if t.foreign > 0 {
+        out.push_str(&format!(
+            "; {} signals on that signal were not diag's",
+            t.foreign
+        ));
+    }
     if s.ended_early {
         out.push_str("; ended early by shutdown");
     }
     out
 }
 
+/// The label sets of the thread stacks' ids.
+#[cfg(feature = "cpu")]
+fn label_sets(p: &WallProfile) -> HashMap<u32, Arc<crate::labels::LabelSet>> {
+    crate::labels::resolve(p.stacks.iter().filter_map(|s| s.thread))
+}
+
 /// gzipped profile.proto: `samples/count` and `wall/nanoseconds`, a `task` label with the
-/// traced future's name, the main binary's mapping first.
+/// traced future's name (a `thread` label with the thread's name, and the labels it ran
+/// under, for a thread's stack), the main binary's mapping first.
 fn to_proto(p: &WallProfile) -> std::io::Result<Vec<u8>> {
     let period = i64::from(1_000_000_000 / p.stats.hz.max(1));
     let mut b = ProfileBuilder::new(
@@ -180,6 +214,8 @@ fn to_proto(p: &WallProfile) -> std::io::Result<Vec<u8>> {
     b.time(unix_nanos(start), p.stats.duration.as_nanos() as i64);
     b.comment(&format!("diag wall-time profile: {}", subtitle(p)));
     b.default_sample_type("wall");
+    #[cfg(feature = "cpu")]
+    let sets = label_sets(p);
     for s in &p.stacks {
         if s.frames.is_empty() {
             continue;
@@ -189,17 +225,33 @@ fn to_proto(p: &WallProfile) -> std::io::Result<Vec<u8>> {
             .iter()
             .map(|f| b.location(f.ip, &f.lines))
             .collect();
-        b.sample(
-            locations,
-            vec![s.weight.count, s.weight.nanos],
-            &[("task", &s.task)],
-        );
+        let mut labels: Vec<(&str, &str)> = Vec::new();
+        match s.thread {
+            None => labels.push(("task", &s.task)),
+            Some(_id) => {
+                labels.push(("thread", &s.task));
+                #[cfg(feature = "cpu")]
+                if let Some(set) = sets.get(&_id) {
+                    labels.extend(set.iter().filter(|(k, _)| *k != "thread" && *k != "task"));
+                }
+            }
+        }
+        b.sample(locations, vec![s.weight.count, s.weight.nanos], &labels);
     }
     proto::gzip(&b.encode())
 }
 
-/// Collapsed stacks, root first, the task's name as the root frame, values in ns.
+/// Collapsed stacks, root first, the task's name as the root frame (`thread NAME` for a
+/// thread's stack), values in ns.
 fn to_folded(p: &WallProfile) -> Vec<String> {
+    let roots: Vec<String> = p
+        .stacks
+        .iter()
+        .map(|s| match s.thread {
+            None => s.task.to_string(),
+            Some(_) => format!("thread {}", s.task),
+        })
+        .collect();
     let mut symbols: HashMap<usize, Resolved> = HashMap::new();
     let ips: Vec<Vec<usize>> = p
         .stacks
@@ -220,8 +272,9 @@ fn to_folded(p: &WallProfile) -> Vec<String> {
         p.stacks
             .iter()
             .zip(&ips)
-            .filter(|(s, _)| !s.frames.is_empty())
-            .map(|(s, ips)| (&*s.task, &ips[..], s.weight.nanos)),
+            .zip(&roots)
+            .filter(|((s, _), _)| !s.frames.is_empty())
+            .map(|((s, ips), root)| (root.as_str(), &ips[..], s.weight.nanos)),
         &symbols,
     )
 }
@@ -230,7 +283,7 @@ fn to_svg(p: &WallProfile) -> std::io::Result<Vec<u8>> {
     flamegraph::render(
         &to_folded(p),
         &flamegraph::Labels {
-            title: "Wall-time flamegraph (traced tokio tasks)",
+            title: "Wall-time flamegraph (traced tokio tasks and threads)",
             subtitle: &subtitle(p),
             count_name: "ns",
         },

@@ -39,12 +39,12 @@ mod atomics {
     target_os = "linux",
     any(target_arch = "x86_64", target_arch = "aarch64")
 ))]
-mod signal;
+pub(crate) mod signal;
 #[cfg(all(
     target_os = "linux",
     any(target_arch = "x86_64", target_arch = "aarch64")
 ))]
-mod threads;
+pub(crate) mod threads;
 #[cfg(all(
     target_os = "linux",
     any(target_arch = "x86_64", target_arch = "aarch64")
@@ -54,7 +54,7 @@ mod timer;
     target_os = "linux",
     any(target_arch = "x86_64", target_arch = "aarch64")
 ))]
-mod unwind;
+pub(crate) mod unwind;
 
 use std::time::{Duration, Instant, SystemTime};
 
