@@ -54,6 +54,7 @@ fn a_thread_blocked_on_a_lock_shows_with_its_wall_time_and_parked_workers_do_not
         let f = get(&format!("{url}&format=folded")).await;
         assert_eq!(f.status, StatusCode::OK, "{}", f.text());
         let top = go_pprof_async(vec![
+            "-timeout=120".into(),
             "-top".into(),
             "-cum".into(),
             "-tagfocus".into(),

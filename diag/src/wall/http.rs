@@ -22,7 +22,8 @@ use crate::util::{unix_nanos, utc};
 /// A wall-time profile's length unless `seconds` says otherwise (Go's CPU default).
 pub(crate) const DEFAULT_SECONDS: u64 = 30;
 
-/// `GET /wall?seconds=N&hz=HZ&format=proto|svg|folded`.
+/// `GET /wall?seconds=N&hz=HZ&format=proto|svg|folded&threads=1|0` (`threads=0`: the
+/// traced tasks alone, no signal sent to any thread).
 pub(crate) async fn wall(State(d): State<Diag>, RawQuery(q): RawQuery) -> Response {
     match run(&d, &Params::parse(q.as_deref())).await {
         Ok(r) => r,
@@ -43,6 +44,7 @@ async fn run(d: &Diag, params: &Params) -> Result<Response, ApiError> {
     let seconds = d.seconds(params, DEFAULT_SECONDS)?;
     let hz = params.int_in("hz", DEFAULT_HZ, 1, MAX_HZ)?;
     let format = params.choice("format", "proto", &["proto", "svg", "folded"])?;
+    let threads = params.choice("threads", "1", &["1", "0"])? == "1";
     crate::tasks::available().map_err(|e| {
         ApiError::NotImplemented(format!(
             "no wall-time profile: it samples the traced task dumps, and {e}"
@@ -55,6 +57,7 @@ async fn run(d: &Diag, params: &Params) -> Result<Response, ApiError> {
         window: Duration::from_secs(seconds),
         hz,
         except: crate::tasks::traced::current(),
+        threads,
         shutdown: d.cfg().shutdown.clone(),
     };
     let stop = Arc::new(AtomicBool::new(false));
@@ -162,6 +165,7 @@ fn subtitle(p: &WallProfile) -> String {
     }
     let t = &s.threads;
     match &t.unavailable {
+        Some(_) if !s.threads_asked => out.push_str("; threads not sampled (threads=0)"),
         Some(why) => out.push_str(&format!("; threads not sampled: {why}")),
         None => out.push_str(&format!(
             "; threads: {} signals (real-time signal {}), {} samples, {} left out as tokio \

@@ -66,6 +66,8 @@ pub(crate) struct Options {
     pub(crate) hz: u32,
     /// diag's id of the traced future running the profile (left out), 0 for none.
     pub(crate) except: u64,
+    /// Whether threads are sampled too (`threads=1`, the default).
+    pub(crate) threads: bool,
     pub(crate) shutdown: Shutdown,
 }
 
@@ -104,6 +106,8 @@ pub(crate) struct Stats {
     /// Futures that ran untraced because the registry was full (since the start).
     pub(crate) untraced: u64,
     pub(crate) ended_early: bool,
+    /// Whether threads were to be sampled.
+    pub(crate) threads_asked: bool,
     /// The threads' samples.
     pub(crate) threads: ThreadStats,
     /// Thread samples left out as tokio waiting for work (parked workers, idle
@@ -161,7 +165,13 @@ pub(crate) fn run(opts: &Options, stop: &AtomicBool) -> Capture {
         lowest_hz: f64::from(opts.hz),
         ..Stats::default()
     };
-    let mut thread_sampler = match threads::Sampler::new() {
+    stats.threads_asked = opts.threads;
+    let sampler = if opts.threads {
+        threads::Sampler::new()
+    } else {
+        Err("threads=0".to_owned())
+    };
+    let mut thread_sampler = match sampler {
         Ok(t) => Some(t),
         Err(e) => {
             stats.threads.unavailable = Some(e);
