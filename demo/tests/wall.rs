@@ -164,6 +164,25 @@ async fn traces_svg_and_a_request_blocked_in_spawn_blocking() {
     let secs = at_slow as f64 / 1e9;
     assert!((2.5..=3.3).contains(&secs), "{secs} s\n{text}");
 
+    // The labels the request ran under (the demo's route labels, diag::labels) are on
+    // its task's samples and on its blocking thread's.
+    let r = get(&demo.diag_url("/debug/pprof/wall?seconds=3")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let file = testkit::temp_dir("wall-labels").join("wall.pb.gz");
+    std::fs::write(&file, &r.body).unwrap();
+    let file = file.to_string_lossy().into_owned();
+    for focus in ["task=GET /slow", "thread=tokio"] {
+        let tags = go_pprof_async(vec![
+            "-tags".into(),
+            "-tagfocus".into(),
+            focus.into(),
+            file.clone(),
+        ])
+        .await;
+        assert!(tags.contains("http.route"), "{focus}:\n{tags}");
+        assert!(tags.contains("/slow"), "{focus}:\n{tags}");
+    }
+
     let r = get(&demo.diag_url("/debug/pprof/wall?seconds=1&format=svg")).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.header("content-type"), "image/svg+xml");

@@ -197,15 +197,15 @@ fn subtitle(p: &WallProfile) -> String {
     out
 }
 
-/// The label sets of the thread stacks' ids.
+/// The label sets of the stacks' ids.
 #[cfg(feature = "cpu")]
 fn label_sets(p: &WallProfile) -> HashMap<u32, Arc<crate::labels::LabelSet>> {
-    crate::labels::resolve(p.stacks.iter().filter_map(|s| s.thread))
+    crate::labels::resolve(p.stacks.iter().map(|s| s.label))
 }
 
 /// gzipped profile.proto: `samples/count` and `wall/nanoseconds`, a `task` label with the
-/// traced future's name (a `thread` label with the thread's name, and the labels it ran
-/// under, for a thread's stack), the main binary's mapping first.
+/// traced future's name (a `thread` label with the thread's name for a thread's stack),
+/// and the labels (`diag::labels`) the task or thread ran under, the main binary's mapping first.
 fn to_proto(p: &WallProfile) -> std::io::Result<Vec<u8>> {
     let period = i64::from(1_000_000_000 / p.stats.hz.max(1));
     let mut b = ProfileBuilder::new(
@@ -229,16 +229,11 @@ fn to_proto(p: &WallProfile) -> std::io::Result<Vec<u8>> {
             .iter()
             .map(|f| b.location(f.ip, &f.lines))
             .collect();
-        let mut labels: Vec<(&str, &str)> = Vec::new();
-        match s.thread {
-            None => labels.push(("task", &s.task)),
-            Some(_id) => {
-                labels.push(("thread", &s.task));
-                #[cfg(feature = "cpu")]
-                if let Some(set) = sets.get(&_id) {
-                    labels.extend(set.iter().filter(|(k, _)| *k != "thread" && *k != "task"));
-                }
-            }
+        let mut labels: Vec<(&str, &str)> =
+            vec![(if s.thread { "thread" } else { "task" }, &s.task)];
+        #[cfg(feature = "cpu")]
+        if let Some(set) = sets.get(&s.label) {
+            labels.extend(set.iter().filter(|(k, _)| *k != "thread" && *k != "task"));
         }
         b.sample(locations, vec![s.weight.count, s.weight.nanos], &labels);
     }
@@ -251,9 +246,12 @@ fn to_folded(p: &WallProfile) -> Vec<String> {
     let roots: Vec<String> = p
         .stacks
         .iter()
-        .map(|s| match s.thread {
-            None => s.task.to_string(),
-            Some(_) => format!("thread {}", s.task),
+        .map(|s| {
+            if s.thread {
+                format!("thread {}", s.task)
+            } else {
+                s.task.to_string()
+            }
         })
         .collect();
     let mut symbols: HashMap<usize, Resolved> = HashMap::new();

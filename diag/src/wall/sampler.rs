@@ -34,8 +34,9 @@ const MAX_REPORT_WAIT: Duration = Duration::from_millis(200);
 /// Where a traced future was at a sampling instant.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum Place {
-    /// Awaiting a tokio leaf future: the frame-walk addresses, leaf first (untrimmed).
-    Awaiting(Vec<usize>),
+    /// Awaiting a tokio leaf future: the frame-walk addresses, leaf first (untrimmed), and
+    /// the label-set id the future ran under.
+    Awaiting(Vec<usize>, u32),
     /// Awaiting, but not on a tokio leaf future (no stack to show).
     NoLeaf,
     /// Inside a poll that did not return before the tick ended: running, or blocking its
@@ -52,7 +53,7 @@ pub(crate) enum Place {
 /// them apart in profile.proto (each location is keyed by its address).
 pub(crate) fn pseudo_frame(place: &Place) -> Option<(u64, &'static str)> {
     match place {
-        Place::Awaiting(_) | Place::Thread(..) => None,
+        Place::Awaiting(..) | Place::Thread(..) => None,
         Place::NoLeaf => Some((1, "[awaiting no tokio leaf future]")),
         Place::InPoll => Some((2, "[inside a poll: running, or blocking its worker]")),
         Place::Queued => Some((3, "[woken, waiting for a worker to poll it]")),
@@ -240,7 +241,7 @@ pub(crate) fn run(opts: &Options, stop: &AtomicBool) -> Capture {
             // A future awaiting several leaves at once (`join!`, `select!`) is counted
             // once, at its deepest stack, as the goroutine profile counts it.
             let place = match r.stacks.into_iter().max_by_key(Vec::len) {
-                Some(s) => Place::Awaiting(s),
+                Some(s) => Place::Awaiting(s, r.label),
                 None => Place::NoLeaf,
             };
             add(&r.entry.name, place);
@@ -299,8 +300,10 @@ pub(crate) fn stretched(base: Duration, tasks: usize) -> Duration {
 pub(crate) struct WallStack {
     /// The task's name, or the thread's for a thread's stack.
     pub(crate) task: Arc<str>,
-    /// For a thread's stack, the label-set id it ran under; `None` for a task's.
-    pub(crate) thread: Option<u32>,
+    /// Whether this is a thread's stack (`task` is then the thread's name).
+    pub(crate) thread: bool,
+    /// The label-set id (`diag::labels`) the task or thread ran under, 0 for none.
+    pub(crate) label: u32,
     pub(crate) frames: Vec<Frame>,
     pub(crate) weight: Weight,
 }
@@ -317,16 +320,17 @@ pub(crate) struct WallProfile {
 pub(crate) fn symbolize(capture: Capture) -> WallProfile {
     let resolved: HashMap<usize, Resolved> =
         symbols::resolve_all(capture.weights.keys().flat_map(|(_, p)| match p {
-            Place::Awaiting(s) | Place::Thread(s, _) => s.clone(),
+            Place::Awaiting(s, _) | Place::Thread(s, _) => s.clone(),
             _ => Vec::new(),
         }));
     let names: Vec<Arc<str>> = capture.names.iter().map(|n| Arc::from(&**n)).collect();
     let mut stats = capture.stats;
-    let mut merged: HashMap<(u32, Vec<u64>, Option<u32>), WallStack> = HashMap::new();
+    let mut merged: HashMap<(u32, Vec<u64>, bool, u32), WallStack> = HashMap::new();
     for ((name, place), w) in capture.weights {
-        let thread = match &place {
-            Place::Thread(_, label) => Some(*label),
-            _ => None,
+        let thread = matches!(place, Place::Thread(..));
+        let label = match &place {
+            Place::Thread(_, label) | Place::Awaiting(_, label) => *label,
+            _ => 0,
         };
         let frames = match &place {
             Place::Thread(s, _) => s
@@ -336,7 +340,7 @@ pub(crate) fn symbolize(capture: Capture) -> WallProfile {
                     lines: resolved.get(ip).cloned().unwrap_or_default(),
                 })
                 .collect(),
-            Place::Awaiting(s) => dump::trim(
+            Place::Awaiting(s, _) => dump::trim(
                 s.iter()
                     .map(|ip| Frame {
                         ip: *ip as u64,
@@ -356,7 +360,7 @@ pub(crate) fn symbolize(capture: Capture) -> WallProfile {
                 None => Vec::new(),
             },
         };
-        if thread.is_some()
+        if thread
             && idle(
                 frames
                     .iter()
@@ -367,7 +371,7 @@ pub(crate) fn symbolize(capture: Capture) -> WallProfile {
             stats.idle_thread_nanos = stats.idle_thread_nanos.saturating_add(w.nanos);
             continue;
         }
-        let key = (name, frames.iter().map(|f| f.ip).collect(), thread);
+        let key = (name, frames.iter().map(|f| f.ip).collect(), thread, label);
         let task = names
             .get(name as usize)
             .cloned()
@@ -375,6 +379,7 @@ pub(crate) fn symbolize(capture: Capture) -> WallProfile {
         let s = merged.entry(key).or_insert_with(|| WallStack {
             task,
             thread,
+            label,
             frames,
             weight: Weight::default(),
         });
