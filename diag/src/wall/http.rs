@@ -229,6 +229,7 @@ fn to_proto(p: &WallProfile) -> std::io::Result<Vec<u8>> {
             .iter()
             .map(|f| b.location(f.ip, &f.lines))
             .collect();
+        #[cfg_attr(not(feature = "cpu"), allow(unused_mut))]
         let mut labels: Vec<(&str, &str)> =
             vec![(if s.thread { "thread" } else { "task" }, &s.task)];
         #[cfg(feature = "cpu")]
