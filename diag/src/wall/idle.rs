@@ -10,10 +10,10 @@
 /// `Runtime::block_on` is). A blocking closure, a worker inside a poll and a std thread's
 /// own code all put a function of their own first.
 pub(crate) fn idle<'a>(functions: impl IntoIterator<Item = &'a str>) -> bool {
-    let functions: Vec<&str> = functions
-        .into_iter()
-        .map(|f| f.trim_start_matches('<'))
-        .collect();
+    // Only functions named with their path decide: libc's, unresolved addresses and the
+    // short names line tables give inlined functions (`park`, `{closure#0}<..>`,
+    // `poll<..>`) are skipped.
+    let functions: Vec<&str> = functions.into_iter().filter_map(with_path).collect();
     let Some(first) = functions.iter().position(|f| !plumbing(f)) else {
         return false;
     };
@@ -28,20 +28,29 @@ pub(crate) fn idle<'a>(functions: impl IntoIterator<Item = &'a str>) -> bool {
             .all(|f| plumbing(f) || tokio_own(f) || thread_start(f))
 }
 
+/// `f` without a leading `<` if it is named with its path (`a::b`, `<a::B as c::D>::e`),
+/// `None` for a bare name (`epoll_wait`, `park`, `{closure#0}<a::B>`, `0x7f..`).
+fn with_path(f: &str) -> Option<&str> {
+    if let Some(rest) = f.strip_prefix('<') {
+        return Some(rest);
+    }
+    let head = f.split('<').next().unwrap_or(f);
+    (head.contains("::") && !head.starts_with('{')).then_some(f)
+}
+
 fn plumbing(f: &str) -> bool {
-    !f.contains("::")
-        || [
-            "std::sys::",
-            "std::sync::",
-            "core::",
-            "alloc::",
-            "mio::",
-            "parking_lot",
-            "tokio::loom::",
-            "tokio::util::",
-        ]
-        .iter()
-        .any(|p| f.starts_with(p))
+    [
+        "std::sys::",
+        "std::sync::",
+        "core::",
+        "alloc::",
+        "mio::",
+        "parking_lot",
+        "tokio::loom::",
+        "tokio::util::",
+    ]
+    .iter()
+    .any(|p| f.starts_with(p))
 }
 
 /// tokio's runtime, and the span tokio wraps each task in when built with tracing.
@@ -94,6 +103,24 @@ mod tests {
             "main",
         ];
         assert!(idle(main_block_on));
+        // The same parked worker as release line tables name it.
+        let release_worker = [
+            "epoll_wait",
+            "select",
+            "mio::poll::Poll::poll",
+            "tokio::runtime::io::driver::Driver::turn",
+            "park_driver",
+            "park",
+            "tokio::runtime::scheduler::multi_thread::worker::Context::run",
+            "{closure#0}",
+            "try_with<tokio::runtime::context::Context, tokio::runtime::context::X>",
+            "tokio::runtime::scheduler::multi_thread::worker::run",
+            "<tokio::runtime::blocking::task::BlockingTask<T> as core::future::future::Future>::poll",
+            "{closure#0}<tracing::instrument::Instrumented<tokio::runtime::X>>",
+            "tokio::runtime::blocking::pool::Inner::run",
+            "0x7f91c36da1f5",
+        ];
+        assert!(idle(release_worker));
     }
 
     #[test]
@@ -133,5 +160,18 @@ mod tests {
         assert!(!idle(worker_blocked_in_poll));
         // Nothing known: kept.
         assert!(!idle(["?"]));
+        // A closure inlined into tokio's poll (release line tables: bare names) waiting
+        // on a std lock: the task's poll above it keeps it.
+        let inlined_closure = [
+            "syscall",
+            "std::sys::pal::unix::futex::futex_wait",
+            "<std::sys::sync::mutex::futex::Mutex>::lock_contended",
+            "lock",
+            "{closure#0}<app::AppState>",
+            "poll<tokio::runtime::blocking::task::BlockingTask<app::F>>",
+            "tokio::runtime::task::core::Core<T,S>::poll",
+            "tokio::runtime::blocking::pool::Inner::run",
+        ];
+        assert!(!idle(inlined_closure));
     }
 }
