@@ -151,8 +151,11 @@ fn ensure_installed() -> io::Result<libc::c_int> {
         ours.sa_sigaction = handler_address();
         ours.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART | libc::SA_ONSTACK;
         // SAFETY: valid pointers; the mask is emptied before use.
+        // SIGPROF is held off while this handler runs: the CPU engine's handler must not
+        // nest into it on the small alternate signal stack.
         let rc = unsafe {
             libc::sigemptyset(&mut ours.sa_mask);
+            libc::sigaddset(&mut ours.sa_mask, libc::SIGPROF);
             libc::sigaction(sig, &ours, std::ptr::null_mut())
         };
         if rc != 0 {
@@ -213,6 +216,23 @@ unsafe fn handle(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c
     }
     if (qi.value >> 32) as u32 & 0xffff != GENERATION.load(Ordering::Acquire) & 0xffff {
         return; // an earlier tick's
+    }
+    // Interrupting another handler on the alternate signal stack (the CPU engine's):
+    // no walk there, whose frames could overflow that small stack. The sample is missed.
+    // SAFETY: `ctx` is this thread's interrupted ucontext.
+    let interrupted_sp = unsafe { regs_of(ctx) }.sp;
+    // SAFETY: an all-zero stack_t is valid; sigaltstack only reads into `alt`.
+    let mut alt: libc::stack_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::sigaltstack(std::ptr::null(), &mut alt) } != 0 {
+        return;
+    }
+    let alt_lo = alt.ss_sp as usize;
+    if alt.ss_flags & libc::SS_DISABLE == 0
+        && interrupted_sp >= alt_lo
+        && interrupted_sp < alt_lo.saturating_add(alt.ss_size)
+    {
+        return;
     }
     let Some(slot) = SLOTS
         .get()
@@ -302,6 +322,13 @@ impl Sampler {
 
     /// Sends this tick's signals: one to every thread but diag's own.
     pub(crate) fn ask(&mut self) {
+        self.asked.clear();
+        // While a CPU profile runs, its SIGPROF handler runs on the threads' small
+        // alternate signal stacks; no thread is signalled then (the tick is counted).
+        if crate::cpu::engine::running().is_some() {
+            self.stats.paused_ticks += 1;
+            return;
+        }
         let began = Instant::now();
         let Some(slots) = SLOTS.get() else {
             return;
