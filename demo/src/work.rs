@@ -325,6 +325,8 @@ pub async fn nap(d: Duration) {
 #[inline(never)]
 pub fn block_worker(d: Duration) {
     std::thread::sleep(d);
+    // Not a tail call, so the blocked worker's stack keeps this frame in release builds.
+    std::hint::black_box(());
 }
 
 /// `GET /sleep?ms=N` waits N ms without holding a thread.
@@ -395,6 +397,9 @@ pub async fn call_slow_dependency(d: Duration) {
 #[inline(never)]
 pub fn blocking_lookup(d: Duration) {
     std::thread::sleep(d);
+    // Not a tail call: a release build would otherwise jump to `sleep` and leave no
+    // frame of this function on the blocked thread's stack.
+    std::hint::black_box(());
 }
 
 #[cfg(test)]

@@ -72,13 +72,25 @@ fn cum_seconds(top: &str, function: &str) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn awaiting_requests_hold_their_wall_time_at_the_await_and_not_in_the_cpu_profile() {
     let demo = Demo::start(bin(), &[], &[]);
-    clients(&demo, 20, "/slow?ms=300", Duration::from_secs(18));
+    // The clients keep on well past both profiles (the first symbolization in a fresh
+    // debug-built demo takes seconds on a busy machine).
+    clients(&demo, 20, "/slow?ms=300", Duration::from_secs(45));
     tokio::time::sleep(Duration::from_secs(1)).await;
     let wall_url = demo.diag_url("/debug/pprof/wall?seconds=10");
     let cpu_url = demo.diag_url("/debug/pprof/profile?seconds=10");
     let (wall, cpu) = tokio::join!(
-        go_pprof_async(vec!["-top".into(), "-cum".into(), wall_url]),
-        go_pprof_async(vec!["-top".into(), "-cum".into(), cpu_url]),
+        go_pprof_async(vec![
+            "-timeout=120".into(),
+            "-top".into(),
+            "-cum".into(),
+            wall_url
+        ]),
+        go_pprof_async(vec![
+            "-timeout=120".into(),
+            "-top".into(),
+            "-cum".into(),
+            cpu_url
+        ]),
     );
     assert!(wall.contains("Type: wall"), "{wall}");
     let at_await = cum_percent(&wall, "demo::work::call_slow_dependency")
@@ -131,10 +143,10 @@ async fn awaiting_requests_hold_their_wall_time_at_the_await_and_not_in_the_cpu_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traces_svg_and_a_request_blocked_in_spawn_blocking() {
     let demo = Demo::start(bin(), &[], &[]);
-    clients(&demo, 1, "/slow?block_ms=2000", Duration::from_secs(9));
+    clients(&demo, 1, "/slow?block_ms=2000", Duration::from_secs(30));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let url = demo.diag_url("/debug/pprof/wall?seconds=3");
-    let traces = go_pprof_async(vec!["-traces".into(), url]).await;
+    let traces = go_pprof_async(vec!["-timeout=120".into(), "-traces".into(), url]).await;
     assert!(traces.contains("Type: wall"), "{traces}");
     // The request awaits the blocking task's JoinHandle from inside `slow`.
     assert!(traces.contains("demo::work::slow"), "{traces}");
@@ -152,6 +164,25 @@ async fn traces_svg_and_a_request_blocked_in_spawn_blocking() {
     let secs = at_slow as f64 / 1e9;
     assert!((2.5..=3.3).contains(&secs), "{secs} s\n{text}");
 
+    // The labels the request ran under (the demo's route labels, diag::labels) are on
+    // its task's samples and on its blocking thread's.
+    let r = get(&demo.diag_url("/debug/pprof/wall?seconds=3")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let file = testkit::temp_dir("wall-labels").join("wall.pb.gz");
+    std::fs::write(&file, &r.body).unwrap();
+    let file = file.to_string_lossy().into_owned();
+    for focus in ["task=GET /slow", "thread=tokio"] {
+        let tags = go_pprof_async(vec![
+            "-tags".into(),
+            "-tagfocus".into(),
+            focus.into(),
+            file.clone(),
+        ])
+        .await;
+        assert!(tags.contains("http.route"), "{focus}:\n{tags}");
+        assert!(tags.contains("/slow"), "{focus}:\n{tags}");
+    }
+
     let r = get(&demo.diag_url("/debug/pprof/wall?seconds=1&format=svg")).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.header("content-type"), "image/svg+xml");
@@ -160,6 +191,39 @@ async fn traces_svg_and_a_request_blocked_in_spawn_blocking() {
     let bad = get(&demo.diag_url("/debug/pprof/wall?hz=0")).await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
     assert!(bad.text().contains("\"hz\""), "{}", bad.text());
+    let bad = get(&demo.diag_url("/debug/pprof/wall?threads=2")).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(bad.text().contains("\"threads\""), "{}", bad.text());
+}
+
+/// The bar for blocked threads: a request blocked 2 s in `spawn_blocking` shows its
+/// blocking frame with ~2 s in `go tool pprof -top`, on the blocking-pool thread's own
+/// stack; a request that blocks its worker for 1 s shows the blocking call with ~1 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocking_calls_show_on_their_threads_with_their_wall_time() {
+    let demo = Demo::start(bin(), &[], &[]);
+    let url = demo.diag_url("/debug/pprof/wall?seconds=6");
+    let top = tokio::spawn(go_pprof_async(vec![
+        "-timeout=120".into(),
+        "-top".into(),
+        "-cum".into(),
+        url,
+    ]));
+    // Well inside the window: go tool pprof starts, then the profile runs 6 s.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let r = get(&demo.url("/slow?block_ms=2000")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let r = get(&demo.url("/block?ms=1000")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let top = top.await.unwrap();
+    assert!(top.contains("Type: wall"), "{top}");
+    let blocked = cum_seconds(&top, "demo::work::blocking_lookup")
+        .unwrap_or_else(|| panic!("no blocking_lookup in:\n{top}"));
+    assert!((1.85..=2.2).contains(&blocked), "{blocked} s\n{top}");
+    let worker = cum_seconds(&top, "demo::work::block_worker")
+        .unwrap_or_else(|| panic!("no block_worker in:\n{top}"));
+    assert!((0.85..=1.2).contains(&worker), "{worker} s\n{top}");
+    assert!(top.contains("left out as tokio waiting for work"), "{top}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

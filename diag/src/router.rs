@@ -139,7 +139,9 @@ pub(crate) const ENDPOINTS: &[Endpoint] = &[
         path: "wall",
         summary: "wall-time profile of the traced tokio tasks over ?seconds=N (default 30) at \
                   ?hz=N (default 20): each task's await stack at each sample, weighted by \
-                  time (wall/nanoseconds), so awaiting shows; ?format=svg|folded",
+                  time (wall/nanoseconds), so awaiting shows, and the stacks of threads \
+                  blocked or running outside tokio's polling (?threads=0: tasks alone); \
+                  ?format=svg|folded",
         available: tasks_available,
     },
     Endpoint {

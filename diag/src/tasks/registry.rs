@@ -152,6 +152,8 @@ pub(crate) struct Report {
     /// One stack per tokio leaf future reached, leaf first, as return addresses from the
     /// frame walk (tokio's and diag's own frames above the leaf not yet trimmed).
     pub(crate) stacks: Vec<Vec<usize>>,
+    /// The label-set id (`diag::labels`) the future's last leaf was reached under.
+    pub(crate) label: u32,
     pub(crate) outcome: Outcome,
 }
 

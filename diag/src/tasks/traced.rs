@@ -71,6 +71,7 @@ impl Drop for Registration {
                     tokio_id: None,
                     waited_ns: 0,
                     stacks: Vec::new(),
+                    label: 0,
                     outcome: Outcome::Dropped,
                 },
             );
@@ -158,7 +159,7 @@ impl<F: Future> Future for Traced<F> {
         };
         // The walk from each leaf stops at this function's own frame.
         let stop = walk::frame_pointer();
-        let (result, stacks) = traced_poll(this.inner.as_mut(), cx, stop);
+        let (result, stacks, label) = traced_poll(this.inner.as_mut(), cx, stop);
         let outcome = if result.is_ready() {
             Outcome::Completed
         } else {
@@ -176,6 +177,7 @@ impl<F: Future> Future for Traced<F> {
                 tokio_id: tokio::task::try_id().map(|id| id.to_string()),
                 waited_ns,
                 stacks,
+                label,
                 outcome,
             },
         );
@@ -186,7 +188,8 @@ impl<F: Future> Future for Traced<F> {
 /// Polls `inner` once in tokio's tracing mode: each tokio leaf future it reaches records
 /// the stack from itself up to the frame `stop`, and returns `Pending` (tokio wakes the
 /// task so that it is polled again normally). Other futures poll as usual: a `Ready`
-/// here is a real completion.
+/// here is a real completion. Also returns the label-set id (`diag::labels`) the last
+/// leaf was reached under, 0 for none.
 #[cfg(all(
     tokio_unstable,
     target_os = "linux",
@@ -196,17 +199,36 @@ fn traced_poll<F: Future>(
     inner: Pin<&mut F>,
     cx: &mut Context<'_>,
     stop: usize,
-) -> (Poll<F::Output>, Vec<Vec<usize>>) {
+) -> (Poll<F::Output>, Vec<Vec<usize>>, u32) {
     let mut stacks: Vec<Vec<usize>> = Vec::new();
+    let mut label = 0;
     let result = tokio::runtime::dump::trace_with(
         || inner.poll(cx),
         |_meta| {
             let mut stack = Vec::with_capacity(32);
             walk::walk(stop, &mut stack);
             stacks.push(stack);
+            label = current_label();
         },
     );
-    (result, stacks)
+    (result, stacks, label)
+}
+
+/// The label-set id the thread runs under now (0 without the `cpu` feature's labels).
+#[cfg(all(
+    tokio_unstable,
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+fn current_label() -> u32 {
+    #[cfg(feature = "cpu")]
+    {
+        crate::cpu::engine::label_id()
+    }
+    #[cfg(not(feature = "cpu"))]
+    {
+        0
+    }
 }
 
 /// Without tokio's tracing (no `tokio_unstable`, or a platform without task dumps): a
@@ -220,8 +242,8 @@ fn traced_poll<F: Future>(
     inner: Pin<&mut F>,
     cx: &mut Context<'_>,
     _stop: usize,
-) -> (Poll<F::Output>, Vec<Vec<usize>>) {
-    (inner.poll(cx), Vec::new())
+) -> (Poll<F::Output>, Vec<Vec<usize>>, u32) {
+    (inner.poll(cx), Vec::new(), 0)
 }
 
 /// Spawns `future` on the current tokio runtime as a [`Traced`] task named `name`, so

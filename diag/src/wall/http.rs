@@ -22,7 +22,8 @@ use crate::util::{unix_nanos, utc};
 /// A wall-time profile's length unless `seconds` says otherwise (Go's CPU default).
 pub(crate) const DEFAULT_SECONDS: u64 = 30;
 
-/// `GET /wall?seconds=N&hz=HZ&format=proto|svg|folded`.
+/// `GET /wall?seconds=N&hz=HZ&format=proto|svg|folded&threads=1|0` (`threads=0`: the
+/// traced tasks alone, no signal sent to any thread).
 pub(crate) async fn wall(State(d): State<Diag>, RawQuery(q): RawQuery) -> Response {
     match run(&d, &Params::parse(q.as_deref())).await {
         Ok(r) => r,
@@ -43,6 +44,7 @@ async fn run(d: &Diag, params: &Params) -> Result<Response, ApiError> {
     let seconds = d.seconds(params, DEFAULT_SECONDS)?;
     let hz = params.int_in("hz", DEFAULT_HZ, 1, MAX_HZ)?;
     let format = params.choice("format", "proto", &["proto", "svg", "folded"])?;
+    let threads = params.choice("threads", "1", &["1", "0"])? == "1";
     crate::tasks::available().map_err(|e| {
         ApiError::NotImplemented(format!(
             "no wall-time profile: it samples the traced task dumps, and {e}"
@@ -55,6 +57,7 @@ async fn run(d: &Diag, params: &Params) -> Result<Response, ApiError> {
         window: Duration::from_secs(seconds),
         hz,
         except: crate::tasks::traced::current(),
+        threads,
         shutdown: d.cfg().shutdown.clone(),
     };
     let stop = Arc::new(AtomicBool::new(false));
@@ -160,14 +163,55 @@ fn subtitle(p: &WallProfile) -> String {
             s.untraced
         ));
     }
+    let t = &s.threads;
+    match &t.unavailable {
+        Some(_) if !s.threads_asked => out.push_str("; threads not sampled (threads=0)"),
+        Some(why) => out.push_str(&format!("; threads not sampled: {why}")),
+        None => out.push_str(&format!(
+            "; threads: {} signals (real-time signal {}), {} samples, {} left out as tokio \
+             waiting for work ({:.1} s), {} missed, {} not kept (stack not known yet), \
+             {} over the {}-thread limit, {} not signalled (they block it); sampling them took \
+             {:.1} ms in all",
+            t.signals_sent,
+            t.signal,
+            t.samples,
+            s.idle_thread_samples,
+            s.idle_thread_nanos as f64 / 1e9,
+            t.missed,
+            t.ip_only,
+            t.over_limit,
+            super::sampler::MAX_THREADS_SAMPLED,
+            t.blocking_signal,
+            t.busy.as_secs_f64() * 1e3,
+        )),
+    }
+    if t.paused_ticks > 0 {
+        out.push_str(&format!(
+            "; {} samples without threads (a CPU profile was running)",
+            t.paused_ticks
+        ));
+    }
+    if t.foreign > 0 {
+        out.push_str(&format!(
+            "; {} signals on that signal were not diag's",
+            t.foreign
+        ));
+    }
     if s.ended_early {
         out.push_str("; ended early by shutdown");
     }
     out
 }
 
+/// The label sets of the stacks' ids.
+#[cfg(feature = "cpu")]
+fn label_sets(p: &WallProfile) -> HashMap<u32, Arc<crate::labels::LabelSet>> {
+    crate::labels::resolve(p.stacks.iter().map(|s| s.label))
+}
+
 /// gzipped profile.proto: `samples/count` and `wall/nanoseconds`, a `task` label with the
-/// traced future's name, the main binary's mapping first.
+/// traced future's name (a `thread` label with the thread's name for a thread's stack),
+/// and the labels (`diag::labels`) the task or thread ran under, the main binary's mapping first.
 fn to_proto(p: &WallProfile) -> std::io::Result<Vec<u8>> {
     let period = i64::from(1_000_000_000 / p.stats.hz.max(1));
     let mut b = ProfileBuilder::new(
@@ -180,6 +224,8 @@ fn to_proto(p: &WallProfile) -> std::io::Result<Vec<u8>> {
     b.time(unix_nanos(start), p.stats.duration.as_nanos() as i64);
     b.comment(&format!("diag wall-time profile: {}", subtitle(p)));
     b.default_sample_type("wall");
+    #[cfg(feature = "cpu")]
+    let sets = label_sets(p);
     for s in &p.stacks {
         if s.frames.is_empty() {
             continue;
@@ -189,17 +235,32 @@ fn to_proto(p: &WallProfile) -> std::io::Result<Vec<u8>> {
             .iter()
             .map(|f| b.location(f.ip, &f.lines))
             .collect();
-        b.sample(
-            locations,
-            vec![s.weight.count, s.weight.nanos],
-            &[("task", &s.task)],
-        );
+        #[cfg_attr(not(feature = "cpu"), allow(unused_mut))]
+        let mut labels: Vec<(&str, &str)> =
+            vec![(if s.thread { "thread" } else { "task" }, &s.task)];
+        #[cfg(feature = "cpu")]
+        if let Some(set) = sets.get(&s.label) {
+            labels.extend(set.iter().filter(|(k, _)| *k != "thread" && *k != "task"));
+        }
+        b.sample(locations, vec![s.weight.count, s.weight.nanos], &labels);
     }
     proto::gzip(&b.encode())
 }
 
-/// Collapsed stacks, root first, the task's name as the root frame, values in ns.
+/// Collapsed stacks, root first, the task's name as the root frame (`thread NAME` for a
+/// thread's stack), values in ns.
 fn to_folded(p: &WallProfile) -> Vec<String> {
+    let roots: Vec<String> = p
+        .stacks
+        .iter()
+        .map(|s| {
+            if s.thread {
+                format!("thread {}", s.task)
+            } else {
+                s.task.to_string()
+            }
+        })
+        .collect();
     let mut symbols: HashMap<usize, Resolved> = HashMap::new();
     let ips: Vec<Vec<usize>> = p
         .stacks
@@ -220,8 +281,9 @@ fn to_folded(p: &WallProfile) -> Vec<String> {
         p.stacks
             .iter()
             .zip(&ips)
-            .filter(|(s, _)| !s.frames.is_empty())
-            .map(|(s, ips)| (&*s.task, &ips[..], s.weight.nanos)),
+            .zip(&roots)
+            .filter(|((s, _), _)| !s.frames.is_empty())
+            .map(|((s, ips), root)| (root.as_str(), &ips[..], s.weight.nanos)),
         &symbols,
     )
 }
@@ -230,7 +292,7 @@ fn to_svg(p: &WallProfile) -> std::io::Result<Vec<u8>> {
     flamegraph::render(
         &to_folded(p),
         &flamegraph::Labels {
-            title: "Wall-time flamegraph (traced tokio tasks)",
+            title: "Wall-time flamegraph (traced tokio tasks and threads)",
             subtitle: &subtitle(p),
             count_name: "ns",
         },

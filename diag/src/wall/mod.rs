@@ -13,6 +13,41 @@
 //! keep-alive idle time stays out of the profile.
 
 mod http;
+mod idle;
 mod sampler;
+#[cfg(all(
+    feature = "cpu",
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+mod threads;
+
+/// Without diag's CPU engine there is no thread sampling: task samples alone.
+#[cfg(not(all(
+    feature = "cpu",
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+)))]
+mod threads {
+    use super::sampler::{ThreadSample, ThreadStats};
+
+    pub(crate) struct Sampler {
+        pub(crate) stats: ThreadStats,
+    }
+
+    impl Sampler {
+        pub(crate) fn new() -> Result<Self, String> {
+            Err(
+                "threads are sampled with diag's CPU engine (the `cpu` feature, Linux on \
+                 x86_64 or aarch64)"
+                    .to_owned(),
+            )
+        }
+        pub(crate) fn ask(&mut self) {}
+        pub(crate) fn collect(&mut self) -> Vec<ThreadSample> {
+            Vec::new()
+        }
+    }
+}
 
 pub(crate) use http::wall;

@@ -11,11 +11,16 @@ use crate::symbols::{self, Resolved};
 use crate::tasks::dump::{self, Frame};
 use crate::tasks::registry::{self, Outcome};
 
+use super::idle::idle;
+use super::threads;
+
 /// Samples per second unless `hz` says otherwise. Each sample costs the process ~2.4 µs
 /// of CPU per traced future (measured on the demo, whose requests' stacks are deep): at
 /// 20 Hz, 1,000 traced futures cost ~5 % of one core, and the rate lowers itself above
 /// that so it stays there (docs/performance.md, "Wall-time profiles").
 pub(crate) const DEFAULT_HZ: u32 = 20;
+/// Threads sampled at one tick at most.
+pub(crate) const MAX_THREADS_SAMPLED: usize = 512;
 /// The highest `hz` accepted.
 pub(crate) const MAX_HZ: u32 = 100;
 /// Up to this many traced futures the rate asked is kept; above it each interval is
@@ -29,8 +34,9 @@ const MAX_REPORT_WAIT: Duration = Duration::from_millis(200);
 /// Where a traced future was at a sampling instant.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum Place {
-    /// Awaiting a tokio leaf future: the frame-walk addresses, leaf first (untrimmed).
-    Awaiting(Vec<usize>),
+    /// Awaiting a tokio leaf future: the frame-walk addresses, leaf first (untrimmed), and
+    /// the label-set id the future ran under.
+    Awaiting(Vec<usize>, u32),
     /// Awaiting, but not on a tokio leaf future (no stack to show).
     NoLeaf,
     /// Inside a poll that did not return before the tick ended: running, or blocking its
@@ -38,13 +44,16 @@ pub(crate) enum Place {
     InPoll,
     /// Woken, but not polled before the tick ended: queued behind other work.
     Queued,
+    /// A thread's stack (`crate::wall::threads`): its addresses leaf first, and the
+    /// label-set id it ran under.
+    Thread(Vec<usize>, u32),
 }
 
 /// Pseudo-frames for the places that have no stack, with the fake addresses that keep
 /// them apart in profile.proto (each location is keyed by its address).
 pub(crate) fn pseudo_frame(place: &Place) -> Option<(u64, &'static str)> {
     match place {
-        Place::Awaiting(_) => None,
+        Place::Awaiting(..) | Place::Thread(..) => None,
         Place::NoLeaf => Some((1, "[awaiting no tokio leaf future]")),
         Place::InPoll => Some((2, "[inside a poll: running, or blocking its worker]")),
         Place::Queued => Some((3, "[woken, waiting for a worker to poll it]")),
@@ -58,6 +67,8 @@ pub(crate) struct Options {
     pub(crate) hz: u32,
     /// diag's id of the traced future running the profile (left out), 0 for none.
     pub(crate) except: u64,
+    /// Whether threads are sampled too (`threads=1`, the default).
+    pub(crate) threads: bool,
     pub(crate) shutdown: Shutdown,
 }
 
@@ -96,6 +107,50 @@ pub(crate) struct Stats {
     /// Futures that ran untraced because the registry was full (since the start).
     pub(crate) untraced: u64,
     pub(crate) ended_early: bool,
+    /// Whether threads were to be sampled.
+    pub(crate) threads_asked: bool,
+    /// The threads' samples.
+    pub(crate) threads: ThreadStats,
+    /// Thread samples left out as tokio waiting for work (parked workers, idle
+    /// blocking-pool threads), and their time.
+    pub(crate) idle_thread_samples: i64,
+    pub(crate) idle_thread_nanos: i64,
+}
+
+/// One thread's sample at a tick.
+#[derive(Debug)]
+pub(crate) struct ThreadSample {
+    pub(crate) name: String,
+    /// Addresses, leaf first (the interrupted address plus one, then return addresses).
+    pub(crate) frames: Vec<usize>,
+    /// The label-set id the thread ran under.
+    pub(crate) label: u32,
+}
+
+/// How the thread sampling went over a profile.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ThreadStats {
+    /// Why threads are not sampled at all (no free signal), if so.
+    pub(crate) unavailable: Option<String>,
+    /// The signal used.
+    pub(crate) signal: i32,
+    pub(crate) signals_sent: u64,
+    pub(crate) samples: u64,
+    /// Samples not kept: the interrupted address alone (the thread's stack was not known
+    /// yet; it is for the next tick).
+    pub(crate) ip_only: u64,
+    /// Threads that did not run the handler in time, or had exited.
+    pub(crate) missed: u64,
+    /// Ticks without thread samples because a CPU profile was running.
+    pub(crate) paused_ticks: u64,
+    /// Threads not signalled because they block diag's signal, summed over the ticks.
+    pub(crate) blocking_signal: u64,
+    /// Threads past [`MAX_THREADS_SAMPLED`] at a tick, summed.
+    pub(crate) over_limit: u64,
+    /// Time spent listing threads, sending the signals and collecting the samples.
+    pub(crate) busy: Duration,
+    /// Signals on diag's signal that were not diag's, during the profile.
+    pub(crate) foreign: u64,
 }
 
 /// Samples until the window ends, `stop` is set (the request went away) or shutdown
@@ -113,6 +168,19 @@ pub(crate) fn run(opts: &Options, stop: &AtomicBool) -> Capture {
         lowest_hz: f64::from(opts.hz),
         ..Stats::default()
     };
+    stats.threads_asked = opts.threads;
+    let sampler = if opts.threads {
+        threads::Sampler::new()
+    } else {
+        Err("threads=0".to_owned())
+    };
+    let mut thread_sampler = match sampler {
+        Ok(t) => Some(t),
+        Err(e) => {
+            stats.threads.unavailable = Some(e);
+            None
+        }
+    };
     let mut previous: Option<Instant> = None;
     let mut interval = base;
     loop {
@@ -127,6 +195,10 @@ pub(crate) fn run(opts: &Options, stop: &AtomicBool) -> Capture {
         // This tick stands for the time since the previous one.
         let weight = previous.map_or(interval, |p| tick.duration_since(p));
         previous = Some(tick);
+        // The threads' signals first: their handlers run while the tasks report.
+        if let Some(t) = thread_sampler.as_mut() {
+            t.ask();
+        }
         let open = registry::open(opts.except);
         let tasks = open.expected.len();
         interval = stretched(base, tasks);
@@ -171,7 +243,7 @@ pub(crate) fn run(opts: &Options, stop: &AtomicBool) -> Capture {
             // A future awaiting several leaves at once (`join!`, `select!`) is counted
             // once, at its deepest stack, as the goroutine profile counts it.
             let place = match r.stacks.into_iter().max_by_key(Vec::len) {
-                Some(s) => Place::Awaiting(s),
+                Some(s) => Place::Awaiting(s, r.label),
                 None => Place::NoLeaf,
             };
             add(&r.entry.name, place);
@@ -185,6 +257,11 @@ pub(crate) fn run(opts: &Options, stop: &AtomicBool) -> Capture {
             add(&e.name, place);
         }
         drop(expected);
+        if let Some(t) = thread_sampler.as_mut() {
+            for s in t.collect() {
+                add(&s.name, Place::Thread(s.frames, s.label));
+            }
+        }
         let next = tick + interval;
         let now = Instant::now();
         if next > now {
@@ -196,6 +273,9 @@ pub(crate) fn run(opts: &Options, stop: &AtomicBool) -> Capture {
                 now = Instant::now();
             }
         }
+    }
+    if let Some(t) = thread_sampler {
+        stats.threads = t.stats;
     }
     stats.duration = started.elapsed();
     stats.untraced = registry::untraced();
@@ -220,7 +300,12 @@ pub(crate) fn stretched(base: Duration, tasks: usize) -> Duration {
 /// pseudo-frame), and its weight.
 #[derive(Debug)]
 pub(crate) struct WallStack {
+    /// The task's name, or the thread's for a thread's stack.
     pub(crate) task: Arc<str>,
+    /// Whether this is a thread's stack (`task` is then the thread's name).
+    pub(crate) thread: bool,
+    /// The label-set id (`diag::labels`) the task or thread ran under, 0 for none.
+    pub(crate) label: u32,
     pub(crate) frames: Vec<Frame>,
     pub(crate) weight: Weight,
 }
@@ -237,14 +322,27 @@ pub(crate) struct WallProfile {
 pub(crate) fn symbolize(capture: Capture) -> WallProfile {
     let resolved: HashMap<usize, Resolved> =
         symbols::resolve_all(capture.weights.keys().flat_map(|(_, p)| match p {
-            Place::Awaiting(s) => s.clone(),
+            Place::Awaiting(s, _) | Place::Thread(s, _) => s.clone(),
             _ => Vec::new(),
         }));
     let names: Vec<Arc<str>> = capture.names.iter().map(|n| Arc::from(&**n)).collect();
-    let mut merged: HashMap<(u32, Vec<u64>), WallStack> = HashMap::new();
+    let mut stats = capture.stats;
+    let mut merged: HashMap<(u32, Vec<u64>, bool, u32), WallStack> = HashMap::new();
     for ((name, place), w) in capture.weights {
+        let thread = matches!(place, Place::Thread(..));
+        let label = match &place {
+            Place::Thread(_, label) | Place::Awaiting(_, label) => *label,
+            _ => 0,
+        };
         let frames = match &place {
-            Place::Awaiting(s) => dump::trim(
+            Place::Thread(s, _) => s
+                .iter()
+                .map(|ip| Frame {
+                    ip: *ip as u64,
+                    lines: resolved.get(ip).cloned().unwrap_or_default(),
+                })
+                .collect(),
+            Place::Awaiting(s, _) => dump::trim(
                 s.iter()
                     .map(|ip| Frame {
                         ip: *ip as u64,
@@ -264,13 +362,26 @@ pub(crate) fn symbolize(capture: Capture) -> WallProfile {
                 None => Vec::new(),
             },
         };
-        let key = (name, frames.iter().map(|f| f.ip).collect());
+        if thread
+            && idle(
+                frames
+                    .iter()
+                    .flat_map(|f| f.lines.iter().map(|l| l.function.as_str())),
+            )
+        {
+            stats.idle_thread_samples += w.count;
+            stats.idle_thread_nanos = stats.idle_thread_nanos.saturating_add(w.nanos);
+            continue;
+        }
+        let key = (name, frames.iter().map(|f| f.ip).collect(), thread, label);
         let task = names
             .get(name as usize)
             .cloned()
             .unwrap_or_else(|| "?".into());
         let s = merged.entry(key).or_insert_with(|| WallStack {
             task,
+            thread,
+            label,
             frames,
             weight: Weight::default(),
         });
@@ -279,10 +390,7 @@ pub(crate) fn symbolize(capture: Capture) -> WallProfile {
     }
     let mut stacks: Vec<WallStack> = merged.into_values().collect();
     stacks.sort_by_key(|s| std::cmp::Reverse(s.weight.nanos));
-    WallProfile {
-        stacks,
-        stats: capture.stats,
-    }
+    WallProfile { stacks, stats }
 }
 
 #[cfg(test)]

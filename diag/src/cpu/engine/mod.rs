@@ -38,7 +38,7 @@ mod ring_tests;
     target_os = "linux",
     any(target_arch = "x86_64", target_arch = "aarch64")
 ))]
-mod signal;
+pub(crate) mod signal;
 #[cfg(all(
     target_os = "linux",
     any(target_arch = "x86_64", target_arch = "aarch64")
@@ -48,7 +48,7 @@ mod stacks;
     target_os = "linux",
     any(target_arch = "x86_64", target_arch = "aarch64")
 ))]
-mod threads;
+pub(crate) mod threads;
 #[cfg(all(
     target_os = "linux",
     any(target_arch = "x86_64", target_arch = "aarch64")
@@ -58,7 +58,7 @@ mod timer;
     target_os = "linux",
     any(target_arch = "x86_64", target_arch = "aarch64")
 ))]
-mod unwind;
+pub(crate) mod unwind;
 
 use std::time::{Duration, Instant, SystemTime};
 

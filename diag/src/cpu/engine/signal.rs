@@ -328,7 +328,7 @@ unsafe fn sample(slot: usize, weight: u64, regs: Regs) {
 
 /// The registers a walk needs, from the interrupted context.
 #[cfg(target_arch = "x86_64")]
-unsafe fn regs_of(ctx: *mut libc::c_void) -> Regs {
+pub(crate) unsafe fn regs_of(ctx: *mut libc::c_void) -> Regs {
     // SAFETY: the kernel's ucontext for this signal.
     let g = unsafe { &(*(ctx as *const libc::ucontext_t)).uc_mcontext.gregs };
     Regs {
@@ -341,7 +341,7 @@ unsafe fn regs_of(ctx: *mut libc::c_void) -> Regs {
 
 /// The registers a walk needs, from the interrupted context.
 #[cfg(target_arch = "aarch64")]
-unsafe fn regs_of(ctx: *mut libc::c_void) -> Regs {
+pub(crate) unsafe fn regs_of(ctx: *mut libc::c_void) -> Regs {
     // SAFETY: the kernel's ucontext for this signal.
     let m = unsafe { &(*(ctx as *const libc::ucontext_t)).uc_mcontext };
     Regs {

@@ -1,0 +1,93 @@
+//! Wall-time profiles over a real sidecar: a std thread blocked on a lock shows with its
+//! stack and its wall time; tokio's parked workers and idle blocking-pool threads do not.
+#![cfg(all(feature = "taskdump", feature = "cpu", target_os = "linux"))]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::StatusCode;
+use testkit::{get, go_pprof_async};
+
+/// Waits for `lock`: a function of its own, so the profile names it.
+#[inline(never)]
+fn waits_for_the_lock(lock: &Mutex<()>) {
+    let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
+}
+
+/// Folded lines `root;frames... VALUE` as (stack, value).
+fn folded(text: &str) -> Vec<(String, i64)> {
+    text.lines()
+        .filter_map(|l| {
+            let (stack, v) = l.rsplit_once(' ')?;
+            Some((stack.to_owned(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn a_thread_blocked_on_a_lock_shows_with_its_wall_time_and_parked_workers_do_not() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let sidecar = rt.block_on(async {
+        let cfg = diag::Config::default().with_min_dump_interval(Duration::ZERO);
+        diag::serve(cfg, "127.0.0.1:0").await.unwrap()
+    });
+    // A blocking-pool thread that ran a closure and is idle now, kept alive by tokio.
+    rt.block_on(rt.spawn_blocking(|| ())).unwrap();
+
+    let lock = Arc::new(Mutex::new(()));
+    let held = lock.lock().unwrap();
+    let waiter = {
+        let lock = lock.clone();
+        std::thread::Builder::new()
+            .name("app-waiter".into())
+            .spawn(move || waits_for_the_lock(&lock))
+            .unwrap()
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let url = format!("http://{}/debug/pprof/wall?seconds=3", sidecar.local_addr());
+    let (folded_text, top) = rt.block_on(async {
+        let f = get(&format!("{url}&format=folded")).await;
+        assert_eq!(f.status, StatusCode::OK, "{}", f.text());
+        let top = go_pprof_async(vec![
+            "-timeout=120".into(),
+            "-top".into(),
+            "-cum".into(),
+            "-tagfocus".into(),
+            "thread=app-waiter".into(),
+            url.clone(),
+        ])
+        .await;
+        (f.text(), top)
+    });
+    drop(held);
+    waiter.join().unwrap();
+
+    let stacks = folded(&folded_text);
+    // The waiter, blocked the whole window (3 s, one tick's weight either way).
+    let waiting: i64 = stacks
+        .iter()
+        .filter(|(s, _)| s.starts_with("thread app-waiter;") && s.contains("waits_for_the_lock"))
+        .map(|(_, v)| v)
+        .sum();
+    let secs = waiting as f64 / 1e9;
+    assert!((2.7..=3.2).contains(&secs), "{secs} s\n{folded_text}");
+    // Idle workers, the idle blocking-pool thread and this thread parked in the
+    // runtime's `block_on` are not in the profile: no thread stack holds tokio's
+    // runtime (no thread here runs a closure or a poll).
+    for (s, _) in &stacks {
+        assert!(
+            !(s.starts_with("thread ") && s.contains("tokio::runtime::")),
+            "tokio waiting for work in the profile: {s}"
+        );
+    }
+    // The real go tool pprof reads it: the wait under the waiter's thread label.
+    assert!(top.contains("Type: wall"), "{top}");
+    assert!(top.contains("waits_for_the_lock"), "{top}");
+    assert!(top.contains("left out as tokio waiting for work"), "{top}");
+    rt.shutdown_background();
+}
