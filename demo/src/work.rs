@@ -398,8 +398,9 @@ pub async fn call_slow_dependency(d: Duration) {
 pub fn blocking_lookup(d: Duration) {
     std::thread::sleep(d);
     // Not a tail call: a release build would otherwise jump to `sleep` and leave no
-    // frame of this function on the blocked thread's stack.
-    std::hint::black_box(());
+    // frame of this function on the blocked thread's stack. And not the same code as
+    // `block_worker`, which the compiler would then fold into one function and one name.
+    std::hint::black_box(d.as_nanos() ^ 0x10_0c_0a_0b);
 }
 
 #[cfg(test)]
