@@ -294,6 +294,9 @@ pub(crate) struct Sampler {
     stuck: Vec<bool>,
     asked: Vec<(usize, u32)>,
     foreign_at_start: u64,
+    /// `/proc/self/maps` and `/proc/self/task`, read through the engine's buffers.
+    maps: engine_threads::Maps,
+    tasks: engine_threads::Tasks,
     pub(crate) stats: ThreadStats,
 }
 
@@ -302,7 +305,9 @@ impl Sampler {
     /// free.
     pub(crate) fn new() -> Result<Self, String> {
         let signo = ensure_installed().map_err(|e| e.to_string())?;
-        publish_exec(&engine_threads::read_maps());
+        let mut maps = engine_threads::Maps::default();
+        maps.read();
+        publish_exec(&maps);
         Ok(Self {
             signo,
             // SAFETY: getpid/gettid take no arguments.
@@ -313,6 +318,8 @@ impl Sampler {
             stuck: vec![false; MAX_THREADS],
             asked: Vec::new(),
             foreign_at_start: FOREIGN.load(Ordering::Relaxed),
+            maps,
+            tasks: engine_threads::Tasks::default(),
             stats: ThreadStats {
                 signal: signo,
                 ..ThreadStats::default()
@@ -333,7 +340,7 @@ impl Sampler {
         let Some(slots) = SLOTS.get() else {
             return;
         };
-        let tids = engine_threads::list_tids();
+        let tids = self.tasks.list().to_vec();
         self.names.retain(|t, _| tids.contains(t));
         self.ranges.retain(|t, _| tids.contains(t));
         // A new thread blocked in a system call tells its stack pointer in
@@ -344,9 +351,9 @@ impl Sampler {
             .filter_map(|t| Some((*t, blocked_sp(*t)?)))
             .collect();
         if !new.is_empty() {
-            let maps = engine_threads::read_maps();
+            self.maps.read();
             for (tid, sp) in new {
-                if let Some(range) = engine_threads::stack_range(&maps, sp) {
+                if let Some(range) = self.maps.stack_range(sp) {
                     self.ranges.insert(tid, range);
                 }
             }
@@ -467,13 +474,13 @@ impl Sampler {
             });
         }
         if !to_learn.is_empty() {
-            let maps = engine_threads::read_maps();
+            self.maps.read();
             for (tid, sp) in to_learn {
-                if let Some(range) = engine_threads::stack_range(&maps, sp) {
+                if let Some(range) = self.maps.stack_range(sp) {
                     self.ranges.insert(tid, range);
                 }
             }
-            publish_exec(&maps);
+            publish_exec(&self.maps);
         }
         self.stats.foreign = FOREIGN
             .load(Ordering::Relaxed)
@@ -537,19 +544,19 @@ fn queue(pid: libc::pid_t, tid: u32, signo: libc::c_int, value: u64) -> io::Resu
 }
 
 /// Publishes the executable mappings of `maps` into this module's table.
-fn publish_exec(maps: &[engine_threads::Mapping]) {
+fn publish_exec(maps: &engine_threads::Maps) {
     let exe = std::fs::read_link("/proc/self/exe")
         .ok()
         .and_then(|p| p.to_str().map(str::to_owned));
     let mut ranges: Vec<(usize, usize)> = maps
-        .iter()
+        .lines()
         .filter(|m| m.perms[0] == b'r' && m.perms[2] == b'x')
         .map(|m| (m.lo, m.hi))
         .collect();
     ranges.sort_unstable();
     let main = maps
-        .iter()
-        .find(|m| m.perms[2] == b'x' && Some(&m.path) == exe.as_ref())
+        .lines()
+        .find(|m| m.perms[2] == b'x' && exe.as_deref() == Some(&*m.path()))
         .map_or((0, 0), |m| (m.lo, m.hi));
     EXEC.publish(&ranges, main);
 }
