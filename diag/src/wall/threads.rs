@@ -294,9 +294,6 @@ pub(crate) struct Sampler {
     stuck: Vec<bool>,
     asked: Vec<(usize, u32)>,
     foreign_at_start: u64,
-    /// `/proc/self/maps` and `/proc/self/task`, read through the engine's buffers.
-    maps: engine_threads::Maps,
-    tasks: engine_threads::Tasks,
     pub(crate) stats: ThreadStats,
 }
 
@@ -305,9 +302,7 @@ impl Sampler {
     /// free.
     pub(crate) fn new() -> Result<Self, String> {
         let signo = ensure_installed().map_err(|e| e.to_string())?;
-        let mut maps = engine_threads::Maps::default();
-        maps.read();
-        publish_exec(&maps);
+        publish_exec(&engine_threads::read_maps());
         Ok(Self {
             signo,
             // SAFETY: getpid/gettid take no arguments.
@@ -318,8 +313,6 @@ impl Sampler {
             stuck: vec![false; MAX_THREADS],
             asked: Vec::new(),
             foreign_at_start: FOREIGN.load(Ordering::Relaxed),
-            maps,
-            tasks: engine_threads::Tasks::default(),
             stats: ThreadStats {
                 signal: signo,
                 ..ThreadStats::default()
@@ -340,7 +333,7 @@ impl Sampler {
         let Some(slots) = SLOTS.get() else {
             return;
         };
-        let tids = self.tasks.list().to_vec();
+        let tids = engine_threads::list_tids();
         self.names.retain(|t, _| tids.contains(t));
         self.ranges.retain(|t, _| tids.contains(t));
         // A new thread blocked in a system call tells its stack pointer in
@@ -351,9 +344,9 @@ impl Sampler {
             .filter_map(|t| Some((*t, blocked_sp(*t)?)))
             .collect();
         if !new.is_empty() {
-            self.maps.read();
+            let maps = engine_threads::read_maps();
             for (tid, sp) in new {
-                if let Some(range) = self.maps.stack_range(sp) {
+                if let Some(range) = engine_threads::stack_range(&maps, sp) {
                     self.ranges.insert(tid, range);
                 }
             }
@@ -474,13 +467,13 @@ impl Sampler {
             });
         }
         if !to_learn.is_empty() {
-            self.maps.read();
+            let maps = engine_threads::read_maps();
             for (tid, sp) in to_learn {
-                if let Some(range) = self.maps.stack_range(sp) {
+                if let Some(range) = engine_threads::stack_range(&maps, sp) {
                     self.ranges.insert(tid, range);
                 }
             }
-            publish_exec(&self.maps);
+            publish_exec(&maps);
         }
         self.stats.foreign = FOREIGN
             .load(Ordering::Relaxed)
@@ -544,19 +537,19 @@ fn queue(pid: libc::pid_t, tid: u32, signo: libc::c_int, value: u64) -> io::Resu
 }
 
 /// Publishes the executable mappings of `maps` into this module's table.
-fn publish_exec(maps: &engine_threads::Maps) {
+fn publish_exec(maps: &[engine_threads::Mapping]) {
     let exe = std::fs::read_link("/proc/self/exe")
         .ok()
         .and_then(|p| p.to_str().map(str::to_owned));
     let mut ranges: Vec<(usize, usize)> = maps
-        .lines()
+        .iter()
         .filter(|m| m.perms[0] == b'r' && m.perms[2] == b'x')
         .map(|m| (m.lo, m.hi))
         .collect();
     ranges.sort_unstable();
     let main = maps
-        .lines()
-        .find(|m| m.perms[2] == b'x' && exe.as_deref() == Some(&*m.path()))
+        .iter()
+        .find(|m| m.perms[2] == b'x' && Some(&m.path) == exe.as_ref())
         .map_or((0, 0), |m| (m.lo, m.hi));
     EXEC.publish(&ranges, main);
 }

@@ -171,7 +171,7 @@ pub(crate) struct Mapping<'a> {
 
 impl<'a> Mapping<'a> {
     /// The mapping's path (empty for anonymous mappings; lossy if not UTF-8).
-    #[cfg_attr(not(any(test, feature = "taskdump")), allow(dead_code))]
+    #[cfg(test)]
     pub(crate) fn path(&self) -> std::borrow::Cow<'a, str> {
         String::from_utf8_lossy(self.rest)
     }
