@@ -147,7 +147,13 @@ async fn parses(body: &[u8], name: &str) -> String {
     go_pprof_async(vec!["-raw".into(), file.to_str().unwrap().into()]).await
 }
 
+/// One fleet loop at a time: each replays one scraper against one process, and two loaded
+/// demos on a 2-core machine would each get half of it (seen: Alloy's 3 s profile past its
+/// 13 s timeout in a debug build).
+static ONE_LOOP_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn replay(token: Option<&str>) {
+    let _one = ONE_LOOP_AT_A_TIME.lock().await;
     let cycles = env_u64("DIAG_FLEET_CYCLES", 4).max(3);
     let interval = Duration::from_secs(env_u64("DIAG_FLEET_INTERVAL_SECS", 4).max(2));
     let (scrapes, timeout) = alloy_config();
@@ -214,7 +220,15 @@ async fn replay(token: Option<&str>) {
                 "http://{userinfo}{}/debug/pprof/profile?seconds=2",
                 demo.diag_addr
             );
-            let pprof = tokio::spawn(go_pprof_async(vec!["-top".into(), url]));
+            // Go waits 1.5 × seconds for the answer by default; a debug build's window that
+            // ends behind the other scrapes' symbolization can take longer (seen: over 3 s
+            // for a 2 s window), so the person gives it a minute. Alloy's own timeouts above
+            // stay as Alloy has them.
+            let pprof = tokio::spawn(go_pprof_async(vec![
+                "-top".into(),
+                "-timeout=60".into(),
+                url,
+            ]));
             let svg_url = demo.diag_url("/debug/pprof/flamegraph?seconds=2");
             let h = auth.clone();
             let svg = tokio::spawn(async move {
