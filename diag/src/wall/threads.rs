@@ -538,18 +538,5 @@ fn queue(pid: libc::pid_t, tid: u32, signo: libc::c_int, value: u64) -> io::Resu
 
 /// Publishes the executable mappings of `maps` into this module's table.
 fn publish_exec(maps: &[engine_threads::Mapping]) {
-    let exe = std::fs::read_link("/proc/self/exe")
-        .ok()
-        .and_then(|p| p.to_str().map(str::to_owned));
-    let mut ranges: Vec<(usize, usize)> = maps
-        .iter()
-        .filter(|m| m.perms[0] == b'r' && m.perms[2] == b'x')
-        .map(|m| (m.lo, m.hi))
-        .collect();
-    ranges.sort_unstable();
-    let main = maps
-        .iter()
-        .find(|m| m.perms[2] == b'x' && Some(&m.path) == exe.as_ref())
-        .map_or((0, 0), |m| (m.lo, m.hi));
-    EXEC.publish(&ranges, main);
+    engine_threads::publish_exec_into(&EXEC, maps);
 }

@@ -197,6 +197,12 @@ fn parse_maps_line(line: &str) -> Option<Mapping> {
 
 /// Publishes the executable mappings of `maps` into [`EXEC`].
 pub(crate) fn publish_exec(maps: &[Mapping]) {
+    publish_exec_into(&EXEC, maps);
+}
+
+/// Publishes the executable mappings of `maps` into `table` (the engine's [`EXEC`], or a
+/// table of another sampler's own).
+pub(crate) fn publish_exec_into(table: &ExecTable, maps: &[Mapping]) {
     let exe = std::fs::read_link("/proc/self/exe")
         .ok()
         .and_then(|p| p.to_str().map(str::to_owned));
@@ -210,7 +216,7 @@ pub(crate) fn publish_exec(maps: &[Mapping]) {
         .iter()
         .find(|m| m.perms[2] == b'x' && Some(&m.path) == exe.as_ref())
         .map_or((0, 0), |m| (m.lo, m.hi));
-    EXEC.publish(&ranges, main);
+    table.publish(&ranges, main);
 }
 
 /// The readable, writable mapping holding `sp`: the stack range of a thread whose stack
