@@ -175,21 +175,8 @@ unsafe fn forward(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::
     let Some(prev) = PREVIOUS.get() else {
         return;
     };
-    let f = prev.sa_sigaction;
-    if f == libc::SIG_DFL || f == libc::SIG_IGN {
-        return;
-    }
-    // SAFETY: a handler the application installed, called as the kernel would call it.
-    unsafe {
-        if prev.sa_flags & libc::SA_SIGINFO != 0 {
-            let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
-                std::mem::transmute(f);
-            f(sig, info, ctx);
-        } else {
-            let f: extern "C" fn(libc::c_int) = std::mem::transmute(f);
-            f(sig);
-        }
-    }
+    // SAFETY: called from this handler with what the kernel passed it.
+    unsafe { crate::cpu::engine::signal::call_action(prev, sig, info, ctx) };
 }
 
 extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {

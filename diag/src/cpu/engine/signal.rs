@@ -238,13 +238,28 @@ unsafe fn forward(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::
     let Some(prev) = (unsafe { *PREVIOUS.actions[i].get() }) else {
         return;
     };
-    let f = prev.sa_sigaction;
+    // SAFETY: as this function's caller was called.
+    unsafe { call_action(&prev, sig, info, ctx) };
+}
+
+/// Calls `action` for a signal as the kernel would, when it is a handler (nothing for
+/// `SIG_DFL` and `SIG_IGN`): what diag's handlers do with the signals that are not theirs.
+///
+/// # Safety
+/// From a signal handler, with the `sig`, `info` and `ctx` the kernel passed it.
+pub(crate) unsafe fn call_action(
+    action: &libc::sigaction,
+    sig: libc::c_int,
+    info: *mut libc::siginfo_t,
+    ctx: *mut libc::c_void,
+) {
+    let f = action.sa_sigaction;
     if f == libc::SIG_DFL || f == libc::SIG_IGN {
         return;
     }
     // SAFETY: a handler the application installed, called as the kernel would call it.
     unsafe {
-        if prev.sa_flags & libc::SA_SIGINFO != 0 {
+        if action.sa_flags & libc::SA_SIGINFO != 0 {
             let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
                 std::mem::transmute(f);
             f(sig, info, ctx);
