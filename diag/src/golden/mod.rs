@@ -254,3 +254,5 @@ mod cpu;
 mod tasks;
 #[cfg(feature = "trace")]
 mod trace;
+#[cfg(feature = "taskdump")]
+mod wall;

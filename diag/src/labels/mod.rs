@@ -30,7 +30,6 @@
 //! # }
 //! ```
 
-
 mod route;
 mod scope;
 mod table;
@@ -44,11 +43,9 @@ pub use route::{
     RouteLabelsService, UNMATCHED,
 };
 use scope::{Enter, Ids};
+pub use scope::{Labelled, LabelsExt, bind, in_current_labels, scope, spawn, spawn_blocking, with};
 #[doc(hidden)]
 pub use scope::{intern_for_bench, with_id};
-pub use scope::{
-    Labelled, LabelsExt, bind, in_current_labels, scope, spawn, spawn_blocking, with,
-};
 pub use table::current;
 pub(crate) use table::{intern, resolve};
 
