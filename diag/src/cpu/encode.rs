@@ -25,7 +25,7 @@ pub(crate) struct CpuProfile {
     /// The label sets the samples name.
     labels: HashMap<u32, Arc<LabelSet>>,
     /// Label keys whose values root the folded stacks (`?tagroot=`).
-    pub(super) tagroot: Vec<String>,
+    tagroot: Vec<String>,
     pub(super) start: SystemTime,
     pub(super) duration: Duration,
     pub(super) cpu_used: Duration,
@@ -46,6 +46,19 @@ impl CpuProfile {
     /// Symbolizes `capture`'s stacks (diag's symbolizer: slow, call it on a blocking
     /// thread) and looks up the label sets they name.
     pub(super) fn resolve(capture: Capture) -> Self {
+        let stacks = capture.window.samples.iter().filter(|s| !s.ips.is_empty());
+        let symbols = symbols::resolve_all(stacks.clone().flat_map(|s| s.ips.iter().copied()));
+        let labels = crate::labels::resolve(stacks.map(|s| s.label));
+        Self::assemble(capture, symbols, labels)
+    }
+
+    /// The profile of `capture`, given the names of its addresses (`symbols`) and the
+    /// label sets of its label-set ids (`labels`). Stacks without an address are left out.
+    pub(crate) fn assemble(
+        capture: Capture,
+        symbols: HashMap<usize, Resolved>,
+        labels: HashMap<u32, Arc<LabelSet>>,
+    ) -> Self {
         let Window {
             samples: mut stacks,
             start,
@@ -55,8 +68,6 @@ impl CpuProfile {
             losses,
         } = capture.window;
         stacks.retain(|s| !s.ips.is_empty());
-        let symbols = symbols::resolve_all(stacks.iter().flat_map(|s| s.ips.iter().copied()));
-        let labels = crate::labels::resolve(stacks.iter().map(|s| s.label));
         Self {
             labels,
             tagroot: Vec::new(),
@@ -73,6 +84,11 @@ impl CpuProfile {
             ended_early: capture.ended_early,
             recorded: capture.recorded,
         }
+    }
+
+    /// The label keys whose values root the folded and SVG stacks (`?tagroot=`).
+    pub(crate) fn set_tagroot(&mut self, keys: Vec<String>) {
+        self.tagroot = keys;
     }
 
     /// Samples per second of the process's CPU time over the window.

@@ -92,10 +92,10 @@ impl From<EngineError> for CaptureError {
 /// One reader's window, and whether shutdown cut it short.
 #[derive(Debug)]
 pub(crate) struct Capture {
-    window: Window,
-    ended_early: bool,
+    pub(crate) window: Window,
+    pub(crate) ended_early: bool,
     /// When the window comes from the recorder: what it kept.
-    recorded: Option<Past>,
+    pub(crate) recorded: Option<Past>,
 }
 
 /// What the recorder kept of a stretch asked.
@@ -150,7 +150,7 @@ pub(crate) async fn build(
 ) -> Result<(Vec<u8>, CpuProfile), CaptureError> {
     tokio::task::spawn_blocking(move || {
         let mut profile = CpuProfile::resolve(capture);
-        profile.tagroot = tagroot;
+        profile.set_tagroot(tagroot);
         let body = match format {
             Format::Proto => profile.to_proto(crate::maps::current()),
             Format::Svg => profile.to_svg(),

@@ -105,3 +105,94 @@ fn flamegraph_svg() {
     let svg = flamegraph::render(&folded(), &labels).unwrap();
     check("cpu.svg", &String::from_utf8(svg).unwrap());
 }
+
+/// A whole CPU profile as the engine hands it over: stacks with and without labels (one
+/// with a `thread` key the encoder leaves to the sample's own), a stack with no address
+/// (left out), losses, a shared sampler, the recorder's short past, and a shutdown.
+#[cfg(feature = "cpu")]
+fn cpu_profile() -> crate::cpu::CpuProfile {
+    use std::time::{Duration, Instant, SystemTime};
+
+    use crate::cpu::engine::{Losses, Mark, Sample, Window};
+    use crate::cpu::{Capture, CpuProfile, Past};
+    use crate::labels::LabelSet;
+
+    let period = 10_101_010;
+    let sample = |ips: &[usize], thread: &str, label, count| Sample {
+        ips: ips.to_vec(),
+        thread: thread.to_owned(),
+        label,
+        count,
+        weight_ns: count * period,
+    };
+    let at = |secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+    let mono = Instant::now();
+    let window = Window {
+        samples: vec![
+            sample(
+                &[0x5555_0000_1234, 0x5555_0000_2000],
+                "tokio-rt-worker",
+                1,
+                3,
+            ),
+            sample(&[0x5555_0000_2000], "tokio-rt-worker", 0, 1),
+            sample(&[0x7f00_0000_0400, 0x5555_0000_2000], "main", 2, 2),
+            sample(&[], "main", 0, 1),
+        ],
+        start: Mark {
+            wall: at(1_764_115_200),
+            mono,
+            cpu: Duration::from_secs(1),
+        },
+        end: Mark {
+            wall: at(1_764_115_205),
+            mono: mono + Duration::from_secs(5),
+            cpu: Duration::from_millis(1_070),
+        },
+        frequency: 99,
+        peak_frequency: 199,
+        losses: Losses {
+            ring_full: 1,
+            foreign_signals: 2,
+            ..Losses::default()
+        },
+    };
+    let capture = Capture {
+        window,
+        ended_early: true,
+        recorded: Some(Past {
+            kept_from: at(1_764_115_202),
+            asked_from: Some(at(1_764_115_140)),
+        }),
+    };
+    let labels = [
+        (
+            1,
+            LabelSet::new([("http.route", "/work"), ("http.method", "GET")]),
+        ),
+        (
+            2,
+            LabelSet::new([("thread", "shadowed"), ("tenant", "acme")]),
+        ),
+    ];
+    let labels = labels.map(|(id, set)| (id, Arc::new(set))).into();
+    CpuProfile::assemble(capture, symbols(), labels)
+}
+
+#[cfg(feature = "cpu")]
+#[test]
+fn cpu_profile_encoded_proto() {
+    let bytes = cpu_profile().to_proto(mappings()).unwrap();
+    check("cpu-profile.pb.txt", &profile_listing(&bytes));
+}
+
+#[cfg(feature = "cpu")]
+#[test]
+fn cpu_profile_folded_by_tagroot() {
+    let mut profile = cpu_profile();
+    profile.set_tagroot(vec!["http.route".to_owned(), "tenant".to_owned()]);
+    check(
+        "cpu-tagroot.folded",
+        &(profile.to_folded().join("\n") + "\n"),
+    );
+}
