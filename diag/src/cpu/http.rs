@@ -294,4 +294,45 @@ mod tests {
         assert!((599..=601).contains(&ago(s.from).as_secs()));
         assert!((299..=301).contains(&ago(s.to.unwrap_or(UNIX_EPOCH)).as_secs()));
     }
+
+    #[test]
+    fn tagroot_is_for_svg_and_folded_and_bounded() {
+        let keys = |q: &str, f| tagroot(&Params::parse(Some(q)), f).map_err(|e| e.message());
+        assert_eq!(keys("", Format::Proto), Ok(vec![]));
+        assert_eq!(
+            keys("tagroot=http.route,%20tenant", Format::Folded),
+            Ok(vec!["http.route".to_owned(), "tenant".to_owned()])
+        );
+        let proto = keys("tagroot=a", Format::Proto).unwrap_err();
+        assert!(proto.contains("\"tagroot\": \"a\"; allowed: tagroot only with format=svg"));
+        let many = keys("tagroot=a,b,c,d,e,f,g,h,i", Format::Svg).unwrap_err();
+        assert!(many.contains("allowed: 1 to 8 comma-separated label keys of at most 64"));
+        assert!(keys("tagroot=,", Format::Svg).is_err());
+    }
+
+    #[test]
+    fn capture_errors_answer_as_before() {
+        let answer = |e: CaptureError| {
+            let e = ApiError::from(e);
+            (e.status().as_u16(), e.message())
+        };
+        let unsupported = answer(CaptureError::Engine(EngineError::Unsupported));
+        assert_eq!(unsupported.0, 501);
+        assert_eq!(unsupported.1, EngineError::Unsupported.to_string());
+        assert_eq!(answer(CaptureError::Engine(EngineError::Lost)).0, 500);
+        let off = StretchError::RecorderOff {
+            param: "since",
+            value: "60".to_owned(),
+        };
+        let (status, text) = answer(CaptureError::Refused(off.clone()));
+        assert_eq!((status, text), (400, off.to_string()));
+        assert!(off.to_string().starts_with(
+            "invalid value for \"since\": \"60\"; allowed: nothing: the CPU recorder is off"
+        ));
+        let encode = CaptureError::Encode(std::io::Error::other("disk full"));
+        assert_eq!(
+            answer(encode),
+            (500, "encoding the CPU profile failed: disk full".to_owned())
+        );
+    }
 }

@@ -112,3 +112,48 @@ impl From<WallError> for ApiError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wall_errors_answer_as_before() {
+        let answer = |e: WallError| {
+            let e = ApiError::from(e);
+            (e.status().as_u16(), e.message())
+        };
+        assert_eq!(
+            answer(WallError::Unavailable("this build lacks X".to_owned())),
+            (
+                501,
+                "no wall-time profile: it samples the traced task dumps, and this build lacks X"
+                    .to_owned()
+            )
+        );
+        assert_eq!(
+            answer(WallError::Failed),
+            (500, "the wall sampler failed (see the logs)".to_owned())
+        );
+        assert_eq!(answer(WallError::Build("cancelled".to_owned())).0, 500);
+    }
+
+    #[test]
+    fn the_query_names_each_bad_parameter() {
+        let d = Diag::new(crate::Config::new());
+        let err = |q: &str| match WallQuery::parse(&d, &Params::parse(Some(q))) {
+            Ok(w) => panic!("{q}: accepted as {w:?}"),
+            Err(e) => e.message(),
+        };
+        assert!(err("hz=0").contains("\"hz\": \"0\"; allowed: an integer from 1 to 100"));
+        assert!(err("format=pdf").contains("allowed: one of proto, svg, folded"));
+        assert!(err("threads=2").contains("\"threads\": \"2\"; allowed: one of 1, 0"));
+        let q = WallQuery::parse(&d, &Params::parse(Some("format=folded&threads=0")));
+        let q = q.map_err(|e| e.message()).unwrap();
+        assert_eq!(
+            (q.format, q.threads, q.hz),
+            (Format::Folded, false, DEFAULT_HZ)
+        );
+        assert_eq!(q.window, Duration::from_secs(DEFAULT_SECONDS));
+    }
+}
