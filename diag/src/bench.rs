@@ -16,7 +16,7 @@ impl SyntheticCpuProfile {
 
     /// gzipped profile.proto, as `/profile` answers.
     pub fn proto(&self) -> std::io::Result<Vec<u8>> {
-        self.0.to_proto()
+        self.0.to_proto(crate::maps::current())
     }
 
     /// The flamegraph SVG, as `/flamegraph` answers.

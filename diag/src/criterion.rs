@@ -79,7 +79,10 @@ impl ::criterion::profiler::Profiler for Flamegraphs {
                 std::fs::write(benchmark_dir.join("flamegraph.svg"), svg)
             })
             .and_then(|()| {
-                std::fs::write(benchmark_dir.join("profile.pb.gz"), profile.to_proto()?)
+                std::fs::write(
+                    benchmark_dir.join("profile.pb.gz"),
+                    profile.to_proto(crate::maps::current())?,
+                )
             });
         match written {
             Ok(()) => eprintln!(

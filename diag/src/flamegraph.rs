@@ -9,6 +9,35 @@ use inferno::flamegraph::{self, Options};
 
 use crate::symbols::Resolved;
 
+/// The forms a sampled profile (CPU, wall-time) is served in: `format=proto|svg|folded`.
+#[cfg(any(feature = "cpu", feature = "taskdump"))]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum Format {
+    /// gzipped profile.proto, for `go tool pprof`.
+    #[default]
+    Proto,
+    /// An interactive SVG flamegraph.
+    Svg,
+    /// Folded stacks, one `a;b;c VALUE` line per stack.
+    Folded,
+}
+
+#[cfg(any(feature = "cpu", feature = "taskdump"))]
+impl Format {
+    /// The names `format=` takes, in the order errors list them.
+    pub(crate) const NAMES: [&'static str; 3] = ["proto", "svg", "folded"];
+
+    /// The format called `name` (one of [`Format::NAMES`]).
+    pub(crate) fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "proto" => Some(Self::Proto),
+            "svg" => Some(Self::Svg),
+            "folded" => Some(Self::Folded),
+            _ => None,
+        }
+    }
+}
+
 /// What a flamegraph shows: its title, a subtitle (what and when) and the unit of width.
 #[derive(Debug)]
 pub(crate) struct Labels<'a> {

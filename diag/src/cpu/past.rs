@@ -1,16 +1,15 @@
-//! `/profile?since=SECONDS` and `/profile?start=T&end=T`: a profile of the past, answered
-//! at once from the always-on recorder's buckets.
+//! A profile of the past (`since=SECONDS`, or `start=T&end=T`), answered at once from the
+//! always-on recorder's buckets: the stretch asked, and the recorder's samples over it.
 
+use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::engine::{self, Refusal};
-use super::{Capture, Past, engine_error};
-use crate::error::ApiError;
-use crate::params::Params;
+use super::{Capture, CaptureError, Past};
 use crate::util::utc;
 
 /// The largest `since` accepted (a week; more than is kept answers what is kept).
-const MAX_SINCE: u64 = 7 * 24 * 3600;
+pub(crate) const MAX_SINCE: u64 = 7 * 24 * 3600;
 
 /// What `start` and `end` accept.
 const TIME_ALLOWED: &str = "a Unix time in seconds (date +%s) no later than now, \
@@ -18,84 +17,163 @@ const TIME_ALLOWED: &str = "a Unix time in seconds (date +%s) no later than now,
 
 /// The stretch of the past asked, in wall-clock time (`to`: now when `None`).
 #[derive(Debug, Clone)]
-pub(super) struct Stretch {
-    from: SystemTime,
-    to: Option<SystemTime>,
+pub(crate) struct Stretch {
+    pub(super) from: SystemTime,
+    pub(super) to: Option<SystemTime>,
     /// The parameter that set the stretch, and its value (for errors).
     param: (&'static str, String),
     /// `end` as given.
     end_raw: String,
 }
 
-/// The stretch `since`, `start` or `end` ask for; `None` when none is given (a live
-/// profile).
-pub(super) fn stretch(params: &Params) -> Result<Option<Stretch>, ApiError> {
-    let since = params.get("since");
-    let start = params.get("start");
-    let end = params.get("end");
-    if since.is_none() && start.is_none() && end.is_none() {
-        return Ok(None);
-    }
-    for live in ["seconds", "frequency"] {
-        if let Some(v) = params.get(live) {
-            return Err(ApiError::bad_param(
-                if live == "seconds" {
-                    "seconds"
-                } else {
-                    "frequency"
-                },
-                v,
+/// Why a stretch of the past cannot be answered: each names the parameter at fault, the
+/// value given and what it allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum StretchError {
+    /// `seconds` or `frequency` (`param`), which are for a live profile, given with
+    /// `since`, `start` or `end`.
+    WithLive { param: &'static str, value: String },
+    /// `since` given with `start` or `end`.
+    SinceAndRange { since: String },
+    /// `since` is not a number of seconds from 1 to [`MAX_SINCE`].
+    Since { value: String },
+    /// `start` or `end` (`param`) is not a time allowed.
+    Time { param: &'static str, value: String },
+    /// `end` is not later than `start`.
+    EndBeforeStart { end: String, start: SystemTime },
+    /// The CPU recorder is off in this process.
+    RecorderOff { param: &'static str, value: String },
+    /// The stretch ends before what the recorder keeps begins.
+    BeforeKept { end: String, kept_from: SystemTime },
+}
+
+impl StretchError {
+    /// The parameter at fault, the value given and what it allows.
+    pub(crate) fn parts(&self) -> (&'static str, &str, String) {
+        match self {
+            Self::WithLive { param, value } => (
+                param,
+                value,
                 "nothing with since, start or end: those read the CPU recorder's past at its \
-                 own rate; seconds and frequency are for a live profile",
-            ));
-        }
-    }
-    let now = SystemTime::now();
-    if let Some(raw) = since {
-        if start.is_some() || end.is_some() {
-            return Err(ApiError::bad_param(
+                 own rate; seconds and frequency are for a live profile"
+                    .to_owned(),
+            ),
+            Self::SinceAndRange { since } => (
                 "since",
-                raw,
-                "since alone, or start and end, not both",
-            ));
-        }
-        let secs = params.int_in("since", 0, 1, MAX_SINCE)?;
-        return Ok(Some(Stretch {
-            from: now - Duration::from_secs(secs),
-            to: None,
-            param: ("since", raw.to_owned()),
-            end_raw: String::new(),
-        }));
-    }
-    let from = match start {
-        Some(raw) => time("start", raw, now)?,
-        // Everything kept.
-        None => now - Duration::from_secs(MAX_SINCE),
-    };
-    let to = end.map(|raw| time("end", raw, now)).transpose()?;
-    if let (Some(to), Some(raw)) = (to, end) {
-        if to <= from {
-            return Err(ApiError::bad_param(
+                since,
+                "since alone, or start and end, not both".to_owned(),
+            ),
+            Self::Since { value } => ("since", value, format!("an integer from 1 to {MAX_SINCE}")),
+            Self::Time { param, value } => (param, value, TIME_ALLOWED.to_owned()),
+            Self::EndBeforeStart { end, start } => (
                 "end",
-                raw,
-                format!("a time later than start ({})", utc(from)),
-            ));
+                end,
+                format!("a time later than start ({})", utc(*start)),
+            ),
+            Self::RecorderOff { param, value } => (
+                param,
+                value,
+                "nothing: the CPU recorder is off in this process (turn it on with \
+                 diag::Config::with_cpu_recorder; the demo: --cpu-recorder 10m)"
+                    .to_owned(),
+            ),
+            Self::BeforeKept { end, kept_from } => (
+                "end",
+                end,
+                format!(
+                    "a time after {}, where what the CPU recorder keeps begins",
+                    utc(*kept_from)
+                ),
+            ),
         }
     }
-    Ok(Some(Stretch {
-        from,
-        to,
-        param: match (start, end) {
-            (Some(raw), _) => ("start", raw.to_owned()),
-            (None, raw) => ("end", raw.unwrap_or_default().to_owned()),
-        },
-        end_raw: end.unwrap_or_default().to_owned(),
-    }))
+}
+
+impl fmt::Display for StretchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (param, value, allowed) = self.parts();
+        write!(
+            f,
+            "invalid value for {param:?}: {value:?}; allowed: {allowed}"
+        )
+    }
+}
+
+impl std::error::Error for StretchError {}
+
+/// The parameters that ask for the past, as given (`None`: absent).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Asked<'a> {
+    pub(crate) since: Option<&'a str>,
+    pub(crate) start: Option<&'a str>,
+    pub(crate) end: Option<&'a str>,
+    /// A live profile's parameter given too (`seconds` or `frequency`), and its value.
+    pub(crate) live: Option<(&'static str, &'a str)>,
+}
+
+impl Asked<'_> {
+    /// The stretch asked for, as of `now`; `None` when neither `since`, `start` nor `end`
+    /// is given (a live profile).
+    pub(crate) fn stretch(&self, now: SystemTime) -> Result<Option<Stretch>, StretchError> {
+        let Self {
+            since,
+            start,
+            end,
+            live,
+        } = *self;
+        if since.is_none() && start.is_none() && end.is_none() {
+            return Ok(None);
+        }
+        if let Some((param, value)) = live {
+            let value = value.to_owned();
+            return Err(StretchError::WithLive { param, value });
+        }
+        if let Some(raw) = since {
+            if start.is_some() || end.is_some() {
+                let since = raw.to_owned();
+                return Err(StretchError::SinceAndRange { since });
+            }
+            let secs = match raw.trim().parse::<u64>() {
+                Ok(s) if (1..=MAX_SINCE).contains(&s) => s,
+                _ => return Err(StretchError::Since { value: raw.into() }),
+            };
+            return Ok(Some(Stretch {
+                from: now - Duration::from_secs(secs),
+                to: None,
+                param: ("since", raw.to_owned()),
+                end_raw: String::new(),
+            }));
+        }
+        let from = match start {
+            Some(raw) => time("start", raw, now)?,
+            // Everything kept.
+            None => now - Duration::from_secs(MAX_SINCE),
+        };
+        let to = end.map(|raw| time("end", raw, now)).transpose()?;
+        if let (Some(to), Some(raw)) = (to, end) {
+            if to <= from {
+                let end = raw.to_owned();
+                return Err(StretchError::EndBeforeStart { end, start: from });
+            }
+        }
+        Ok(Some(Stretch {
+            from,
+            to,
+            param: match (start, end) {
+                (Some(raw), _) => ("start", raw.to_owned()),
+                (None, raw) => ("end", raw.unwrap_or_default().to_owned()),
+            },
+            end_raw: end.unwrap_or_default().to_owned(),
+        }))
+    }
 }
 
 /// `start` or `end`: Unix seconds, or negative seconds before now.
-fn time(name: &'static str, raw: &str, now: SystemTime) -> Result<SystemTime, ApiError> {
-    let bad = || ApiError::bad_param(name, raw, TIME_ALLOWED);
+fn time(param: &'static str, raw: &str, now: SystemTime) -> Result<SystemTime, StretchError> {
+    let bad = || StretchError::Time {
+        param,
+        value: raw.to_owned(),
+    };
     let v: i64 = raw.trim().parse().map_err(|_| bad())?;
     let t = if v < 0 {
         now.checked_sub(Duration::from_secs(v.unsigned_abs()))
@@ -115,79 +193,31 @@ fn time(name: &'static str, raw: &str, now: SystemTime) -> Result<SystemTime, Ap
 /// The recorder's samples over `stretch`.
 /// `configured`: whether this router turned the recorder on (another one in the process
 /// may have).
-pub(super) async fn capture(stretch: Stretch, configured: bool) -> Result<Capture, ApiError> {
+pub(super) async fn capture(stretch: Stretch, configured: bool) -> Result<Capture, CaptureError> {
     let recorded = if configured {
-        engine::recorded(stretch.from, stretch.to)
-            .await
-            .map_err(engine_error)?
+        engine::recorded(stretch.from, stretch.to).await?
     } else {
         Err(Refusal::Off)
     };
-    match recorded {
-        Ok(r) => Ok(Capture {
-            window: r.window,
-            ended_early: false,
-            recorded: Some(Past {
-                kept_from: r.kept_from,
-                asked_from: r.short.then_some(stretch.from),
-            }),
-        }),
-        Err(Refusal::Off) => Err(ApiError::bad_param(
-            stretch.param.0,
-            stretch.param.1,
-            "nothing: the CPU recorder is off in this process (turn it on with \
-             diag::Config::with_cpu_recorder; the demo: --cpu-recorder 10m)",
-        )),
-        Err(Refusal::Before { kept_from }) => Err(ApiError::bad_param(
-            "end",
-            stretch.end_raw,
-            format!(
-                "a time after {}, where what the CPU recorder keeps begins",
-                utc(kept_from)
-            ),
-        )),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn err(q: &str) -> String {
-        match stretch(&Params::parse(Some(q))) {
-            Err(e) => e.message(),
-            Ok(s) => panic!("{q}: accepted as {s:?}"),
+    let refused = match recorded {
+        Ok(r) => {
+            return Ok(Capture {
+                window: r.window,
+                ended_early: false,
+                recorded: Some(Past {
+                    kept_from: r.kept_from,
+                    asked_from: r.short.then_some(stretch.from),
+                }),
+            });
         }
-    }
-
-    #[test]
-    fn no_recorder_parameter_is_a_live_profile() {
-        assert!(matches!(
-            stretch(&Params::parse(Some("seconds=5"))),
-            Ok(None)
-        ));
-    }
-
-    #[test]
-    fn bad_values_name_the_parameter_and_what_is_allowed() {
-        assert!(err("since=0").contains("\"since\": \"0\"; allowed: an integer from 1 to"));
-        assert!(err("since=abc").contains("\"since\""));
-        assert!(err("since=30&start=-60").contains("not both"));
-        assert!(err("since=30&seconds=5").contains("\"seconds\""));
-        assert!(err("since=30&frequency=99").contains("\"frequency\""));
-        assert!(err("start=yesterday").contains("\"start\": \"yesterday\"; allowed: a Unix time"));
-        assert!(err("start=0").contains("\"start\""));
-        assert!(err("end=99999999999").contains("\"end\""));
-        assert!(err("start=-60&end=-120").contains("\"end\": \"-120\"; allowed: a time later"));
-    }
-
-    #[test]
-    fn negative_times_count_back_from_now() {
-        let Ok(Some(s)) = stretch(&Params::parse(Some("start=-600&end=-300"))) else {
-            panic!("refused");
-        };
-        let ago = |t: SystemTime| SystemTime::now().duration_since(t).unwrap_or_default();
-        assert!((599..=601).contains(&ago(s.from).as_secs()));
-        assert!((299..=301).contains(&ago(s.to.unwrap_or(UNIX_EPOCH)).as_secs()));
-    }
+        Err(Refusal::Off) => StretchError::RecorderOff {
+            param: stretch.param.0,
+            value: stretch.param.1,
+        },
+        Err(Refusal::Before { kept_from }) => StretchError::BeforeKept {
+            end: stretch.end_raw,
+            kept_from,
+        },
+    };
+    Err(CaptureError::Refused(refused))
 }

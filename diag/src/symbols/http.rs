@@ -24,32 +24,24 @@ pub(crate) async fn symbol(
     method: Method,
     RawQuery(q): RawQuery,
     body: Bytes,
-) -> Response {
+) -> Result<Response, ApiError> {
     let input = if method == Method::POST {
         String::from_utf8_lossy(&body).into_owned()
     } else {
         q.unwrap_or_default()
     };
-    let words = match parse(&input) {
-        Ok(words) => words,
-        Err(e) => return e.into_response(),
-    };
+    let words = parse(&input)?;
     if words.is_empty() {
-        return text(String::from("num_symbols: 1\n"));
+        return Ok(text(String::from("num_symbols: 1\n")));
     }
-    let permit = match d.heavy() {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
-    };
+    let permit = d.heavy()?;
     let answer = tokio::task::spawn_blocking(move || {
         let _permit = permit;
         lookup(&words)
     })
-    .await;
-    match answer {
-        Ok(t) => text(t),
-        Err(e) => ApiError::Internal(format!("symbolizing failed: {e}")).into_response(),
-    }
+    .await
+    .map_err(|e| ApiError::Internal(format!("symbolizing failed: {e}")))?;
+    Ok(text(answer))
 }
 
 fn text(body: String) -> Response {

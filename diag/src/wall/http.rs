@@ -1,103 +1,84 @@
-//! `GET /wall`: the sampler's window as profile.proto, folded stacks or an SVG.
+//! `GET /wall`: its typed query, the handler and the answer's headers, and how the
+//! wall-time module's errors are answered.
 
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
-use axum::extract::{RawQuery, State};
+use axum::extract::{FromRef, FromRequestParts, State};
 use axum::response::{IntoResponse, Response};
+use http::request::Parts;
 use http::{HeaderValue, header};
 
-use super::sampler::{self, DEFAULT_HZ, FULL_RATE_TASKS, MAX_HZ, Options, WallProfile};
+use super::encode::{achieved_hz, lowered};
+use super::sampler::{DEFAULT_HZ, MAX_HZ, Options};
+use super::{DEFAULT_SECONDS, WallError};
 use crate::error::ApiError;
-use crate::flamegraph;
+use crate::flamegraph::Format;
 use crate::params::Params;
-use crate::proto::{self, ProfileBuilder};
 use crate::state::Diag;
-use crate::symbols::Resolved;
 use crate::tasks::DumpGuard;
-use crate::util::{unix_nanos, utc};
+use crate::util::utc;
 
-/// A wall-time profile's length unless `seconds` says otherwise (Go's CPU default).
-pub(crate) const DEFAULT_SECONDS: u64 = 30;
+/// The query of `/wall`: `seconds=N&hz=HZ&format=proto|svg|folded&threads=1|0`
+/// (`threads=0`: the traced tasks alone, no signal sent to any thread).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WallQuery {
+    pub(crate) window: Duration,
+    pub(crate) hz: u32,
+    pub(crate) format: Format,
+    pub(crate) threads: bool,
+}
 
-/// `GET /wall?seconds=N&hz=HZ&format=proto|svg|folded&threads=1|0` (`threads=0`: the
-/// traced tasks alone, no signal sent to any thread).
-pub(crate) async fn wall(State(d): State<Diag>, RawQuery(q): RawQuery) -> Response {
-    match run(&d, &Params::parse(q.as_deref())).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
+impl WallQuery {
+    fn parse(d: &Diag, params: &Params) -> Result<Self, ApiError> {
+        let seconds = d.seconds(params, DEFAULT_SECONDS)?;
+        let hz = params.int_in("hz", DEFAULT_HZ, 1, MAX_HZ)?;
+        let name = params.choice("format", "proto", &Format::NAMES)?;
+        let threads = params.choice("threads", "1", &["1", "0"])? == "1";
+        Ok(Self {
+            window: Duration::from_secs(seconds),
+            hz,
+            format: Format::from_name(name).unwrap_or_default(),
+            threads,
+        })
     }
 }
 
-/// Sets the sampler's stop flag when the request goes away (or ends).
-struct StopOnDrop(Arc<AtomicBool>);
+impl<S> FromRequestParts<S> for WallQuery
+where
+    Diag: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
 
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Self::parse(&Diag::from_ref(state), &Params::parse(parts.uri.query()))
     }
 }
 
-async fn run(d: &Diag, params: &Params) -> Result<Response, ApiError> {
-    let seconds = d.seconds(params, DEFAULT_SECONDS)?;
-    let hz = params.int_in("hz", DEFAULT_HZ, 1, MAX_HZ)?;
-    let format = params.choice("format", "proto", &["proto", "svg", "folded"])?;
-    let threads = params.choice("threads", "1", &["1", "0"])? == "1";
-    crate::tasks::available().map_err(|e| {
-        ApiError::NotImplemented(format!(
-            "no wall-time profile: it samples the traced task dumps, and {e}"
-        ))
-    })?;
-    let until = SystemTime::now() + Duration::from_secs(seconds);
+/// `GET /wall?seconds=N&hz=HZ&format=proto|svg|folded&threads=1|0`.
+pub(crate) async fn wall(State(d): State<Diag>, q: WallQuery) -> Result<Response, ApiError> {
+    super::available()?;
+    let until = SystemTime::now() + q.window;
     let guard = DumpGuard::take(format!("a wall-time profile until {}", utc(until)))?;
     let _permit = d.heavy()?;
     let opts = Options {
-        window: Duration::from_secs(seconds),
-        hz,
+        window: q.window,
+        hz: q.hz,
         except: crate::tasks::traced::current(),
-        threads,
+        threads: q.threads,
         shutdown: d.cfg().shutdown.clone(),
     };
-    let stop = Arc::new(AtomicBool::new(false));
-    let _stop_on_drop = StopOnDrop(stop.clone());
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    // A thread of its own: it sleeps between ticks and waits for the reports on a
-    // condition variable, so no runtime's timer or worker is held by the profile, and the
-    // dump guard lives exactly as long as the sampling.
-    std::thread::Builder::new()
-        .name("diag-wall".to_owned())
-        .spawn(move || {
-            let capture = sampler::run(&opts, &stop);
-            drop(guard);
-            let _ = tx.send(capture);
-        })
-        .map_err(|e| ApiError::Internal(format!("could not start the wall sampler: {e}")))?;
-    let capture = rx
-        .await
-        .map_err(|_| ApiError::Internal("the wall sampler failed (see the logs)".to_owned()))?;
-    let (body, profile) = tokio::task::spawn_blocking(move || {
-        let profile = sampler::symbolize(capture);
-        let body = match format {
-            "proto" => to_proto(&profile),
-            "svg" => to_svg(&profile),
-            _ => Ok(to_folded(&profile).join("\n").into_bytes()),
-        };
-        body.map(|b| (b, profile))
-    })
-    .await
-    .map_err(|e| ApiError::Internal(format!("building the wall-time profile failed: {e}")))?
-    .map_err(|e| ApiError::Internal(format!("encoding the wall-time profile failed: {e}")))?;
-    let ctype = match format {
-        "proto" => "application/octet-stream",
-        "svg" => "image/svg+xml",
-        _ => "text/plain; charset=utf-8",
+    let capture = super::sample(opts, guard).await?;
+    let (body, profile) = super::build(capture, q.format).await?;
+    let ctype = match q.format {
+        Format::Proto => "application/octet-stream",
+        Format::Svg => "image/svg+xml",
+        Format::Folded => "text/plain; charset=utf-8",
     };
     let mut res = body.into_response();
     let h = res.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
-    if format == "proto" {
+    if q.format == Format::Proto {
         h.insert(
             header::CONTENT_DISPOSITION,
             HeaderValue::from_static("attachment; filename=\"wall\""),
@@ -120,181 +101,59 @@ async fn run(d: &Diag, params: &Params) -> Result<Response, ApiError> {
     Ok(res)
 }
 
-fn achieved_hz(p: &WallProfile) -> f64 {
-    let secs = p.stats.duration.as_secs_f64();
-    if secs > 0.0 {
-        p.stats.ticks as f64 / secs
-    } else {
-        0.0
-    }
-}
-
-/// Why and how far the rate was lowered.
-fn lowered(p: &WallProfile) -> String {
-    let s = &p.stats;
-    format!(
-        "{} of {} samples at a lowered rate (down to {:.1} Hz): up to {} traced tasks, above \
-         the {} sampled at the full {} Hz",
-        s.lowered_ticks, s.ticks, s.lowest_hz, s.most_tasks, FULL_RATE_TASKS, s.hz
-    )
-}
-
-fn subtitle(p: &WallProfile) -> String {
-    let s = &p.stats;
-    let mut out = format!(
-        "{:.1} s at {} Hz from {}: {} samples ({:.1} Hz achieved) of up to {} traced tasks; \
-         sampling took {:.1} ms in all (slowest sample {:.1} ms)",
-        s.duration.as_secs_f64(),
-        s.hz,
-        s.started.map_or_else(String::new, utc),
-        s.ticks,
-        achieved_hz(p),
-        s.most_tasks,
-        s.sampling.as_secs_f64() * 1e3,
-        s.slowest_tick.as_secs_f64() * 1e3,
-    );
-    if s.lowered_ticks > 0 {
-        out.push_str("; ");
-        out.push_str(&lowered(p));
-    }
-    if s.untraced > 0 {
-        out.push_str(&format!(
-            "; {} futures ran untraced since the start (registry full)",
-            s.untraced
-        ));
-    }
-    let t = &s.threads;
-    match &t.unavailable {
-        Some(_) if !s.threads_asked => out.push_str("; threads not sampled (threads=0)"),
-        Some(why) => out.push_str(&format!("; threads not sampled: {why}")),
-        None => out.push_str(&format!(
-            "; threads: {} signals (real-time signal {}), {} samples, {} left out as tokio \
-             waiting for work ({:.1} s), {} missed, {} not kept (stack not known yet), \
-             {} over the {}-thread limit, {} not signalled (they block it); sampling them took \
-             {:.1} ms in all",
-            t.signals_sent,
-            t.signal,
-            t.samples,
-            s.idle_thread_samples,
-            s.idle_thread_nanos as f64 / 1e9,
-            t.missed,
-            t.ip_only,
-            t.over_limit,
-            super::sampler::MAX_THREADS_SAMPLED,
-            t.blocking_signal,
-            t.busy.as_secs_f64() * 1e3,
-        )),
-    }
-    if t.paused_ticks > 0 {
-        out.push_str(&format!(
-            "; {} samples without threads (a CPU profile was running)",
-            t.paused_ticks
-        ));
-    }
-    if t.foreign > 0 {
-        out.push_str(&format!(
-            "; {} signals on that signal were not diag's",
-            t.foreign
-        ));
-    }
-    if s.ended_early {
-        out.push_str("; ended early by shutdown");
-    }
-    out
-}
-
-/// The label sets of the stacks' ids.
-#[cfg(feature = "cpu")]
-fn label_sets(p: &WallProfile) -> HashMap<u32, Arc<crate::labels::LabelSet>> {
-    crate::labels::resolve(p.stacks.iter().map(|s| s.label))
-}
-
-/// gzipped profile.proto: `samples/count` and `wall/nanoseconds`, a `task` label with the
-/// traced future's name (a `thread` label with the thread's name for a thread's stack),
-/// and the labels (`diag::labels`) the task or thread ran under, the main binary's mapping first.
-fn to_proto(p: &WallProfile) -> std::io::Result<Vec<u8>> {
-    let period = i64::from(1_000_000_000 / p.stats.hz.max(1));
-    let mut b = ProfileBuilder::new(
-        &[("samples", "count"), ("wall", "nanoseconds")],
-        ("wall", "nanoseconds"),
-        period,
-        crate::maps::current(),
-    );
-    let start = p.stats.started.unwrap_or(SystemTime::UNIX_EPOCH);
-    b.time(unix_nanos(start), p.stats.duration.as_nanos() as i64);
-    b.comment(&format!("diag wall-time profile: {}", subtitle(p)));
-    b.default_sample_type("wall");
-    #[cfg(feature = "cpu")]
-    let sets = label_sets(p);
-    for s in &p.stacks {
-        if s.frames.is_empty() {
-            continue;
+impl From<WallError> for ApiError {
+    fn from(e: WallError) -> Self {
+        match e {
+            WallError::Unavailable(_) => ApiError::NotImplemented(e.to_string()),
+            WallError::Start(_)
+            | WallError::Failed
+            | WallError::Build(_)
+            | WallError::Encode(_) => ApiError::Internal(e.to_string()),
         }
-        let locations = s
-            .frames
-            .iter()
-            .map(|f| b.location(f.ip, &f.lines))
-            .collect();
-        #[cfg_attr(not(feature = "cpu"), allow(unused_mut))]
-        let mut labels: Vec<(&str, &str)> =
-            vec![(if s.thread { "thread" } else { "task" }, &s.task)];
-        #[cfg(feature = "cpu")]
-        if let Some(set) = sets.get(&s.label) {
-            labels.extend(set.iter().filter(|(k, _)| *k != "thread" && *k != "task"));
-        }
-        b.sample(locations, vec![s.weight.count, s.weight.nanos], &labels);
     }
-    proto::gzip(&b.encode())
 }
 
-/// Collapsed stacks, root first, the task's name as the root frame (`thread NAME` for a
-/// thread's stack), values in ns.
-fn to_folded(p: &WallProfile) -> Vec<String> {
-    let roots: Vec<String> = p
-        .stacks
-        .iter()
-        .map(|s| {
-            if s.thread {
-                format!("thread {}", s.task)
-            } else {
-                s.task.to_string()
-            }
-        })
-        .collect();
-    let mut symbols: HashMap<usize, Resolved> = HashMap::new();
-    let ips: Vec<Vec<usize>> = p
-        .stacks
-        .iter()
-        .map(|s| {
-            s.frames
-                .iter()
-                .map(|f| {
-                    symbols
-                        .entry(f.ip as usize)
-                        .or_insert_with(|| f.lines.clone());
-                    f.ip as usize
-                })
-                .collect()
-        })
-        .collect();
-    flamegraph::fold(
-        p.stacks
-            .iter()
-            .zip(&ips)
-            .zip(&roots)
-            .filter(|((s, _), _)| !s.frames.is_empty())
-            .map(|((s, ips), root)| (root.as_str(), &ips[..], s.weight.nanos)),
-        &symbols,
-    )
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn to_svg(p: &WallProfile) -> std::io::Result<Vec<u8>> {
-    flamegraph::render(
-        &to_folded(p),
-        &flamegraph::Labels {
-            title: "Wall-time flamegraph (traced tokio tasks and threads)",
-            subtitle: &subtitle(p),
-            count_name: "ns",
-        },
-    )
+    #[test]
+    fn wall_errors_answer_as_before() {
+        let answer = |e: WallError| {
+            let e = ApiError::from(e);
+            (e.status().as_u16(), e.message())
+        };
+        assert_eq!(
+            answer(WallError::Unavailable("this build lacks X".to_owned())),
+            (
+                501,
+                "no wall-time profile: it samples the traced task dumps, and this build lacks X"
+                    .to_owned()
+            )
+        );
+        assert_eq!(
+            answer(WallError::Failed),
+            (500, "the wall sampler failed (see the logs)".to_owned())
+        );
+        assert_eq!(answer(WallError::Build("cancelled".to_owned())).0, 500);
+    }
+
+    #[test]
+    fn the_query_names_each_bad_parameter() {
+        let d = Diag::new(crate::Config::new());
+        let err = |q: &str| match WallQuery::parse(&d, &Params::parse(Some(q))) {
+            Ok(w) => panic!("{q}: accepted as {w:?}"),
+            Err(e) => e.message(),
+        };
+        assert!(err("hz=0").contains("\"hz\": \"0\"; allowed: an integer from 1 to 100"));
+        assert!(err("format=pdf").contains("allowed: one of proto, svg, folded"));
+        assert!(err("threads=2").contains("\"threads\": \"2\"; allowed: one of 1, 0"));
+        let q = WallQuery::parse(&d, &Params::parse(Some("format=folded&threads=0")));
+        let q = q.map_err(|e| e.message()).unwrap();
+        assert_eq!(
+            (q.format, q.threads, q.hz),
+            (Format::Folded, false, DEFAULT_HZ)
+        );
+        assert_eq!(q.window, Duration::from_secs(DEFAULT_SECONDS));
+    }
 }
