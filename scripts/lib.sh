@@ -1,4 +1,4 @@
-# Shared by scripts/test.sh and scripts/overhead.sh (sourced, not run): installing the
+# Shared by scripts/test.sh and scripts/cpu-memory.sh (sourced, not run): installing the
 # Debian packages a script drives, when their command (or file) is missing.
 
 as_root() {

@@ -170,8 +170,8 @@ build_unwinder_benches() { # one build per unwinder: their pprof-rs features exc
   done
 }
 step "unwinder benches --no-run" build_unwinder_benches
-step "overhead.sh --quick" scripts/overhead.sh --quick
-# The floods of issue 12 against the release demo overhead.sh just built.
+step "overhead.py --quick" python3 scripts/overhead.py --quick
+# The floods of issue 12 against the release demo overhead.py just built.
 step "soak.py --quick" python3 scripts/soak.py --quick
 # After the release build and the bench build above, so the guide's cargo commands are quick.
 step "the guide's commands" python3 scripts/check_guide.py

@@ -2,15 +2,19 @@
 //! held by `hold_memory`, and time spent waiting.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 
 use crate::{AppState, run_blocking, spawn_named, text};
+
+mod held;
+mod query;
+
+pub(crate) use self::held::Held;
+use self::query::{BadRequest, bad, int_param};
 
 /// The most `n` a `/work` request may ask for.
 pub const MAX_ITERATIONS: u64 = 10_000_000_000;
@@ -77,75 +81,6 @@ pub fn churn_memory(n: u64, bytes: usize) -> u64 {
         sum = sum.wrapping_add(u64::from(block[0]));
     }
     sum
-}
-
-/// Memory kept by `/hold`, and its cap. A request reserves its MiB against the cap before
-/// it allocates anything, so concurrent requests can never together exceed it.
-#[derive(Debug)]
-pub(crate) struct Held {
-    blocks: Mutex<Vec<Box<[u8]>>>,
-    /// MiB held plus MiB being allocated by requests in flight; never above `cap_mb`.
-    reserved: AtomicUsize,
-    cap_mb: usize,
-    cap_why: String,
-}
-
-impl Held {
-    pub(crate) fn new(cap_mb: usize, cap_why: String) -> Self {
-        Self {
-            blocks: Mutex::new(Vec::new()),
-            reserved: AtomicUsize::new(0),
-            cap_mb,
-            cap_why,
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Box<[u8]>>> {
-        self.blocks.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub(crate) fn cap(&self) -> (usize, &str) {
-        (self.cap_mb, &self.cap_why)
-    }
-
-    /// Reserves `mb` MiB, or answers how many are reserved when that would pass the cap.
-    fn reserve(&self, mb: usize) -> Result<(), usize> {
-        self.reserved
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |r| {
-                (r + mb <= self.cap_mb).then_some(r + mb)
-            })
-            .map(drop)
-    }
-
-    fn unreserve(&self, mb: usize) {
-        self.reserved.fetch_sub(mb, Ordering::SeqCst);
-    }
-}
-
-/// A 400 whose message names the parameter, the value received and what is allowed.
-#[derive(Debug)]
-pub(crate) struct BadRequest(String);
-
-impl IntoResponse for BadRequest {
-    fn into_response(self) -> Response {
-        text(StatusCode::BAD_REQUEST, self.0)
-    }
-}
-
-fn bad(name: &str, value: &str, allowed: &str) -> BadRequest {
-    BadRequest(format!(
-        "invalid value for {name:?}: {value:?}; allowed: {allowed}\n"
-    ))
-}
-
-fn int_param(q: &HashMap<String, String>, name: &str, max: u64) -> Result<Option<u64>, BadRequest> {
-    match q.get(name) {
-        None => Ok(None),
-        Some(raw) => match raw.parse::<u64>() {
-            Ok(v) if (1..=max).contains(&v) => Ok(Some(v)),
-            _ => Err(bad(name, raw, &format!("an integer from 1 to {max}"))),
-        },
-    }
 }
 
 /// `GET /work?n=ITER` runs `spin_cpu(ITER)`; `GET /work?ms=N` spins for about N ms.

@@ -73,3 +73,15 @@ impl Drop for Sampler {
 pub fn peak(readings: &[f64]) -> f64 {
     readings.iter().copied().fold(0.0, f64::max)
 }
+
+/// The resident memory of process `pid` in MiB (`VmRSS`).
+pub fn rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap()
+        / 1024
+}

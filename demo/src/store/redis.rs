@@ -12,84 +12,18 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
+use redis::RedisError;
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, RedisError};
 
 use super::{StoreError, StoreErrorKind};
 use crate::metrics::StoreMetrics;
 
+mod config;
+mod connection;
+
+pub use self::config::RedisConfig;
+
 const STORE: &str = "redis";
-
-/// Where and how the count is kept in Redis.
-#[derive(Debug, Clone)]
-pub struct RedisConfig {
-    client: Client,
-    key: String,
-    timeout: Duration,
-    probe_interval: Duration,
-}
-
-impl RedisConfig {
-    /// The key the count is kept under unless told otherwise.
-    pub const DEFAULT_KEY: &'static str = "demo:count";
-    /// How long any one command may take unless told otherwise.
-    pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(500);
-    /// How often the probe checks Redis (PING) or tries to reconnect.
-    pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(1);
-
-    /// Redis at `url` (`redis://[:PASSWORD@]HOST[:PORT][/DB]` or `unix:///PATH`), with the
-    /// default key, timeout and probe interval. Nothing is connected yet.
-    pub fn new(url: &str) -> Result<Self, String> {
-        let client = Client::open(url).map_err(|e| {
-            format!(
-                "invalid Redis URL {}: {e}; expected redis://HOST[:PORT][/DB]",
-                redact(url)
-            )
-        })?;
-        Ok(Self {
-            client,
-            key: Self::DEFAULT_KEY.to_owned(),
-            timeout: Self::DEFAULT_TIMEOUT,
-            probe_interval: Self::DEFAULT_PROBE_INTERVAL,
-        })
-    }
-
-    /// The key the count is kept under.
-    pub fn with_key(mut self, key: impl Into<String>) -> Self {
-        self.key = key.into();
-        self
-    }
-
-    /// How long connecting and each command may take (at least 1 ms).
-    pub fn with_timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout.max(Duration::from_millis(1));
-        self
-    }
-
-    /// How often the probe checks Redis or tries to reconnect (at least 10 ms).
-    pub fn with_probe_interval(mut self, every: Duration) -> Self {
-        self.probe_interval = every.max(Duration::from_millis(10));
-        self
-    }
-
-    /// Redis' address (`host:port` or a socket path), without any password.
-    pub fn address(&self) -> String {
-        self.client.get_connection_info().addr().to_string()
-    }
-}
-
-/// A URL with its password (if any) replaced, for error messages.
-fn redact(url: &str) -> String {
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
-        return url.to_owned();
-    };
-    let rest = &url[scheme_end..];
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{}***@{}", &url[..scheme_end], &rest[at + 1..]),
-        None => url.to_owned(),
-    }
-}
 
 /// The live connection and which one it is (so that a failure on an old one does not
 /// drop its replacement).
@@ -343,175 +277,6 @@ impl RedisStore {
              without persistence, was flushed, or the key was deleted)"
         );
     }
-
-    /// One probe round: reconnect when there is no connection, else PING.
-    async fn check(&self) {
-        let live = lock(&self.live).clone();
-        let Some(Live {
-            generation,
-            mut conn,
-        }) = live
-        else {
-            match self.connect().await {
-                Ok(()) => self.mark_up(),
-                Err(reason) => self.mark_down(reason),
-            }
-            return;
-        };
-        let timeout = self.config.timeout;
-        let start = Instant::now();
-        let pong =
-            tokio::time::timeout(timeout, redis::cmd("PING").query_async::<String>(&mut conn))
-                .await;
-        self.metrics.observe(STORE, "ping", start.elapsed());
-        let reason = match pong {
-            Ok(Ok(_)) => {
-                self.mark_up();
-                return;
-            }
-            Ok(Err(e)) => {
-                self.metrics.error(STORE, "ping", classify(&e).as_str());
-                format!("PING failed: {e}")
-            }
-            Err(_) => {
-                self.metrics
-                    .error(STORE, "ping", StoreErrorKind::Timeout.as_str());
-                format!("no answer to PING within {} ms", timeout.as_millis())
-            }
-        };
-        // A fresh connection on the next round; requests meanwhile fail at once.
-        self.forget(generation);
-        self.mark_down(reason);
-    }
-
-    /// Connects, reads Redis' run_id and the count, and reports a restart or a reset.
-    async fn connect(&self) -> Result<(), String> {
-        let timeout = self.config.timeout;
-        let within = |what: &str| format!("no answer to {what} within {} ms", timeout.as_millis());
-        // Responses are timed here, around each command, not by the client: its own timeout
-        // error does not say it is one (`is_timeout()` is false), which would pass a slow
-        // Redis for a broken connection.
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(None);
-        let start = Instant::now();
-        let conn = tokio::time::timeout(
-            timeout,
-            self.config
-                .client
-                .get_multiplexed_async_connection_with_config(&config),
-        )
-        .await;
-        self.metrics.observe(STORE, "connect", start.elapsed());
-        let mut conn = match conn {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => {
-                self.metrics
-                    .error(STORE, "connect", StoreErrorKind::Unavailable.as_str());
-                return Err(format!("cannot connect: {e}"));
-            }
-            Err(_) => {
-                self.metrics
-                    .error(STORE, "connect", StoreErrorKind::Timeout.as_str());
-                return Err(within("connecting"));
-            }
-        };
-        let info = tokio::time::timeout(
-            timeout,
-            redis::cmd("INFO")
-                .arg("server")
-                .query_async::<String>(&mut conn),
-        )
-        .await
-        .map_err(|_| within("INFO server"))?
-        .map_err(|e| format!("INFO server failed: {e}"))?;
-        let run_id = info
-            .lines()
-            .find_map(|l| l.strip_prefix("run_id:"))
-            .map(|id| id.trim().to_owned())
-            .unwrap_or_default();
-        let value = tokio::time::timeout(
-            timeout,
-            redis::cmd("GET")
-                .arg(&self.config.key)
-                .query_async::<Option<String>>(&mut conn),
-        )
-        .await
-        .map_err(|_| within("GET"))?
-        .map_err(|e| format!("GET {:?} failed: {e}", self.config.key))?;
-        let count = value.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-
-        let previous = lock(&self.run_id).replace(run_id.clone());
-        let restarted = previous.as_ref().is_some_and(|p| *p != run_id);
-        if restarted {
-            tracing::warn!(
-                store = STORE,
-                address = %self.address,
-                previous_run_id = previous.as_deref().unwrap_or(""),
-                run_id = %run_id,
-                "Redis restarted (its run_id changed)"
-            );
-        }
-        let seen = self.last_seen.load(Ordering::SeqCst);
-        if count < seen
-            && self
-                .last_seen
-                .compare_exchange(seen, count, Ordering::SeqCst, Ordering::SeqCst)
-                .is_ok()
-        {
-            self.count_reset(
-                seen,
-                count,
-                "on reconnecting, the key held less than seen before",
-            );
-        }
-        let generation = self.generations.fetch_add(1, Ordering::SeqCst) + 1;
-        *lock(&self.live) = Some(Live { generation, conn });
-        tracing::info!(
-            store = STORE,
-            address = %self.address,
-            key = %self.config.key,
-            run_id = %run_id,
-            count,
-            "connected to Redis"
-        );
-        Ok(())
-    }
-
-    fn is_live(&self, generation: u64) -> bool {
-        lock(&self.live)
-            .as_ref()
-            .is_some_and(|l| l.generation == generation)
-    }
-
-    /// Drops the connection `generation` if it is still the live one.
-    fn forget(&self, generation: u64) {
-        let mut live = lock(&self.live);
-        if live.as_ref().is_some_and(|l| l.generation == generation) {
-            *live = None;
-        }
-    }
-
-    fn mark_up(&self) {
-        if !self.up.swap(true, Ordering::SeqCst) {
-            self.metrics.set_up(STORE, true);
-            tracing::info!(store = STORE, address = %self.address, "Redis is available");
-        }
-    }
-
-    fn mark_down(&self, reason: String) {
-        let was_up = self.up.swap(false, Ordering::SeqCst);
-        if was_up {
-            self.metrics.set_up(STORE, false);
-            tracing::warn!(
-                store = STORE,
-                address = %self.address,
-                reason = %reason,
-                "Redis is unavailable: GET / answers 503 and /readyz is unready until it is back"
-            );
-        }
-        *lock(&self.down_reason) = reason;
-    }
 }
 
 /// An INCR whose request was dropped while it was in flight (its client went away): it
@@ -540,24 +305,5 @@ async fn probe(store: Weak<RedisStore>, every: Duration) {
             return;
         };
         store.check().await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(redact("redis://:secret@db:6379/0"), "redis://***@db:6379/0");
-        assert_eq!(redact("redis://u:p@w@db/1"), "redis://***@db/1");
-        assert_eq!(redact("redis://db:6379"), "redis://db:6379");
-        assert_eq!(redact("nonsense"), "nonsense");
-    }
-
-    #[test]
-    fn bad_urls_are_refused_without_their_password() {
-        let e = RedisConfig::new("http://:pw@db").unwrap_err();
-        assert!(e.contains("invalid Redis URL") && !e.contains("pw"), "{e}");
     }
 }
