@@ -15,7 +15,7 @@
 use std::path::PathBuf;
 
 /// Compares `actual` with the golden file `name`, or writes it under `DIAG_BLESS=1`.
-fn check(name: &str, actual: &str) {
+pub(crate) fn check(name: &str, actual: &str) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/data")
         .join(name);

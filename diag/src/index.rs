@@ -218,4 +218,11 @@ mod tests {
         assert!(!html.contains("hunter2"));
         assert!(html.contains(":$DIAG_TOKEN@"));
     }
+
+    #[test]
+    #[cfg(all(feature = "heap", feature = "taskdump", feature = "trace"))]
+    fn golden_page() {
+        let d = Diag::new(Config::new().with_token("hunter2"));
+        crate::golden::check("index.html", &page(&d, "127.0.0.1:6060"));
+    }
 }
