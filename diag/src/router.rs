@@ -366,6 +366,62 @@ async fn not_found(State(d): State<Diag>, req: Request) -> ApiError {
 mod tests {
     use super::*;
 
+    /// Status, `Allow` and body of one in-process request to a fresh router.
+    async fn answer(method: &str, path: &str) -> (u16, String, String) {
+        use tower::ServiceExt as _;
+        let app: Router = router(Config::new().with_prefix("/p"));
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .body(axum::body::Body::empty())
+            .expect("request");
+        let res = app.oneshot(req).await.expect("infallible");
+        let status = res.status().as_u16();
+        let allow = res
+            .headers()
+            .get(header::ALLOW)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let body = axum::body::to_bytes(res.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        (status, allow, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn the_404_lists_every_endpoint_in_order() {
+        let (status, _, body) = answer("GET", "/p/block").await;
+        assert_eq!(status, 404);
+        assert_eq!(
+            body,
+            "unknown profile: \"/p/block\"\nknown endpoints:\n  /p/\n  /p/profile\n  \
+             /p/flamegraph\n  /p/symbol\n  /p/heap\n  /p/allocs\n  /p/heap/stats\n  \
+             /p/goroutine\n  /p/tasks\n  /p/wall\n  /p/trace\n  /p/cmdline\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn each_endpoint_takes_its_methods() {
+        for path in ["/p/", "/p/cmdline", "/p/profile", "/p/heap", "/p/tasks", "/p/trace"] {
+            let (status, allow, _) = answer("DELETE", path).await;
+            if status == 405 {
+                assert_eq!(allow, "GET, HEAD", "{path}");
+            } else {
+                // A feature this build lacks answers 501 to every method.
+                assert_eq!(status, 501, "{path}");
+            }
+        }
+        let (status, allow, _) = answer("PUT", "/p/symbol").await;
+        if cfg!(feature = "cpu") {
+            assert_eq!((status, allow.as_str()), (405, "GET, HEAD, POST"));
+        } else {
+            assert_eq!(status, 501);
+        }
+        let (status, _, _) = answer("GET", "/p").await;
+        assert_eq!(status, 308);
+    }
+
     fn with_auth(value: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
         h.insert(header::AUTHORIZATION, value.parse().expect("header value"));
