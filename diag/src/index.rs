@@ -228,10 +228,48 @@ mod tests {
         assert!(html.contains(":$DIAG_TOKEN@"));
     }
 
+    /// Fixed facts: the heap and trace parts unavailable, a CPU profile running, the
+    /// recorder on; nothing read from the process.
+    #[cfg(all(
+        feature = "cpu",
+        feature = "heap",
+        feature = "taskdump",
+        feature = "trace"
+    ))]
+    fn fixed_facts() -> Facts {
+        use crate::endpoints::Part;
+        Facts {
+            available: ENDPOINTS
+                .iter()
+                .map(|e| match e.part {
+                    Part::Heap | Part::Trace => Err(e.part.missing()),
+                    _ => Ok(()),
+                })
+                .collect(),
+            running: Some((
+                99,
+                2,
+                SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+            )),
+            recorder: Some(Recorder {
+                frequency: 19,
+                keep: Duration::from_secs(600),
+                reaches_back: Duration::from_secs(42),
+                stacks: 1234,
+                bytes: 3 << 20,
+            }),
+        }
+    }
+
     #[test]
-    #[cfg(all(feature = "heap", feature = "taskdump", feature = "trace"))]
+    #[cfg(all(
+        feature = "cpu",
+        feature = "heap",
+        feature = "taskdump",
+        feature = "trace"
+    ))]
     fn golden_page() {
         let cfg = Config::new().with_token("hunter2");
-        crate::golden::check("index.html", &page(&cfg, &Facts::now(), "127.0.0.1:6060"));
+        crate::golden::check("index.html", &page(&cfg, &fixed_facts(), "127.0.0.1:6060"));
     }
 }
