@@ -28,7 +28,7 @@ impl std::error::Error for Unavailable {}
 
 impl From<Unavailable> for ApiError {
     fn from(u: Unavailable) -> Self {
-        ApiError::NotImplemented(u.0.into_owned())
+        ApiError::not_implemented(u)
     }
 }
 
