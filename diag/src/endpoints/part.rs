@@ -139,7 +139,7 @@ const HEAP_MISSING: &str = "this build has no heap profiling: enable diag's `hea
      as the global allocator; see docs/guide.md";
 
 const TRACE_MISSING: &str = "this build has no /trace: enable diag's `trace` feature and add \
-     diag::trace_layer() to the application's tracing subscriber";
+     diag::trace::layer() to the application's tracing subscriber";
 
 const TASKS_MISSING: &str = "this build has no task dumps: enable diag's `taskdump` feature \
      (and build with RUSTFLAGS=\"--cfg tokio_unstable\", on Linux x86, x86_64, aarch64 or \
