@@ -6,7 +6,7 @@
 //! or opens connections and sends nothing, holds them for ever, and enough of them exhaust
 //! the process's file descriptors (every listener of the process then stops accepting).
 //! The sidecar ([`crate::serve`]) uses this module; an application can serve its own
-//! router through [`serve`] too (the demo does).
+//! router through [`serve()`] too (the demo does).
 //!
 //! ```no_run
 //! # async fn run() -> std::io::Result<()> {

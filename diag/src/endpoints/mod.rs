@@ -2,7 +2,7 @@
 //! part of diag it belongs to (whether this build and process have it, and how to enable it
 //! when not), its line on the index page and the commands the index suggests for it.
 //!
-//! The router ([`crate::router`]), the 404's listing and the index page ([`crate::index`])
+//! The router (`router.rs`), the 404's listing and the index page (`index.rs`)
 //! are all derived from [`ENDPOINTS`]: an endpoint added here is routed, listed and shown.
 
 use axum::response::{IntoResponse, Response};
