@@ -126,7 +126,7 @@ mod tests {
     /// Status, `Allow` and body of one in-process request to a fresh router.
     async fn answer(method: &str, path: &str) -> (u16, String, String) {
         use tower::ServiceExt as _;
-        let app: Router = router(Config::new().with_prefix("/p"));
+        let app: Router = router(Config::new());
         let req = Request::builder()
             .method(method)
             .uri(path)
@@ -148,25 +148,27 @@ mod tests {
 
     #[tokio::test]
     async fn the_404_lists_every_endpoint_in_order() {
-        let (status, _, body) = answer("GET", "/p/block").await;
+        let (status, _, body) = answer("GET", "/debug/pprof/block").await;
         assert_eq!(status, 404);
         assert_eq!(
             body,
-            "unknown profile: \"/p/block\"\nknown endpoints:\n  /p/\n  /p/profile\n  \
-             /p/flamegraph\n  /p/symbol\n  /p/heap\n  /p/allocs\n  /p/heap/stats\n  \
-             /p/goroutine\n  /p/tasks\n  /p/wall\n  /p/trace\n  /p/cmdline\n"
+            "unknown profile: \"/debug/pprof/block\"\nknown endpoints:\n  /debug/pprof/\n  \
+             /debug/pprof/profile\n  /debug/pprof/flamegraph\n  /debug/pprof/symbol\n  \
+             /debug/pprof/heap\n  /debug/pprof/allocs\n  /debug/pprof/heap/stats\n  \
+             /debug/pprof/goroutine\n  /debug/pprof/tasks\n  /debug/pprof/wall\n  \
+             /debug/pprof/trace\n  /debug/pprof/cmdline\n"
         );
     }
 
     #[tokio::test]
     async fn each_endpoint_takes_its_methods() {
         for path in [
-            "/p/",
-            "/p/cmdline",
-            "/p/profile",
-            "/p/heap",
-            "/p/tasks",
-            "/p/trace",
+            "/debug/pprof/",
+            "/debug/pprof/cmdline",
+            "/debug/pprof/profile",
+            "/debug/pprof/heap",
+            "/debug/pprof/tasks",
+            "/debug/pprof/trace",
         ] {
             let (status, allow, _) = answer("DELETE", path).await;
             if status == 405 {
@@ -176,13 +178,13 @@ mod tests {
                 assert_eq!(status, 501, "{path}");
             }
         }
-        let (status, allow, _) = answer("PUT", "/p/symbol").await;
+        let (status, allow, _) = answer("PUT", "/debug/pprof/symbol").await;
         if cfg!(feature = "cpu") {
             assert_eq!((status, allow.as_str()), (405, "GET, HEAD, POST"));
         } else {
             assert_eq!(status, 501);
         }
-        let (status, _, _) = answer("GET", "/p").await;
+        let (status, _, _) = answer("GET", "/debug/pprof").await;
         assert_eq!(status, 308);
     }
 }
