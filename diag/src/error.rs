@@ -3,6 +3,7 @@
 //! Every error is `text/plain; charset=utf-8` with `X-Go-Pprof: 1` (so `go tool pprof`
 //! shows the message to its user) and no `Content-Disposition`.
 
+use std::fmt;
 use std::time::Duration;
 
 use axum::response::{IntoResponse, Response};
@@ -57,6 +58,12 @@ impl ApiError {
         }
     }
 
+    /// A 501 with `e`'s text (what is missing and how to enable it).
+    pub(crate) fn not_implemented(e: impl fmt::Display) -> Self {
+        Self::NotImplemented(e.to_string())
+    }
+
+    /// The status it is answered with.
     pub(crate) fn status(&self) -> StatusCode {
         match self {
             Self::BadParam { .. } => StatusCode::BAD_REQUEST,
@@ -71,6 +78,7 @@ impl ApiError {
         }
     }
 
+    /// The body it is answered with (without the final newline).
     pub(crate) fn message(&self) -> String {
         match self {
             Self::BadParam {
@@ -104,6 +112,15 @@ impl ApiError {
         }
     }
 }
+
+/// The message, as the body says it: for logs and tests.
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message())
+    }
+}
+
+impl std::error::Error for ApiError {}
 
 /// The most of a client's bad input an error echoes back.
 pub(crate) const MAX_ECHO: usize = 120;
@@ -183,6 +200,13 @@ mod tests {
         assert!(msg.len() < 400, "{} bytes", msg.len());
         assert!(msg.contains("more bytes)"), "{msg}");
         assert_eq!(truncated("short".into()), "short");
+    }
+
+    #[test]
+    fn display_is_the_body_s_text() {
+        let e = ApiError::not_implemented("enable the feature");
+        assert_eq!(e.status(), StatusCode::NOT_IMPLEMENTED);
+        assert_eq!(e.to_string(), "enable the feature");
     }
 
     #[test]

@@ -52,6 +52,7 @@
     allow(dead_code)
 )]
 
+mod auth;
 #[cfg(feature = "bench")]
 #[doc(hidden)]
 pub mod bench;
@@ -63,6 +64,7 @@ mod console;
 mod cpu;
 #[cfg(feature = "criterion")]
 pub mod criterion;
+mod endpoints;
 mod error;
 #[cfg(any(feature = "cpu", feature = "heap", feature = "taskdump"))]
 mod flamegraph;
