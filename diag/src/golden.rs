@@ -15,7 +15,7 @@
 use std::path::PathBuf;
 
 /// Compares `actual` with the golden file `name`, or writes it under `DIAG_BLESS=1`.
-fn check(name: &str, actual: &str) {
+pub(crate) fn check(name: &str, actual: &str) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/data")
         .join(name);
@@ -213,7 +213,7 @@ fn listing(
 
 #[cfg(any(feature = "cpu", feature = "heap", feature = "taskdump"))]
 /// A gzipped or plain profile.proto as its golden listing.
-fn profile_listing(bytes: &[u8]) -> String {
+pub(crate) fn profile_listing(bytes: &[u8]) -> String {
     let plain = if bytes.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
         std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(bytes), &mut out).unwrap();

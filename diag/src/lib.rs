@@ -69,7 +69,8 @@ mod flamegraph;
 #[cfg(test)]
 mod golden;
 #[cfg(feature = "heap")]
-mod heap;
+#[cfg_attr(docsrs, doc(cfg(feature = "heap")))]
+pub mod heap;
 mod index;
 #[cfg(feature = "cpu")]
 pub mod labels;
@@ -111,8 +112,6 @@ pub use config::{Config, CpuRecorder, TOKEN_ENV};
 pub use console::{
     ConsoleError, ConsoleLayer, ConsoleServer, DEFAULT_CONSOLE_ADDR, DEFAULT_RETENTION, console,
 };
-#[cfg(feature = "heap")]
-pub use heap::{HeapStats, HeapUnavailable, heap_stats};
 pub use layer::{DiagLayer, DiagService, ResponseFuture};
 pub use router::router;
 pub use server::{DEFAULT_SIDECAR_ADDR, Sidecar, serve};

@@ -267,7 +267,7 @@ fn heap_routes(r: Router<Diag>, at: &impl Fn(&str) -> String) -> Router<Diag> {
     use crate::heap;
     r.route(&at("heap"), only_get(get(heap::heap)))
         .route(&at("allocs"), only_get(get(heap::allocs)))
-        .route(&at("heap/stats"), only_get(get(heap::stats)))
+        .route(&at("heap/stats"), only_get(get(heap::heap_stats)))
 }
 
 #[cfg(not(feature = "heap"))]
