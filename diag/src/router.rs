@@ -62,7 +62,7 @@ fn trace_available() -> Result<(), String> {
 
 #[cfg(not(feature = "trace"))]
 const TRACE_MISSING: &str = "this build has no /trace: enable diag's `trace` feature and add \
-     diag::trace_layer() to the application's tracing subscriber";
+     diag::trace::layer() to the application's tracing subscriber";
 
 fn tasks_available() -> Result<(), String> {
     #[cfg(feature = "taskdump")]
