@@ -24,6 +24,8 @@ use tracing_subscriber::registry::LookupSpan;
 
 pub(crate) use http::trace;
 pub use layer::{Filter, Layer};
+/// The encoder's paths the golden tests (`crate::golden`) use.
+#[cfg(test)]
 pub(crate) use render::{Record, Window, render};
 
 /// Events kept per window; beyond it they are counted and dropped, and the answer says so.
