@@ -35,7 +35,7 @@ fn init_logging(format: LogFormat, console: Option<diag::ConsoleLayer>, trace: b
     // task spans whatever RUST_LOG says.
     tracing_subscriber::registry()
         .with(console)
-        .with(trace.then(diag::trace_layer))
+        .with(trace.then(diag::trace::layer))
         .with(fmt.with_filter(filter))
         .init();
 }

@@ -126,6 +126,6 @@ async fn without_the_layer_the_answer_says_how_to_install_it() {
     let demo = Demo::start(bin(), &["--no-trace-layer"], &[]);
     let r = get(&demo.diag_url("/debug/pprof/trace?seconds=1")).await;
     assert_eq!(r.status, StatusCode::NOT_IMPLEMENTED);
-    assert!(r.text().contains("diag::trace_layer()"), "{}", r.text());
+    assert!(r.text().contains("diag::trace::layer()"), "{}", r.text());
     assert_eq!(get(&demo.url("/")).await.status, StatusCode::OK);
 }

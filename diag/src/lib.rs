@@ -32,7 +32,7 @@
 //! |---|---|---|
 //! | `cpu` | yes | `/profile`, `/flamegraph`, `/symbol` (diag's own sampler: Linux x86_64/aarch64) |
 //! | `console` | no | [`console()`]: tokio-console's layer for your subscriber, and its server, bound and served by diag |
-//! | `trace` | no | `/trace`: spans, events and task polls over a window as Chrome trace-event JSON, recorded by [`trace_layer()`] |
+//! | `trace` | no | `/trace`: spans, events and task polls over a window as Chrome trace-event JSON, recorded by [`trace::layer()`] |
 //! | `taskdump` | no | `/goroutine`, `/tasks`: where each traced tokio task waits ([`tasks::spawn`], [`tasks::TracedLayer`]; no runtime-wide pause); `/wall`: where they spend wall time, awaiting included |
 //! | `criterion` | no | [`criterion::Flamegraphs`]: criterion 0.8's profiler hook, a flamegraph and a profile per benchmark under `cargo bench -- --profile-time N` |
 //! | `heap` | no | `/heap`, `/allocs`, `/heap/stats` from jemalloc's sampling (the application installs tikv-jemallocator as its global allocator and starts with `prof:true`) |
@@ -71,7 +71,8 @@ mod flamegraph;
 #[cfg(test)]
 mod golden;
 #[cfg(feature = "heap")]
-mod heap;
+#[cfg_attr(docsrs, doc(cfg(feature = "heap")))]
+pub mod heap;
 mod index;
 #[cfg(feature = "cpu")]
 pub mod labels;
@@ -90,7 +91,8 @@ mod symbols;
 #[cfg(feature = "taskdump")]
 pub mod tasks;
 #[cfg(feature = "trace")]
-mod trace;
+#[cfg_attr(docsrs, doc(cfg(feature = "trace")))]
+pub mod trace;
 mod util;
 #[cfg(feature = "taskdump")]
 mod wall;
@@ -113,13 +115,7 @@ pub use config::{Config, CpuRecorder, TOKEN_ENV};
 pub use console::{
     ConsoleError, ConsoleLayer, ConsoleServer, DEFAULT_CONSOLE_ADDR, DEFAULT_RETENTION, console,
 };
-#[cfg(feature = "heap")]
-pub use heap::{HeapStats, HeapUnavailable, heap_stats};
 pub use layer::{DiagLayer, DiagService, ResponseFuture};
 pub use router::router;
 pub use server::{DEFAULT_SIDECAR_ADDR, Sidecar, serve};
 pub use shutdown::Shutdown;
-#[cfg(feature = "trace")]
-pub use trace::{
-    MAX_FIELD_BYTES, MAX_TRACE_BYTES, MAX_TRACE_EVENTS, TraceFilter, TraceLayer, trace_layer,
-};

@@ -86,10 +86,10 @@ async fn trace() {
     let addr = server().await;
     let r = get(&format!("http://{addr}/debug/pprof/trace?seconds=1")).await;
     if cfg!(feature = "trace") {
-        // Built in, but this process never installed diag::trace_layer().
+        // Built in, but this process never installed diag::trace::layer().
         assert_501(
             &r,
-            "add diag::trace_layer() to the application's tracing subscriber",
+            "add diag::trace::layer() to the application's tracing subscriber",
         );
     } else {
         assert_501(&r, "enable diag's `trace` feature");

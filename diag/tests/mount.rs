@@ -362,7 +362,7 @@ async fn heap_endpoints_explain_what_is_missing() {
         .text();
     assert!(index.contains(&expected.replace('\'', "&#39;")), "{index}");
     #[cfg(feature = "heap")]
-    assert!(diag::heap_stats().is_err());
+    assert!(diag::heap::stats().is_err());
     // Still serving.
     let r = http_get(&format!("http://{addr}/debug/pprof/cmdline")).await;
     assert_eq!(r.status, StatusCode::OK);

@@ -200,7 +200,7 @@ pub(crate) const ENDPOINTS: &[Endpoint] = &[
         path: "heap/stats",
         methods: Methods::Get,
         part: Part::Heap,
-        route: route!("heap", crate::heap::stats),
+        route: route!("heap", crate::heap::heap_stats),
         summary: "jemalloc's allocated, active, resident, mapped and retained bytes \
                   (?format=prometheus)",
         commands: &[],

@@ -17,8 +17,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tikv_jemalloc_ctl::raw;
 
-use crate::error::ApiError;
-
 /// The settings every heap profile is read with.
 pub(crate) const RECOMMENDED_CONF: &str =
     "prof:true,prof_active:true,lg_prof_sample:19,prof_accum:true";
@@ -30,6 +28,36 @@ const HOW_TO_ENABLE: &str = "install tikv-jemallocator (features \"profiling\", 
      _RJEM_MALLOC_CONF=prof:true,prof_active:true,lg_prof_sample:19,prof_accum:true (or \
      export those settings as the `_rjem_malloc_conf` static); see docs/guide.md";
 
+/// Why jemalloc cannot give a heap profile, or what failed while it gave one. The HTTP
+/// side answers each as Go would (see `heap/http.rs`).
+#[derive(Debug)]
+pub(crate) enum Error {
+    /// It takes a rebuild or a restart: the allocator, its build or its start options
+    /// (501), with how to fix it.
+    Unsupported(String),
+    /// Profiling is enabled but inactive: nothing is sampled now (503).
+    Inactive,
+    /// Taking or reading the dump failed (500).
+    Dump(String),
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unsupported(why) | Self::Dump(why) => f.write_str(why),
+            Self::Inactive => f.write_str(
+                "jemalloc heap profiling is enabled but inactive (prof.active is \
+                 false), so no allocations are being sampled: start with \
+                 prof_active:true in _RJEM_MALLOC_CONF, or activate it at run time \
+                 (mallctl \"prof.active\" = true, e.g. \
+                 tikv_jemalloc_ctl::raw::write(b\"prof.active\\0\", true))",
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
 /// jemalloc's profiling settings in this process, once it can profile.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Profiling {
@@ -38,7 +66,7 @@ pub(crate) struct Profiling {
 }
 
 /// Reads one `mallctl` value.
-fn read<T: Copy>(name: &'static str) -> Result<T, tikv_jemalloc_ctl::Error> {
+pub(super) fn read<T: Copy>(name: &'static str) -> Result<T, tikv_jemalloc_ctl::Error> {
     debug_assert!(name.ends_with('\0'));
     // SAFETY: every name read through here is documented by jemalloc (jemalloc.3) with
     // the type it is read as: bool for config.*, opt.prof*, prof.active; size_t for
@@ -66,7 +94,7 @@ fn jemalloc_is_global_allocator() -> Result<bool, String> {
 
 /// Whether jemalloc, built with statistics, is Rust's global allocator here (asked once:
 /// the allocator cannot change while the process runs).
-fn allocator() -> Result<(), String> {
+pub(super) fn allocator() -> Result<(), String> {
     static ANSWER: OnceLock<Result<(), String>> = OnceLock::new();
     ANSWER
         .get_or_init(|| {
@@ -91,18 +119,19 @@ fn allocator() -> Result<(), String> {
         .clone()
 }
 
-/// Why the heap endpoints cannot answer in this build or process, if they cannot: 501
-/// when it takes a rebuild or a restart, 503 when profiling is merely inactive.
-pub(crate) fn profiling() -> Result<Profiling, ApiError> {
-    allocator().map_err(ApiError::NotImplemented)?;
+/// Why the heap endpoints cannot answer in this build or process, if they cannot: it
+/// takes a rebuild or a restart ([`Error::Unsupported`]), or profiling is merely inactive
+/// ([`Error::Inactive`]).
+pub(crate) fn profiling() -> Result<Profiling, Error> {
+    allocator().map_err(Error::Unsupported)?;
     if read::<bool>("config.prof\0") != Ok(true) {
-        return Err(ApiError::NotImplemented(format!(
+        return Err(Error::Unsupported(format!(
             "the linked jemalloc was built without heap profiling: enable the \
              \"profiling\" feature of tikv-jemallocator; {HOW_TO_ENABLE}"
         )));
     }
     if !read::<bool>("opt.prof\0").unwrap_or(false) {
-        return Err(ApiError::NotImplemented(format!(
+        return Err(Error::Unsupported(format!(
             "jemalloc heap profiling is off in this process (opt.prof is false), and it can \
              only be turned on at start: restart with \
              _RJEM_MALLOC_CONF={RECOMMENDED_CONF} in the environment (or export those \
@@ -110,15 +139,7 @@ pub(crate) fn profiling() -> Result<Profiling, ApiError> {
         )));
     }
     if !read::<bool>("prof.active\0").unwrap_or(false) {
-        return Err(ApiError::Unavailable {
-            message: "jemalloc heap profiling is enabled but inactive (prof.active is \
-                      false), so no allocations are being sampled: start with \
-                      prof_active:true in _RJEM_MALLOC_CONF, or activate it at run time \
-                      (mallctl \"prof.active\" = true, e.g. \
-                      tikv_jemalloc_ctl::raw::write(b\"prof.active\\0\", true))"
-                .to_owned(),
-            retry_after: None,
-        });
+        return Err(Error::Inactive);
     }
     Ok(Profiling {
         accum: read::<bool>("opt.prof_accum\0").unwrap_or(false),
@@ -147,7 +168,7 @@ pub(crate) fn purge() {
 
 /// Whether the heap endpoints can answer now, for the index page.
 pub(crate) fn available() -> Result<(), String> {
-    profiling().map(|_| ()).map_err(|e| e.message())
+    profiling().map(|_| ()).map_err(|e| e.to_string())
 }
 
 /// Asks jemalloc for a heap dump and returns its text.
@@ -156,7 +177,7 @@ pub(crate) fn available() -> Result<(), String> {
 /// in-memory file (`memfd_create`, reopened through `/proc/self/fd`), so nothing touches
 /// the disk and the temp directory does not matter; where that is not possible, a file in
 /// the temp directory, removed afterwards.
-pub(crate) fn dump() -> Result<String, ApiError> {
+pub(crate) fn dump() -> Result<String, Error> {
     match dump_to_memfd() {
         Ok(Some(text)) => Ok(text),
         Ok(None) => dump_to_temp_dir(&std::env::temp_dir()),
@@ -165,7 +186,7 @@ pub(crate) fn dump() -> Result<String, ApiError> {
 }
 
 /// `Ok(None)` when this system cannot give jemalloc an in-memory file.
-fn dump_to_memfd() -> Result<Option<String>, ApiError> {
+fn dump_to_memfd() -> Result<Option<String>, Error> {
     // SAFETY: a NUL-terminated name and valid flags; the result is checked.
     let fd = unsafe { libc::memfd_create(c"diag-heap-dump".as_ptr(), libc::MFD_CLOEXEC) };
     if fd < 0 {
@@ -181,14 +202,14 @@ fn dump_to_memfd() -> Result<Option<String>, ApiError> {
         return Ok(None);
     }
     read_back(&mut file).map(Some).map_err(|e| {
-        ApiError::Internal(format!(
+        Error::Dump(format!(
             "reading jemalloc's heap dump back from memory: {e}"
         ))
     })
 }
 
 /// Dumps through a file of our own in `dir`.
-pub(crate) fn dump_to_temp_dir(dir: &Path) -> Result<String, ApiError> {
+pub(crate) fn dump_to_temp_dir(dir: &Path) -> Result<String, Error> {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let path = dir.join(format!(
         "diag-heap-{}-{}.heap",
@@ -196,7 +217,7 @@ pub(crate) fn dump_to_temp_dir(dir: &Path) -> Result<String, ApiError> {
         SEQ.fetch_add(1, Ordering::Relaxed)
     ));
     let unwritable = |e: std::io::Error| {
-        ApiError::Internal(format!(
+        Error::Dump(format!(
             "jemalloc writes its heap dump through a file, and {} could not be written ({e}): \
              make the temp directory writable or point TMPDIR at one that is",
             path.display()
@@ -217,8 +238,7 @@ pub(crate) fn dump_to_temp_dir(dir: &Path) -> Result<String, ApiError> {
         None => Err(unwritable(std::io::Error::other("the path is not UTF-8"))),
     }
     .and_then(|()| {
-        read_back(&mut file)
-            .map_err(|e| ApiError::Internal(format!("reading {}: {e}", path.display())))
+        read_back(&mut file).map_err(|e| Error::Dump(format!("reading {}: {e}", path.display())))
     });
     let _ = std::fs::remove_file(&path);
     result
@@ -239,108 +259,6 @@ fn read_back(file: &mut File) -> std::io::Result<String> {
     Ok(text)
 }
 
-/// jemalloc's statistics, in bytes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct HeapStats {
-    /// Bytes allocated by the application (`stats.allocated`).
-    pub allocated: u64,
-    /// Bytes in active pages, a multiple of the page size (`stats.active`).
-    pub active: u64,
-    /// Bytes in physically resident data pages mapped by the allocator (`stats.resident`).
-    pub resident: u64,
-    /// Bytes in active extents mapped by the allocator (`stats.mapped`).
-    pub mapped: u64,
-    /// Bytes in virtual memory mappings kept for later reuse, not returned to the
-    /// system (`stats.retained`).
-    pub retained: u64,
-    /// Bytes dedicated to jemalloc's own metadata (`stats.metadata`).
-    pub metadata: u64,
-}
-
-impl HeapStats {
-    /// `(name, help, value)` for each figure, in the order they are shown.
-    pub fn fields(&self) -> [(&'static str, &'static str, u64); 6] {
-        [
-            (
-                "allocated",
-                "Bytes allocated by the application (jemalloc stats.allocated)",
-                self.allocated,
-            ),
-            (
-                "active",
-                "Bytes in pages holding application allocations (stats.active)",
-                self.active,
-            ),
-            (
-                "resident",
-                "Bytes in resident pages mapped by the allocator (stats.resident)",
-                self.resident,
-            ),
-            (
-                "mapped",
-                "Bytes in active extents mapped by the allocator (stats.mapped)",
-                self.mapped,
-            ),
-            (
-                "retained",
-                "Bytes in mappings kept for reuse, not returned to the system (stats.retained)",
-                self.retained,
-            ),
-            (
-                "metadata",
-                "Bytes of jemalloc's own metadata (stats.metadata)",
-                self.metadata,
-            ),
-        ]
-    }
-}
-
-/// Why jemalloc's statistics or heap profiles cannot be read in this process, with how to
-/// make them readable.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HeapUnavailable(String);
-
-impl std::fmt::Display for HeapUnavailable {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for HeapUnavailable {}
-
-/// jemalloc's current statistics (after advancing its epoch, so they are fresh).
-///
-/// Fails, saying how to fix it, when jemalloc is not the global allocator or was built
-/// without statistics; heap profiling need not be on.
-///
-/// ```no_run
-/// match diag::heap_stats() {
-///     Ok(s) => println!("{} bytes allocated, {} resident", s.allocated, s.resident),
-///     Err(why) => eprintln!("no jemalloc statistics: {why}"),
-/// }
-/// ```
-pub fn heap_stats() -> Result<HeapStats, HeapUnavailable> {
-    allocator().map_err(HeapUnavailable)?;
-    let failed = |what: &str, e: tikv_jemalloc_ctl::Error| {
-        HeapUnavailable(format!("reading jemalloc's {what} failed: {e}"))
-    };
-    tikv_jemalloc_ctl::epoch::advance().map_err(|e| failed("epoch", e))?;
-    let get = |name: &'static str| -> Result<u64, HeapUnavailable> {
-        read::<usize>(name)
-            .map(|v| v as u64)
-            .map_err(|e| failed(name.trim_end_matches('\0'), e))
-    };
-    Ok(HeapStats {
-        allocated: get("stats.allocated\0")?,
-        active: get("stats.active\0")?,
-        resident: get("stats.resident\0")?,
-        mapped: get("stats.mapped\0")?,
-        retained: get("stats.retained\0")?,
-        metadata: get("stats.metadata\0")?,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -348,8 +266,9 @@ mod tests {
     #[test]
     fn an_unwritable_temp_dir_is_a_clear_error() {
         let e = dump_to_temp_dir(Path::new("/nonexistent/diag-heap")).unwrap_err();
-        assert_eq!(e.status(), http::StatusCode::INTERNAL_SERVER_ERROR);
-        let m = e.message();
+        // A failed dump is the server's fault: 500 (the mapping is tested in heap/http.rs).
+        assert!(matches!(e, Error::Dump(_)), "{e:?}");
+        let m = e.to_string();
         assert!(m.contains("/nonexistent/diag-heap/diag-heap-"), "{m}");
         assert!(m.contains("could not be written"), "{m}");
         assert!(m.contains("TMPDIR"), "{m}");

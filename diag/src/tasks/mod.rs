@@ -12,17 +12,24 @@
 //! that poll. tokio's own `Handle::dump` is not used: it stops every worker at a barrier
 //! that can wedge a worker and shutdown for good (tokio-rs/tokio#8370).
 //!
+//! The parts: `traced`, `registry`, `walk` and `dump` take a dump; `format` writes it as
+//! Go does (pure); `guard` lets one dump or wall-time profile run at a time; `stuck` reads
+//! whether workers are stuck first; `http` answers, and its `layer` traces each request.
+//!
 //! Not covered: tasks spawned with plain `tokio::spawn` (hyper's connection tasks, other
 //! libraries' tasks) and futures not wrapped; they run as before, unseen by dumps.
 
 pub(crate) mod dump;
+mod format;
+mod guard;
 pub(crate) mod http;
-mod layer;
 pub(crate) mod registry;
+mod stuck;
 pub(crate) mod traced;
 mod walk;
 
-pub(crate) use http::{DumpGuard, available, goroutine, tasks};
-pub use layer::{TracedLayer, TracedService};
+pub(crate) use guard::{DumpGuard, available};
+pub use http::layer::{TracedLayer, TracedService};
+pub(crate) use http::{goroutine, tasks};
 pub use registry::MAX_TRACED_TASKS;
 pub use traced::{Traced, spawn};

@@ -5,7 +5,7 @@ use std::task::{Context, Poll};
 use http::Request;
 use tower::{Layer, Service};
 
-use super::Traced;
+use crate::tasks::Traced;
 
 /// The longest request path kept in a traced request's name, in bytes.
 const MAX_PATH: usize = 96;
