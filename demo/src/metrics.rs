@@ -185,7 +185,7 @@ impl Metrics {
         let store = StoreMetrics::register(&mut registry);
         // The same names as diag's /debug/pprof/heap/stats?format=prometheus.
         let mut jemalloc = Vec::new();
-        if let Ok(stats) = diag::heap_stats() {
+        if let Ok(stats) = diag::heap::heap_stats() {
             for (name, help, _) in stats.fields() {
                 let gauge = Gauge::<u64, AtomicU64>::default();
                 registry.register(format!("jemalloc_{name}_bytes"), help, gauge.clone());
@@ -230,7 +230,7 @@ impl Metrics {
     pub fn render_text(&self, counter: u64) -> Result<String, fmt::Error> {
         self.counter_value.set(counter);
         if !self.jemalloc.is_empty() {
-            if let Ok(stats) = diag::heap_stats() {
+            if let Ok(stats) = diag::heap::heap_stats() {
                 for (gauge, (_, _, value)) in self.jemalloc.iter().zip(stats.fields()) {
                     gauge.set(value);
                 }

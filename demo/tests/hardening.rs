@@ -18,8 +18,8 @@ fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_demo"))
 }
 
-/// diag's byte budget for one `/trace` window (`diag::MAX_TRACE_BYTES`).
-const BUDGET_MIB: f64 = (diag::MAX_TRACE_BYTES >> 20) as f64;
+/// diag's byte budget for one `/trace` window (`diag::trace::MAX_TRACE_BYTES`).
+const BUDGET_MIB: f64 = (diag::trace::MAX_TRACE_BYTES >> 20) as f64;
 
 /// jemalloc's `allocated` bytes in MiB, from diag's `/heap/stats`.
 async fn allocated_mib(demo: &Demo) -> f64 {
@@ -80,7 +80,7 @@ async fn a_trace_window_flooded_with_60_kb_paths_stays_within_its_byte_budget() 
         "a {} byte answer",
         r.body.len()
     );
-    assert_eq!(doc["otherData"]["byte_budget"], diag::MAX_TRACE_BYTES);
+    assert_eq!(doc["otherData"]["byte_budget"], diag::trace::MAX_TRACE_BYTES);
     let peak = mem::peak(&readings);
     eprintln!(
         "trace flood: anonymous {base:.1} MiB before, peak {peak:.1} MiB during the window \

@@ -1,6 +1,7 @@
 //! Configuration: where diag answers, who may ask, and how much it may cost.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::shutdown::Shutdown;
@@ -16,11 +17,12 @@ pub const TOKEN_ENV: &str = "DIAG_TOKEN";
 /// ```
 /// use std::time::Duration;
 /// let cfg = diag::Config::new()
-///     .with_prefix("/internal/pprof")
+///     .with_prefix("/internal/pprof")?
 ///     .with_max_seconds(120)
 ///     .with_max_concurrent(2)
 ///     .with_token("s3cret");
 /// assert_eq!(cfg.prefix(), "/internal/pprof");
+/// # Ok::<(), diag::config::PrefixError>(())
 /// ```
 #[derive(Clone)]
 pub struct Config {
@@ -30,7 +32,8 @@ pub struct Config {
     pub(crate) max_concurrent: usize,
     pub(crate) retry_after: Duration,
     pub(crate) shutdown: Shutdown,
-    pub(crate) console_addr: Option<String>,
+    /// Where the console listens, for the index page's attach command.
+    pub(crate) console_addr: Option<SocketAddr>,
     pub(crate) min_dump_interval: Duration,
     /// The application's runtime, whose tasks a dump shows, when diag is served from a
     /// runtime of its own (the sidecar); `None`: the runtime serving the request.
@@ -90,18 +93,22 @@ impl Config {
 
     /// Serves the endpoints under `prefix` instead of `/debug/pprof`.
     ///
-    /// A leading `/` is added when missing and trailing ones are dropped; `"/"` and `""`
-    /// are kept as the root.
-    pub fn with_prefix(mut self, prefix: impl AsRef<str>) -> Self {
-        let trimmed = prefix.as_ref().trim_end_matches('/');
-        self.prefix = if trimmed.is_empty() {
-            String::new()
-        } else if trimmed.starts_with('/') {
-            trimmed.to_owned()
-        } else {
-            format!("/{trimmed}")
-        };
-        self
+    /// A leading `/` is added when missing and a trailing one is dropped; `"/"` and `""`
+    /// are the root. What is left must be `/`-separated segments of ASCII letters, digits
+    /// and `-._~` (not `.` or `..`); anything else (a capture such as `:id`, `*rest` or
+    /// `{id}`, an empty segment as in `a//b`, a space, `?`, `%`, ...) is an error naming the
+    /// prefix, where axum would panic when the router is built or the prefix would never
+    /// match a request.
+    ///
+    /// ```
+    /// let cfg = diag::Config::new().with_prefix("internal/pprof/")?;
+    /// assert_eq!(cfg.prefix(), "/internal/pprof");
+    /// assert!(diag::Config::new().with_prefix("/debug/:id").is_err());
+    /// # Ok::<(), diag::config::PrefixError>(())
+    /// ```
+    pub fn with_prefix(mut self, prefix: impl AsRef<str>) -> Result<Self, PrefixError> {
+        self.prefix = normalise_prefix(prefix.as_ref())?;
+        Ok(self)
     }
 
     /// Requires this token on every request: as `Authorization: Bearer TOKEN`, or as the
@@ -123,6 +130,14 @@ impl Config {
     /// `429 Too Many Requests` with `Retry-After`.
     pub fn with_max_concurrent(mut self, max_concurrent: usize) -> Self {
         self.max_concurrent = max_concurrent.max(1);
+        self
+    }
+
+    /// The `Retry-After` a `429 Too Many Requests` carries when the heavy-operation cap is
+    /// reached ([`Config::DEFAULT_RETRY_AFTER`] unless set). Sent in whole seconds, at
+    /// least 1.
+    pub fn with_retry_after(mut self, retry_after: Duration) -> Self {
+        self.retry_after = retry_after.max(Duration::from_secs(1));
         self
     }
 
@@ -164,10 +179,13 @@ impl Config {
         self
     }
 
-    /// Tells the index page that a tokio-console server listens at `addr`, so that it can
-    /// show the command to attach.
-    pub fn with_console_addr(mut self, addr: impl Into<String>) -> Self {
-        self.console_addr = Some(addr.into());
+    /// Tells the index page that `console`'s server is where tokio-console attaches, so
+    /// that it shows the command (`tokio-console http://ADDR`, with the address the server
+    /// is bound to).
+    #[cfg(feature = "console")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "console")))]
+    pub fn with_console(mut self, console: &crate::console::ConsoleServer) -> Self {
+        self.console_addr = Some(console.local_addr());
         self
     }
 
@@ -208,6 +226,11 @@ impl Config {
         self.max_concurrent
     }
 
+    /// The `Retry-After` given with a 429.
+    pub fn retry_after(&self) -> Duration {
+        self.retry_after
+    }
+
     /// Whether a token is required.
     pub fn has_token(&self) -> bool {
         self.token.is_some()
@@ -242,6 +265,58 @@ impl fmt::Debug for Config {
             .field("heap_frame_pointers", &self.heap_frame_pointers)
             .finish_non_exhaustive()
     }
+}
+
+/// Why [`Config::with_prefix`] refused a prefix: it names the prefix and what is allowed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PrefixError {
+    /// The prefix as given.
+    pub prefix: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl fmt::Display for PrefixError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid diag prefix {:?}: {}; a prefix is \"/\" or /-separated segments of ASCII \
+             letters, digits and -._~ (not . or ..), such as \"/debug/pprof\"",
+            self.prefix, self.reason
+        )
+    }
+}
+
+impl std::error::Error for PrefixError {}
+
+/// `prefix` with a leading `/` and no trailing one (`""` for the root), or why it cannot
+/// be one.
+fn normalise_prefix(prefix: &str) -> Result<String, PrefixError> {
+    let error = |reason: String| PrefixError {
+        prefix: prefix.to_owned(),
+        reason,
+    };
+    if prefix.is_empty() || prefix == "/" {
+        return Ok(String::new());
+    }
+    let body = prefix.strip_prefix('/').unwrap_or(prefix);
+    let body = body.strip_suffix('/').unwrap_or(body);
+    for segment in body.split('/') {
+        if segment.is_empty() {
+            return Err(error("it has an empty segment (\"//\")".to_owned()));
+        }
+        if segment == "." || segment == ".." {
+            return Err(error(format!(
+                "segment {segment:?} is a relative step, which clients resolve away"
+            )));
+        }
+        let allowed = |c: char| c.is_ascii_alphanumeric() || "-._~".contains(c);
+        if let Some(c) = segment.chars().find(|&c| !allowed(c)) {
+            return Err(error(format!("segment {segment:?} contains {c:?}")));
+        }
+    }
+    Ok(format!("/{body}"))
 }
 
 /// The always-on CPU recorder's settings ([`Config::with_cpu_recorder`]): how far back it
@@ -318,12 +393,52 @@ impl Default for CpuRecorder {
 mod tests {
     use super::*;
 
+    fn prefixed(prefix: &str) -> String {
+        match Config::new().with_prefix(prefix) {
+            Ok(cfg) => cfg.prefix().to_owned(),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
     #[test]
     fn prefix_is_normalised() {
-        assert_eq!(Config::new().with_prefix("x/y/").prefix(), "/x/y");
-        assert_eq!(Config::new().with_prefix("/x").prefix(), "/x");
-        assert_eq!(Config::new().with_prefix("/").prefix(), "");
+        assert_eq!(prefixed("x/y/"), "/x/y");
+        assert_eq!(prefixed("/x"), "/x");
+        assert_eq!(prefixed("/"), "");
+        assert_eq!(prefixed(""), "");
+        assert_eq!(prefixed("/a-b/c.d/_e~f/V2"), "/a-b/c.d/_e~f/V2");
         assert_eq!(Config::new().prefix(), "/debug/pprof");
+    }
+
+    #[test]
+    fn a_bad_prefix_is_named_with_what_is_wrong() {
+        for (prefix, reason) in [
+            ("/debug/:id", "contains ':'"),
+            ("/x/*rest", "contains '*'"),
+            ("/{id}", "contains '{'"),
+            ("/a//b", "empty segment"),
+            ("//", "empty segment"),
+            ("/a/../b", "relative step"),
+            ("/a b", "contains ' '"),
+            ("/a?b", "contains '?'"),
+            ("/caf\u{e9}", "contains '\u{e9}'"),
+        ] {
+            let err = Config::new().with_prefix(prefix).expect_err(prefix);
+            assert_eq!(err.prefix, prefix);
+            let text = err.to_string();
+            assert!(text.contains(&format!("{prefix:?}")), "{text}");
+            assert!(text.contains(reason), "{prefix}: {text}");
+            assert!(text.contains("letters, digits and -._~"), "{text}");
+        }
+    }
+
+    #[test]
+    fn retry_after_is_settable_with_a_floor() {
+        assert_eq!(Config::new().retry_after(), Config::DEFAULT_RETRY_AFTER);
+        let cfg = Config::new().with_retry_after(Duration::from_secs(17));
+        assert_eq!(cfg.retry_after(), Duration::from_secs(17));
+        let cfg = Config::new().with_retry_after(Duration::ZERO);
+        assert_eq!(cfg.retry_after(), Duration::from_secs(1));
     }
 
     #[test]

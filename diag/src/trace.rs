@@ -103,7 +103,7 @@ pub(crate) enum Record {
 /// use tracing_subscriber::prelude::*;
 ///
 /// tracing_subscriber::registry()
-///     .with(diag::trace_layer())
+///     .with(diag::trace::trace_layer())
 ///     .with(tracing_subscriber::fmt::layer())
 ///     .init();
 /// ```

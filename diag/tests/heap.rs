@@ -305,7 +305,7 @@ async fn stats_as_text_and_prometheus() {
             "{prom}"
         );
     }
-    let stats = diag::heap_stats().expect("jemalloc is the allocator here");
+    let stats = diag::heap::heap_stats().expect("jemalloc is the allocator here");
     assert!(stats.allocated >= 16 * MIB as u64);
     drop(held);
 }

@@ -110,7 +110,9 @@ async fn wrong_method_is_a_go_style_405() {
 #[tokio::test]
 async fn custom_prefix() {
     let addr = testkit::serve(app_with_fallback(
-        diag::Config::default().with_prefix("/internal/pprof/"),
+        diag::Config::default()
+            .with_prefix("/internal/pprof/")
+            .unwrap(),
     ))
     .await;
     assert_eq!(
@@ -362,7 +364,7 @@ async fn heap_endpoints_explain_what_is_missing() {
         .text();
     assert!(index.contains(&expected.replace('\'', "&#39;")), "{index}");
     #[cfg(feature = "heap")]
-    assert!(diag::heap_stats().is_err());
+    assert!(diag::heap::heap_stats().is_err());
     // Still serving.
     let r = http_get(&format!("http://{addr}/debug/pprof/cmdline")).await;
     assert_eq!(r.status, StatusCode::OK);

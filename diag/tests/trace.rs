@@ -38,7 +38,7 @@ fn debug_callsite_on() -> bool {
 async fn an_idle_layer_leaves_levels_and_interest_as_the_other_layers_set_them() {
     // The application's own layer logs at INFO, as a service's fmt layer does.
     tracing_subscriber::registry()
-        .with(diag::trace_layer())
+        .with(diag::trace::trace_layer())
         .with(tracing_subscriber::fmt::layer().with_filter(LevelFilter::INFO))
         .init();
     let addr = testkit::serve(diag::router(diag::Config::default())).await;

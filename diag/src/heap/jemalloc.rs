@@ -315,7 +315,7 @@ impl std::error::Error for HeapUnavailable {}
 /// without statistics; heap profiling need not be on.
 ///
 /// ```no_run
-/// match diag::heap_stats() {
+/// match diag::heap::heap_stats() {
 ///     Ok(s) => println!("{} bytes allocated, {} resident", s.allocated, s.resident),
 ///     Err(why) => eprintln!("no jemalloc statistics: {why}"),
 /// }
