@@ -198,7 +198,7 @@ impl Config {
     /// ```
     /// use std::time::Duration;
     /// let cfg = diag::Config::new()
-    ///     .with_cpu_recorder(diag::CpuRecorder::new(Duration::from_secs(600)));
+    ///     .with_cpu_recorder(diag::config::CpuRecorder::new(Duration::from_secs(600)));
     /// assert_eq!(cfg.cpu_recorder().map(|r| r.frequency()), Some(19));
     /// ```
     pub fn with_cpu_recorder(mut self, recorder: CpuRecorder) -> Self {
