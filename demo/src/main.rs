@@ -21,11 +21,7 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 pub static MALLOC_CONF: &[u8; 84] =
     b"prof:true,prof_active:true,lg_prof_sample:19,prof_accum:true,background_thread:true\0";
 
-fn init_logging(
-    format: LogFormat,
-    console: Option<diag::console::ConsoleLayer>,
-    trace: bool,
-) {
+fn init_logging(format: LogFormat, console: Option<diag::console::ConsoleLayer>, trace: bool) {
     use tracing_subscriber::prelude::*;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let fmt = match format {
@@ -173,7 +169,14 @@ async fn mount(
     state: &AppState,
     cfg: diag::Config,
     addr: SocketAddr,
-) -> Result<(axum::Router, Option<diag::server::Sidecar>, Option<SocketAddr>), String> {
+) -> Result<
+    (
+        axum::Router,
+        Option<diag::server::Sidecar>,
+        Option<SocketAddr>,
+    ),
+    String,
+> {
     Ok(match args.diag_listen {
         DiagListen::Main => (demo::app(state.clone(), Some(cfg)), None, Some(addr)),
         DiagListen::Sidecar(at) => {

@@ -80,7 +80,10 @@ async fn a_trace_window_flooded_with_60_kb_paths_stays_within_its_byte_budget() 
         "a {} byte answer",
         r.body.len()
     );
-    assert_eq!(doc["otherData"]["byte_budget"], diag::trace::MAX_TRACE_BYTES);
+    assert_eq!(
+        doc["otherData"]["byte_budget"],
+        diag::trace::MAX_TRACE_BYTES
+    );
     let peak = mem::peak(&readings);
     eprintln!(
         "trace flood: anonymous {base:.1} MiB before, peak {peak:.1} MiB during the window \

@@ -6,6 +6,12 @@ use std::time::Duration;
 
 use crate::shutdown::Shutdown;
 
+mod prefix;
+mod recorder;
+
+pub use prefix::PrefixError;
+pub use recorder::CpuRecorder;
+
 /// Environment variable read by [`Config::with_default_env`] for the access token.
 pub const TOKEN_ENV: &str = "DIAG_TOKEN";
 
@@ -107,7 +113,7 @@ impl Config {
     /// # Ok::<(), diag::config::PrefixError>(())
     /// ```
     pub fn with_prefix(mut self, prefix: impl AsRef<str>) -> Result<Self, PrefixError> {
-        self.prefix = normalise_prefix(prefix.as_ref())?;
+        self.prefix = prefix::normalise(prefix.as_ref())?;
         Ok(self)
     }
 
@@ -264,128 +270,6 @@ impl fmt::Debug for Config {
             .field("cpu_recorder", &self.cpu_recorder)
             .field("heap_frame_pointers", &self.heap_frame_pointers)
             .finish_non_exhaustive()
-    }
-}
-
-/// Why [`Config::with_prefix`] refused a prefix: it names the prefix and what is allowed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct PrefixError {
-    /// The prefix as given.
-    pub prefix: String,
-    /// What is wrong with it.
-    pub reason: String,
-}
-
-impl fmt::Display for PrefixError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid diag prefix {:?}: {}; a prefix is \"/\" or /-separated segments of ASCII \
-             letters, digits and -._~ (not . or ..), such as \"/debug/pprof\"",
-            self.prefix, self.reason
-        )
-    }
-}
-
-impl std::error::Error for PrefixError {}
-
-/// `prefix` with a leading `/` and no trailing one (`""` for the root), or why it cannot
-/// be one.
-fn normalise_prefix(prefix: &str) -> Result<String, PrefixError> {
-    let error = |reason: String| PrefixError {
-        prefix: prefix.to_owned(),
-        reason,
-    };
-    if prefix.is_empty() || prefix == "/" {
-        return Ok(String::new());
-    }
-    let body = prefix.strip_prefix('/').unwrap_or(prefix);
-    let body = body.strip_suffix('/').unwrap_or(body);
-    for segment in body.split('/') {
-        if segment.is_empty() {
-            return Err(error("it has an empty segment (\"//\")".to_owned()));
-        }
-        if segment == "." || segment == ".." {
-            return Err(error(format!(
-                "segment {segment:?} is a relative step, which clients resolve away"
-            )));
-        }
-        let allowed = |c: char| c.is_ascii_alphanumeric() || "-._~".contains(c);
-        if let Some(c) = segment.chars().find(|&c| !allowed(c)) {
-            return Err(error(format!("segment {segment:?} contains {c:?}")));
-        }
-    }
-    Ok(format!("/{body}"))
-}
-
-/// The always-on CPU recorder's settings ([`Config::with_cpu_recorder`]): how far back it
-/// keeps, how often it samples, and how finely it divides time.
-///
-/// Memory is bounded whatever the load: stacks are interned once in a table capped at 5
-/// MiB of addresses, and each bucket holds only (stack id, thread, label, count, CPU
-/// time) entries. See docs/performance.md for what 10 minutes cost.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CpuRecorder {
-    keep: Duration,
-    frequency: u32,
-    bucket: Duration,
-}
-
-impl CpuRecorder {
-    /// How far back the recorder keeps unless told otherwise.
-    pub const DEFAULT_KEEP: Duration = Duration::from_secs(600);
-    /// The longest it may keep.
-    pub const MAX_KEEP: Duration = Duration::from_secs(3600);
-    /// Samples per second of each thread's CPU time (as Parca's agent: low, and prime so
-    /// it does not beat against periodic work).
-    pub const DEFAULT_FREQUENCY: u32 = 19;
-    /// The length of a bucket unless told otherwise: the finest time a stretch can pick.
-    pub const DEFAULT_BUCKET: Duration = Duration::from_secs(1);
-    /// The shortest bucket.
-    pub const MIN_BUCKET: Duration = Duration::from_millis(10);
-
-    /// A recorder keeping the last `keep` (1 s to [`CpuRecorder::MAX_KEEP`]) at 19 Hz in
-    /// buckets of 1 s.
-    pub fn new(keep: Duration) -> Self {
-        Self {
-            keep: keep.clamp(Duration::from_secs(1), Self::MAX_KEEP),
-            frequency: Self::DEFAULT_FREQUENCY,
-            bucket: Self::DEFAULT_BUCKET,
-        }
-    }
-
-    /// Samples at `frequency` Hz (1 to 1000) instead of 19.
-    pub fn with_frequency(mut self, frequency: u32) -> Self {
-        self.frequency = frequency.clamp(1, 1000);
-        self
-    }
-
-    /// Divides time into buckets of `bucket` ([`CpuRecorder::MIN_BUCKET`] to 1 s).
-    pub fn with_bucket(mut self, bucket: Duration) -> Self {
-        self.bucket = bucket.clamp(Self::MIN_BUCKET, Self::DEFAULT_BUCKET);
-        self
-    }
-
-    /// How far back it keeps.
-    pub fn keep(&self) -> Duration {
-        self.keep
-    }
-
-    /// Its sampling rate, in Hz.
-    pub fn frequency(&self) -> u32 {
-        self.frequency
-    }
-
-    /// The length of its buckets.
-    pub fn bucket(&self) -> Duration {
-        self.bucket
-    }
-}
-
-impl Default for CpuRecorder {
-    fn default() -> Self {
-        Self::new(Self::DEFAULT_KEEP)
     }
 }
 

@@ -58,7 +58,10 @@ pub(crate) async fn bind(
         }
     }
     Err(last.unwrap_or_else(|| {
-        let e = io::Error::new(io::ErrorKind::InvalidInput, "the address resolved to nothing");
+        let e = io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the address resolved to nothing",
+        );
         (None, e)
     }))
 }

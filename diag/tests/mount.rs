@@ -429,7 +429,11 @@ async fn good_prefixes_mount_and_answer() {
         assert_eq!(r.status, StatusCode::OK, "{given:?}");
         let r = http_get(&format!("http://{addr}{served}/nope")).await;
         assert_go_error(&r, StatusCode::NOT_FOUND);
-        assert!(r.text().contains(&format!("{served}/profile")), "{}", r.text());
+        assert!(
+            r.text().contains(&format!("{served}/profile")),
+            "{}",
+            r.text()
+        );
     }
 }
 
@@ -458,7 +462,11 @@ async fn the_429_carries_the_configured_retry_after() {
     };
     assert_go_error(&refused, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(refused.header("retry-after"), "17");
-    assert!(refused.text().contains("retry after 17 s"), "{}", refused.text());
+    assert!(
+        refused.text().contains("retry after 17 s"),
+        "{}",
+        refused.text()
+    );
     // The first profile ends early at shutdown, with what it has.
     stop.trigger();
     assert_eq!(first.await.unwrap().status, StatusCode::OK);

@@ -179,7 +179,11 @@ fn module_file(module: &[String]) -> PathBuf {
     }
     let dir = module.iter().fold(src, |p, m| p.join(m));
     let flat = dir.with_extension("rs");
-    if flat.exists() { flat } else { dir.join("mod.rs") }
+    if flat.exists() {
+        flat
+    } else {
+        dir.join("mod.rs")
+    }
 }
 
 /// The names a `pub use` statement brings in (`a::{B, C as D}` gives B and D).
@@ -240,11 +244,17 @@ fn declared(module: &[String], out: &mut BTreeSet<String>) {
             }
             continue;
         }
-        let rest = rest.trim_start_matches("async ").trim_start_matches("unsafe ");
+        let rest = rest
+            .trim_start_matches("async ")
+            .trim_start_matches("unsafe ");
         let Some((kind, after)) = rest.split_once(' ') else {
             continue;
         };
-        if !["fn", "struct", "enum", "trait", "type", "const", "static", "mod"].contains(&kind) {
+        if ![
+            "fn", "struct", "enum", "trait", "type", "const", "static", "mod",
+        ]
+        .contains(&kind)
+        {
             continue;
         }
         let name: String = after
@@ -302,7 +312,10 @@ fn the_scan_reads_use_lists_and_skips_hidden_items() {
     declared(&[], &mut found);
     assert!(found.contains("diag::Config"), "{found:?}");
     assert!(found.contains("diag::layer::ResponseFuture"), "{found:?}");
-    assert!(!found.iter().any(|p| p.starts_with("diag::bench")), "{found:?}");
+    assert!(
+        !found.iter().any(|p| p.starts_with("diag::bench")),
+        "{found:?}"
+    );
     assert!(
         !found.iter().any(|p| p.ends_with("_for_bench")),
         "{found:?}"
