@@ -139,11 +139,7 @@ pub async fn bind(
     }
     let (listener, local_addr) = crate::util::bind(addr)
         .await
-        .and_then(|l| {
-            let at = l.local_addr().map_err(|e| (None, e))?;
-            let l = TcpListener::from_std(l).map_err(|e| (Some(at), e))?;
-            Ok((l, at))
-        })
+        .and_then(|(l, at)| Ok((TcpListener::from_std(l).map_err(|e| (Some(at), e))?, at)))
         .map_err(|(addr, source)| ConsoleError::Bind { addr, source })?;
     let (layer, server) = console_subscriber::ConsoleLayer::builder()
         .retention(retention)

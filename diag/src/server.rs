@@ -50,8 +50,7 @@ pub const DEFAULT_SIDECAR_ADDR: &str = "127.0.0.1:6060";
 /// # }
 /// ```
 pub async fn serve(mut cfg: Config, addr: impl ToSocketAddrs) -> io::Result<Sidecar> {
-    let listener = crate::util::bind(addr).await.map_err(|(_, e)| e)?;
-    let local_addr = listener.local_addr()?;
+    let (listener, local_addr) = crate::util::bind(addr).await.map_err(|(_, e)| e)?;
     if cfg.app_runtime.is_none() {
         cfg.app_runtime = tokio::runtime::Handle::try_current().ok();
     }

@@ -45,15 +45,20 @@ pub(crate) fn unix_nanos(t: SystemTime) -> i64 {
 
 /// Binds the first address `addr` resolves to that can be bound (as
 /// `tokio::net::TcpListener::bind` does), as a non-blocking std listener that any runtime
-/// can adopt. On failure, the last address tried (`None` when `addr` resolved to nothing)
-/// and why.
+/// can adopt, with the address it listens on. On failure, the last address tried (`None`
+/// when `addr` resolved to nothing) and why.
 pub(crate) async fn bind(
     addr: impl ToSocketAddrs,
-) -> Result<std::net::TcpListener, (Option<SocketAddr>, io::Error)> {
+) -> Result<(std::net::TcpListener, SocketAddr), (Option<SocketAddr>, io::Error)> {
     let mut last = None;
     for a in tokio::net::lookup_host(addr).await.map_err(|e| (None, e))? {
-        match std::net::TcpListener::bind(a).and_then(|l| l.set_nonblocking(true).map(|()| l)) {
-            Ok(l) => return Ok(l),
+        let bound = std::net::TcpListener::bind(a).and_then(|l| {
+            l.set_nonblocking(true)?;
+            let local = l.local_addr()?;
+            Ok((l, local))
+        });
+        match bound {
+            Ok(bound) => return Ok(bound),
             Err(e) => last = Some((Some(a), e)),
         }
     }

@@ -471,3 +471,51 @@ async fn the_429_carries_the_configured_retry_after() {
     stop.trigger();
     assert_eq!(first.await.unwrap().status, StatusCode::OK);
 }
+
+/// One address type for the sidecar and the console (`impl ToSocketAddrs`: a string, a
+/// `SocketAddr`, a host and port), and the console setting takes the server it describes:
+/// the index shows the address the console is bound to.
+#[cfg(feature = "console")]
+#[tokio::test]
+async fn the_console_and_the_sidecar_take_the_same_addresses() {
+    let (_layer, console) = diag::console::bind("127.0.0.1:0", Duration::from_secs(1))
+        .await
+        .unwrap();
+    let at = console.local_addr();
+    assert!(at.ip().is_loopback() && at.port() != 0, "{at}");
+    // The same address again: an error naming it, not a panic.
+    let taken = diag::console::bind(at, Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(taken, diag::console::ConsoleError::Bind { addr: Some(a), .. } if a == at),
+        "{taken:?}"
+    );
+    assert!(
+        taken
+            .to_string()
+            .contains(&format!("cannot serve tokio-console on {at}")),
+        "{taken}"
+    );
+    let stop = diag::Shutdown::new();
+    let cfg = diag::Config::default()
+        .with_shutdown(stop.clone())
+        .with_console(&console);
+    let sidecar = diag::serve(cfg, ("127.0.0.1", 0)).await.unwrap();
+    let html = http_get(&format!("http://{}/debug/pprof/", sidecar.local_addr()))
+        .await
+        .text();
+    assert!(
+        html.contains(&format!("tokio-console http://{at}")),
+        "{html}"
+    );
+    let other = diag::serve(
+        diag::Config::default(),
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+    )
+    .await
+    .unwrap();
+    assert!(other.local_addr().ip().is_loopback());
+    other.shutdown().await.unwrap();
+    sidecar.shutdown().await.unwrap();
+}
