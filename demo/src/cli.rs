@@ -37,7 +37,7 @@ pub struct Args {
     #[arg(long, env = "DEMO_CONSOLE")]
     pub console: bool,
     /// Where tokio-console is served, with `--console`.
-    #[arg(long, env = "DEMO_CONSOLE_LISTEN", default_value = diag::DEFAULT_CONSOLE_ADDR)]
+    #[arg(long, env = "DEMO_CONSOLE_LISTEN", default_value = diag::console::DEFAULT_CONSOLE_ADDR)]
     pub console_listen: String,
     /// How long finished tasks stay visible in tokio-console, e.g. `10s`. The console keeps
     /// ~56 KB per task that finished within it: at 100 new connections a second, 10 s hold
@@ -166,7 +166,7 @@ pub(crate) fn parse_recorder(s: &str) -> Result<RecorderKeep, String> {
     if d.is_zero() {
         return Ok(RecorderKeep(None));
     }
-    if d < Duration::from_secs(1) || d > diag::CpuRecorder::MAX_KEEP {
+    if d < Duration::from_secs(1) || d > diag::config::CpuRecorder::MAX_KEEP {
         return Err(format!(
             "{s:?}: the recorder keeps from 1s to 60m (or `off`)"
         ));

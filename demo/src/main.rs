@@ -1,5 +1,6 @@
 //! `demo`: the counter service with diag mounted. `demo --help` lists the flags.
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -20,7 +21,7 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 pub static MALLOC_CONF: &[u8; 84] =
     b"prof:true,prof_active:true,lg_prof_sample:19,prof_accum:true,background_thread:true\0";
 
-fn init_logging(format: LogFormat, console: Option<diag::ConsoleLayer>, trace: bool) {
+fn init_logging(format: LogFormat, console: Option<diag::console::ConsoleLayer>, trace: bool) {
     use tracing_subscriber::prelude::*;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let fmt = match format {
@@ -58,7 +59,7 @@ fn main() -> ExitCode {
 
 async fn start(args: Args) -> ExitCode {
     let console = if args.console {
-        match diag::console(&args.console_listen, args.console_retention).await {
+        match diag::console::bind(&args.console_listen, args.console_retention).await {
             Ok((layer, server)) => Some((layer, server)),
             Err(e) => {
                 init_logging(args.log_format, None, !args.no_trace_layer);
@@ -80,7 +81,10 @@ async fn start(args: Args) -> ExitCode {
     }
 }
 
-async fn run(args: Args, console: Option<diag::ConsoleServer>) -> Result<ExitCode, String> {
+async fn run(
+    args: Args,
+    console: Option<diag::console::ConsoleServer>,
+) -> Result<ExitCode, String> {
     let stop = diag::Shutdown::new();
     // Slow or idle clients cannot hold connections (or the shutdown): both listeners close
     // stuck connections, and at shutdown every connection with no request in flight. A
@@ -89,25 +93,12 @@ async fn run(args: Args, console: Option<diag::ConsoleServer>) -> Result<ExitCod
     let limits = diag::conn::ConnLimits::default()
         .with_max_connections(args.max_connections)
         .with_shutdown_grace(args.shutdown_timeout + std::time::Duration::from_secs(1));
-    let mut cfg = diag::Config::default()
-        .with_conn_limits(
-            limits.with_max_connections(diag::conn::ConnLimits::DEFAULT_MAX_CONNECTIONS),
-        )
-        .with_default_env()
-        .with_shutdown(stop.clone())
-        .with_min_dump_interval(args.dump_interval)
-        .with_heap_frame_pointers(!args.heap_libgcc_unwinder);
+    let cfg = diag_config(&args, &stop, limits, console.as_ref());
     let console_addr = console.map(|server| {
         let at = server.local_addr();
         server.spawn(stop.clone());
         at
     });
-    if let Some(at) = console_addr {
-        cfg = cfg.with_console_addr(at.to_string());
-    }
-    if let Some(keep) = args.cpu_recorder.0 {
-        cfg = cfg.with_cpu_recorder(diag::CpuRecorder::new(keep));
-    }
     let state = AppState::start(args.options()?).await;
     let (hold_cap_mb, hold_cap) = state.hold_cap();
     tracing::info!(
@@ -123,8 +114,70 @@ async fn run(args: Args, console: Option<diag::ConsoleServer>) -> Result<ExitCod
     let addr = listener
         .local_addr()
         .map_err(|e| format!("no local address: {e}"))?;
+    let (app, sidecar, diag_addr) = mount(&args, &state, cfg, addr).await?;
+    let server = {
+        let stop = stop.clone();
+        demo::spawn_named("demo::serve", async move {
+            diag::conn::serve(listener, app, limits, stop).await
+        })
+    };
+    state.set_ready(true);
+    log_listening(addr, diag_addr, console_addr);
 
-    let (app, sidecar, diag_addr) = match args.diag_listen {
+    let signal = shutdown_signal().await?;
+    state.set_ready(false);
+    tracing::info!(
+        signal,
+        drain_delay_ms = args.drain_delay.as_millis() as u64,
+        timeout_ms = args.shutdown_timeout.as_millis() as u64,
+        "shutting down: readiness is 503, requests in flight may finish"
+    );
+    tokio::time::sleep(args.drain_delay).await;
+    stop.trigger();
+    drain(&args, server, sidecar).await
+}
+
+/// diag's settings from the flags: its own connection limits (the sidecar's default cap,
+/// not the app's), the token from the environment, the console to show on the index.
+fn diag_config(
+    args: &Args,
+    stop: &diag::Shutdown,
+    limits: diag::conn::ConnLimits,
+    console: Option<&diag::console::ConsoleServer>,
+) -> diag::Config {
+    let mut cfg = diag::Config::default()
+        .with_conn_limits(
+            limits.with_max_connections(diag::conn::ConnLimits::DEFAULT_MAX_CONNECTIONS),
+        )
+        .with_default_env()
+        .with_shutdown(stop.clone())
+        .with_min_dump_interval(args.dump_interval)
+        .with_heap_frame_pointers(!args.heap_libgcc_unwinder);
+    if let Some(console) = console {
+        cfg = cfg.with_console(console);
+    }
+    if let Some(keep) = args.cpu_recorder.0 {
+        cfg = cfg.with_cpu_recorder(diag::config::CpuRecorder::new(keep));
+    }
+    cfg
+}
+
+/// The app, with diag merged into it or on a sidecar of its own (`--diag-listen`), and
+/// where diag answers.
+async fn mount(
+    args: &Args,
+    state: &AppState,
+    cfg: diag::Config,
+    addr: SocketAddr,
+) -> Result<
+    (
+        axum::Router,
+        Option<diag::server::Sidecar>,
+        Option<SocketAddr>,
+    ),
+    String,
+> {
+    Ok(match args.diag_listen {
         DiagListen::Main => (demo::app(state.clone(), Some(cfg)), None, Some(addr)),
         DiagListen::Sidecar(at) => {
             let sidecar = diag::serve(cfg, at)
@@ -138,44 +191,37 @@ async fn run(args: Args, console: Option<diag::ConsoleServer>) -> Result<ExitCod
             )
         }
         DiagListen::Off => (demo::app(state.clone(), None), None, None),
-    };
+    })
+}
+
+/// The start-up line: where the app, diag and the console answer, and commands to try.
+fn log_listening(addr: SocketAddr, diag_addr: Option<SocketAddr>, console: Option<SocketAddr>) {
     let diag_url = |path: &str| {
         diag_addr.map_or_else(
             || "off (--diag-listen off)".to_owned(),
             |a| format!("http://{a}/debug/pprof/{path}"),
         )
     };
-
-    let server = {
-        let stop = stop.clone();
-        demo::spawn_named("demo::serve", async move {
-            diag::conn::serve(listener, app, limits, stop).await
-        })
-    };
-    state.set_ready(true);
     tracing::info!(
         addr = %addr,
         diag = %diag_url(""),
         profile = %format!("go tool pprof -top {}", diag_url("profile?seconds=30")),
         flamegraph = %format!("curl -o flamegraph.svg {}", diag_url("flamegraph?seconds=30")),
-        console = %console_addr.map_or_else(
+        console = %console.map_or_else(
             || "off (--console turns it on)".to_owned(),
             |at| format!("tokio-console http://{at}")
         ),
         "listening"
     );
+}
 
-    let signal = shutdown_signal().await?;
-    state.set_ready(false);
-    tracing::info!(
-        signal,
-        drain_delay_ms = args.drain_delay.as_millis() as u64,
-        timeout_ms = args.shutdown_timeout.as_millis() as u64,
-        "shutting down: readiness is 503, requests in flight may finish"
-    );
-    tokio::time::sleep(args.drain_delay).await;
-    stop.trigger();
-
+/// Waits, up to the shutdown timeout, for the app's listener and the sidecar to stop, and
+/// says how it went.
+async fn drain(
+    args: &Args,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    sidecar: Option<diag::server::Sidecar>,
+) -> Result<ExitCode, String> {
     let drained = tokio::time::timeout(args.shutdown_timeout, async {
         let app = server.await;
         let diag = match sidecar {

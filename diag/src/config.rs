@@ -1,9 +1,16 @@
 //! Configuration: where diag answers, who may ask, and how much it may cost.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::shutdown::Shutdown;
+
+mod prefix;
+mod recorder;
+
+pub use prefix::PrefixError;
+pub use recorder::CpuRecorder;
 
 /// Environment variable read by [`Config::with_default_env`] for the access token.
 pub const TOKEN_ENV: &str = "DIAG_TOKEN";
@@ -16,11 +23,12 @@ pub const TOKEN_ENV: &str = "DIAG_TOKEN";
 /// ```
 /// use std::time::Duration;
 /// let cfg = diag::Config::new()
-///     .with_prefix("/internal/pprof")
+///     .with_prefix("/internal/pprof")?
 ///     .with_max_seconds(120)
 ///     .with_max_concurrent(2)
 ///     .with_token("s3cret");
 /// assert_eq!(cfg.prefix(), "/internal/pprof");
+/// # Ok::<(), diag::config::PrefixError>(())
 /// ```
 #[derive(Clone)]
 pub struct Config {
@@ -30,7 +38,8 @@ pub struct Config {
     pub(crate) max_concurrent: usize,
     pub(crate) retry_after: Duration,
     pub(crate) shutdown: Shutdown,
-    pub(crate) console_addr: Option<String>,
+    /// Where the console listens, for the index page's attach command.
+    pub(crate) console_addr: Option<SocketAddr>,
     pub(crate) min_dump_interval: Duration,
     /// The application's runtime, whose tasks a dump shows, when diag is served from a
     /// runtime of its own (the sidecar); `None`: the runtime serving the request.
@@ -90,18 +99,22 @@ impl Config {
 
     /// Serves the endpoints under `prefix` instead of `/debug/pprof`.
     ///
-    /// A leading `/` is added when missing and trailing ones are dropped; `"/"` and `""`
-    /// are kept as the root.
-    pub fn with_prefix(mut self, prefix: impl AsRef<str>) -> Self {
-        let trimmed = prefix.as_ref().trim_end_matches('/');
-        self.prefix = if trimmed.is_empty() {
-            String::new()
-        } else if trimmed.starts_with('/') {
-            trimmed.to_owned()
-        } else {
-            format!("/{trimmed}")
-        };
-        self
+    /// A leading `/` is added when missing and a trailing one is dropped; `"/"` and `""`
+    /// are the root. What is left must be `/`-separated segments of ASCII letters, digits
+    /// and `-._~` (not `.` or `..`); anything else (a capture such as `:id`, `*rest` or
+    /// `{id}`, an empty segment as in `a//b`, a space, `?`, `%`, ...) is an error naming the
+    /// prefix, where axum would panic when the router is built or the prefix would never
+    /// match a request.
+    ///
+    /// ```
+    /// let cfg = diag::Config::new().with_prefix("internal/pprof/")?;
+    /// assert_eq!(cfg.prefix(), "/internal/pprof");
+    /// assert!(diag::Config::new().with_prefix("/debug/:id").is_err());
+    /// # Ok::<(), diag::config::PrefixError>(())
+    /// ```
+    pub fn with_prefix(mut self, prefix: impl AsRef<str>) -> Result<Self, PrefixError> {
+        self.prefix = prefix::normalise(prefix.as_ref())?;
+        Ok(self)
     }
 
     /// Requires this token on every request: as `Authorization: Bearer TOKEN`, or as the
@@ -123,6 +136,14 @@ impl Config {
     /// `429 Too Many Requests` with `Retry-After`.
     pub fn with_max_concurrent(mut self, max_concurrent: usize) -> Self {
         self.max_concurrent = max_concurrent.max(1);
+        self
+    }
+
+    /// The `Retry-After` a `429 Too Many Requests` carries when the heavy-operation cap is
+    /// reached ([`Config::DEFAULT_RETRY_AFTER`] unless set). Sent in whole seconds, at
+    /// least 1.
+    pub fn with_retry_after(mut self, retry_after: Duration) -> Self {
+        self.retry_after = retry_after.max(Duration::from_secs(1));
         self
     }
 
@@ -164,10 +185,13 @@ impl Config {
         self
     }
 
-    /// Tells the index page that a tokio-console server listens at `addr`, so that it can
-    /// show the command to attach.
-    pub fn with_console_addr(mut self, addr: impl Into<String>) -> Self {
-        self.console_addr = Some(addr.into());
+    /// Tells the index page that `console`'s server is where tokio-console attaches, so
+    /// that it shows the command (`tokio-console http://ADDR`, with the address the server
+    /// is bound to).
+    #[cfg(feature = "console")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "console")))]
+    pub fn with_console(mut self, console: &crate::console::ConsoleServer) -> Self {
+        self.console_addr = Some(console.local_addr());
         self
     }
 
@@ -180,7 +204,7 @@ impl Config {
     /// ```
     /// use std::time::Duration;
     /// let cfg = diag::Config::new()
-    ///     .with_cpu_recorder(diag::CpuRecorder::new(Duration::from_secs(600)));
+    ///     .with_cpu_recorder(diag::config::CpuRecorder::new(Duration::from_secs(600)));
     /// assert_eq!(cfg.cpu_recorder().map(|r| r.frequency()), Some(19));
     /// ```
     pub fn with_cpu_recorder(mut self, recorder: CpuRecorder) -> Self {
@@ -206,6 +230,11 @@ impl Config {
     /// The cap on concurrent heavy operations.
     pub fn max_concurrent(&self) -> usize {
         self.max_concurrent
+    }
+
+    /// The `Retry-After` given with a 429.
+    pub fn retry_after(&self) -> Duration {
+        self.retry_after
     }
 
     /// Whether a token is required.
@@ -244,86 +273,56 @@ impl fmt::Debug for Config {
     }
 }
 
-/// The always-on CPU recorder's settings ([`Config::with_cpu_recorder`]): how far back it
-/// keeps, how often it samples, and how finely it divides time.
-///
-/// Memory is bounded whatever the load: stacks are interned once in a table capped at 5
-/// MiB of addresses, and each bucket holds only (stack id, thread, label, count, CPU
-/// time) entries. See docs/performance.md for what 10 minutes cost.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CpuRecorder {
-    keep: Duration,
-    frequency: u32,
-    bucket: Duration,
-}
-
-impl CpuRecorder {
-    /// How far back the recorder keeps unless told otherwise.
-    pub const DEFAULT_KEEP: Duration = Duration::from_secs(600);
-    /// The longest it may keep.
-    pub const MAX_KEEP: Duration = Duration::from_secs(3600);
-    /// Samples per second of each thread's CPU time (as Parca's agent: low, and prime so
-    /// it does not beat against periodic work).
-    pub const DEFAULT_FREQUENCY: u32 = 19;
-    /// The length of a bucket unless told otherwise: the finest time a stretch can pick.
-    pub const DEFAULT_BUCKET: Duration = Duration::from_secs(1);
-    /// The shortest bucket.
-    pub const MIN_BUCKET: Duration = Duration::from_millis(10);
-
-    /// A recorder keeping the last `keep` (1 s to [`CpuRecorder::MAX_KEEP`]) at 19 Hz in
-    /// buckets of 1 s.
-    pub fn new(keep: Duration) -> Self {
-        Self {
-            keep: keep.clamp(Duration::from_secs(1), Self::MAX_KEEP),
-            frequency: Self::DEFAULT_FREQUENCY,
-            bucket: Self::DEFAULT_BUCKET,
-        }
-    }
-
-    /// Samples at `frequency` Hz (1 to 1000) instead of 19.
-    pub fn with_frequency(mut self, frequency: u32) -> Self {
-        self.frequency = frequency.clamp(1, 1000);
-        self
-    }
-
-    /// Divides time into buckets of `bucket` ([`CpuRecorder::MIN_BUCKET`] to 1 s).
-    pub fn with_bucket(mut self, bucket: Duration) -> Self {
-        self.bucket = bucket.clamp(Self::MIN_BUCKET, Self::DEFAULT_BUCKET);
-        self
-    }
-
-    /// How far back it keeps.
-    pub fn keep(&self) -> Duration {
-        self.keep
-    }
-
-    /// Its sampling rate, in Hz.
-    pub fn frequency(&self) -> u32 {
-        self.frequency
-    }
-
-    /// The length of its buckets.
-    pub fn bucket(&self) -> Duration {
-        self.bucket
-    }
-}
-
-impl Default for CpuRecorder {
-    fn default() -> Self {
-        Self::new(Self::DEFAULT_KEEP)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn prefixed(prefix: &str) -> String {
+        match Config::new().with_prefix(prefix) {
+            Ok(cfg) => cfg.prefix().to_owned(),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
     #[test]
     fn prefix_is_normalised() {
-        assert_eq!(Config::new().with_prefix("x/y/").prefix(), "/x/y");
-        assert_eq!(Config::new().with_prefix("/x").prefix(), "/x");
-        assert_eq!(Config::new().with_prefix("/").prefix(), "");
+        assert_eq!(prefixed("x/y/"), "/x/y");
+        assert_eq!(prefixed("/x"), "/x");
+        assert_eq!(prefixed("/"), "");
+        assert_eq!(prefixed(""), "");
+        assert_eq!(prefixed("/a-b/c.d/_e~f/V2"), "/a-b/c.d/_e~f/V2");
         assert_eq!(Config::new().prefix(), "/debug/pprof");
+    }
+
+    #[test]
+    fn a_bad_prefix_is_named_with_what_is_wrong() {
+        for (prefix, reason) in [
+            ("/debug/:id", "contains ':'"),
+            ("/x/*rest", "contains '*'"),
+            ("/{id}", "contains '{'"),
+            ("/a//b", "empty segment"),
+            ("//", "empty segment"),
+            ("/a/../b", "relative step"),
+            ("/a b", "contains ' '"),
+            ("/a?b", "contains '?'"),
+            ("/caf\u{e9}", "contains '\u{e9}'"),
+        ] {
+            let err = Config::new().with_prefix(prefix).expect_err(prefix);
+            assert_eq!(err.prefix, prefix);
+            let text = err.to_string();
+            assert!(text.contains(&format!("{prefix:?}")), "{text}");
+            assert!(text.contains(reason), "{prefix}: {text}");
+            assert!(text.contains("letters, digits and -._~"), "{text}");
+        }
+    }
+
+    #[test]
+    fn retry_after_is_settable_with_a_floor() {
+        assert_eq!(Config::new().retry_after(), Config::DEFAULT_RETRY_AFTER);
+        let cfg = Config::new().with_retry_after(Duration::from_secs(17));
+        assert_eq!(cfg.retry_after(), Duration::from_secs(17));
+        let cfg = Config::new().with_retry_after(Duration::ZERO);
+        assert_eq!(cfg.retry_after(), Duration::from_secs(1));
     }
 
     #[test]

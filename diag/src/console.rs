@@ -10,7 +10,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, ToSocketAddrs};
 use tokio::task::JoinHandle;
 
 use crate::shutdown::Shutdown;
@@ -30,14 +30,18 @@ pub const DEFAULT_RETENTION: Duration = Duration::from_secs(60);
 
 /// Why the console could not be set up, and what to do about it.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum ConsoleError {
     /// The build lacks `--cfg tokio_unstable`, without which tokio emits nothing for the
     /// console to show.
     NoTokioUnstable,
-    /// The address could not be bound (taken, or not an address of this host).
+    /// The address could not be bound (taken, not an address of this host, or not
+    /// resolvable).
+    #[non_exhaustive]
     Bind {
-        /// The address asked for.
-        addr: String,
+        /// The address that could not be bound; `None` when the address given resolved
+        /// to none.
+        addr: Option<SocketAddr>,
         /// Why it failed.
         source: std::io::Error,
     },
@@ -52,10 +56,18 @@ impl std::fmt::Display for ConsoleError {
                  \"tokio_unstable\"]` in .cargo/config.toml) and tokio's \"tracing\" feature; \
                  this build lacks it",
             ),
-            Self::Bind { addr, source } => write!(
+            Self::Bind {
+                addr: Some(addr),
+                source,
+            } => write!(
                 f,
                 "cannot serve tokio-console on {addr}: {source}; choose another address \
                  (tokio-console then attaches with `tokio-console http://ADDR`)"
+            ),
+            Self::Bind { addr: None, source } => write!(
+                f,
+                "cannot serve tokio-console: the address given resolves to none ({source}); \
+                 give an address and port of this host, such as {DEFAULT_CONSOLE_ADDR}"
             ),
         }
     }
@@ -89,40 +101,46 @@ impl std::fmt::Debug for ConsoleServer {
 /// Builds tokio-console's layer and binds its server on `addr`, keeping finished tasks
 /// for `retention`.
 ///
-/// Compose the layer with your own (it never installs a global subscriber), then spawn
-/// the server:
+/// `addr` is anything tokio's `TcpListener::bind` takes (`"127.0.0.1:6669"`, a
+/// `SocketAddr`, ...), as for [`crate::serve`]; port 0 picks a free one
+/// ([`ConsoleServer::local_addr`] says which). Compose the layer with your own (it never
+/// installs a global subscriber), tell diag's index page where the console is
+/// ([`Config::with_console`](crate::Config::with_console)), then spawn the server:
 ///
 /// ```no_run
 /// use tracing_subscriber::prelude::*;
 ///
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// let (console_layer, console) =
-///     diag::console("127.0.0.1:6669", diag::DEFAULT_RETENTION).await?;
+///     diag::console::bind(diag::console::DEFAULT_CONSOLE_ADDR, diag::console::DEFAULT_RETENTION)
+///         .await?;
 /// tracing_subscriber::registry()
 ///     .with(console_layer)
 ///     .with(tracing_subscriber::fmt::layer())
 ///     .init();
 /// let stop = diag::Shutdown::new();
+/// let cfg = diag::Config::default()
+///     .with_shutdown(stop.clone())
+///     .with_console(&console);
 /// console.spawn(stop.clone());
+/// let app: axum::Router = axum::Router::new().merge(diag::router(cfg));
 /// # Ok(())
 /// # }
 /// ```
 ///
 /// Errors, rather than panics, when the build lacks `--cfg tokio_unstable` or the address
 /// cannot be bound.
-pub async fn console(
-    addr: &str,
+pub async fn bind(
+    addr: impl ToSocketAddrs,
     retention: Duration,
 ) -> Result<(ConsoleLayer, ConsoleServer), ConsoleError> {
     if !cfg!(tokio_unstable) {
         return Err(ConsoleError::NoTokioUnstable);
     }
-    let bind_error = |source| ConsoleError::Bind {
-        addr: addr.to_owned(),
-        source,
-    };
-    let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
-    let local_addr = listener.local_addr().map_err(bind_error)?;
+    let (listener, local_addr) = crate::util::bind(addr)
+        .await
+        .and_then(|(l, at)| Ok((TcpListener::from_std(l).map_err(|e| (Some(at), e))?, at)))
+        .map_err(|(addr, source)| ConsoleError::Bind { addr, source })?;
     let (layer, server) = console_subscriber::ConsoleLayer::builder()
         .retention(retention)
         // Never read TOKIO_CONSOLE_* here: the application chose the address.

@@ -13,6 +13,10 @@ pub const DEFAULT_SIDECAR_ADDR: &str = "127.0.0.1:6060";
 
 /// Serves diag on its own listener at `addr`, on a thread and tokio runtime of its own.
 ///
+/// `addr` is anything tokio's `TcpListener::bind` takes: `"127.0.0.1:6060"`, a
+/// `SocketAddr`, `("localhost", 6060)`; the first address it resolves to that can be bound
+/// is used, and port 0 picks a free one ([`Sidecar::local_addr`] says which).
+///
 /// Its own runtime keeps diag answering when the application's async workers are stuck:
 /// a worker blocked in a synchronous call can stall the application runtime's I/O driver,
 /// and every listener on it, until it returns. Task dumps still show the application's
@@ -35,7 +39,7 @@ pub const DEFAULT_SIDECAR_ADDR: &str = "127.0.0.1:6060";
 /// let stop = diag::Shutdown::new();
 /// let sidecar = diag::serve(
 ///     diag::Config::default().with_shutdown(stop.clone()),
-///     diag::DEFAULT_SIDECAR_ADDR,
+///     diag::server::DEFAULT_SIDECAR_ADDR,
 /// )
 /// .await?;
 /// println!("diag at http://{}/debug/pprof/", sidecar.local_addr());
@@ -46,30 +50,7 @@ pub const DEFAULT_SIDECAR_ADDR: &str = "127.0.0.1:6060";
 /// # }
 /// ```
 pub async fn serve(mut cfg: Config, addr: impl ToSocketAddrs) -> io::Result<Sidecar> {
-    let mut last_err = None;
-    let mut bound = None;
-    for a in tokio::net::lookup_host(addr).await? {
-        match std::net::TcpListener::bind(a) {
-            Ok(l) => {
-                bound = Some(l);
-                break;
-            }
-            Err(e) => last_err = Some(e),
-        }
-    }
-    let listener = match bound {
-        Some(l) => l,
-        None => {
-            return Err(last_err.unwrap_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "the address resolved to nothing",
-                )
-            }));
-        }
-    };
-    listener.set_nonblocking(true)?;
-    let local_addr = listener.local_addr()?;
+    let (listener, local_addr) = crate::util::bind(addr).await.map_err(|(_, e)| e)?;
     if cfg.app_runtime.is_none() {
         cfg.app_runtime = tokio::runtime::Handle::try_current().ok();
     }

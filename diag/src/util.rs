@@ -1,6 +1,10 @@
 //! Small helpers with no better home.
 
+use std::io;
+use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::net::ToSocketAddrs;
 
 /// `2026-11-22 06:30:00 UTC`, without a date crate.
 pub(crate) fn utc(t: SystemTime) -> String {
@@ -37,6 +41,34 @@ pub(crate) fn unix_nanos(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
         .unwrap_or(0)
+}
+
+/// Binds the first address `addr` resolves to that can be bound (as
+/// `tokio::net::TcpListener::bind` does), as a non-blocking std listener that any runtime
+/// can adopt, with the address it listens on. On failure, the last address tried (`None`
+/// when `addr` resolved to nothing) and why.
+pub(crate) async fn bind(
+    addr: impl ToSocketAddrs,
+) -> Result<(std::net::TcpListener, SocketAddr), (Option<SocketAddr>, io::Error)> {
+    let mut last = None;
+    for a in tokio::net::lookup_host(addr).await.map_err(|e| (None, e))? {
+        let bound = std::net::TcpListener::bind(a).and_then(|l| {
+            l.set_nonblocking(true)?;
+            let local = l.local_addr()?;
+            Ok((l, local))
+        });
+        match bound {
+            Ok(bound) => return Ok(bound),
+            Err(e) => last = Some((Some(a), e)),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        let e = io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the address resolved to nothing",
+        );
+        (None, e)
+    }))
 }
 
 /// Spawns `future` as a task named `name` (tokio-console shows the name; names need

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use diag::conn::ConnLimits;
 
-async fn sidecar(limits: ConnLimits) -> (diag::Sidecar, SocketAddr) {
+async fn sidecar(limits: ConnLimits) -> (diag::server::Sidecar, SocketAddr) {
     let sidecar = diag::serve(
         diag::Config::default().with_conn_limits(limits),
         "127.0.0.1:0",

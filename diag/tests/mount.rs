@@ -110,7 +110,9 @@ async fn wrong_method_is_a_go_style_405() {
 #[tokio::test]
 async fn custom_prefix() {
     let addr = testkit::serve(app_with_fallback(
-        diag::Config::default().with_prefix("/internal/pprof/"),
+        diag::Config::default()
+            .with_prefix("/internal/pprof/")
+            .unwrap(),
     ))
     .await;
     assert_eq!(
@@ -366,4 +368,154 @@ async fn heap_endpoints_explain_what_is_missing() {
     // Still serving.
     let r = http_get(&format!("http://{addr}/debug/pprof/cmdline")).await;
     assert_eq!(r.status, StatusCode::OK);
+}
+
+/// What axum cannot route (a capture, a wildcard, a brace, an empty segment), what would
+/// never match a request (`..`, a space, `?`, `%`, non-ASCII) is refused when the prefix is
+/// set, naming it and what is allowed, instead of a panic when the router is built.
+#[test]
+fn a_prefix_that_cannot_be_routed_is_an_error_naming_it() {
+    for bad in [
+        "/debug/:id",
+        ":x",
+        "/x/*rest",
+        "*x",
+        "/{id}",
+        "/a{b",
+        "/a}b",
+        "/a//b",
+        "//",
+        "x//",
+        "/a/../b",
+        "/./a",
+        "/a b",
+        " /a",
+        "/a?b",
+        "/a#b",
+        "/a%20b",
+        "/caf\u{e9}",
+    ] {
+        let err = diag::Config::default()
+            .with_prefix(bad)
+            .expect_err(&format!("{bad:?} was accepted"));
+        assert_eq!(err.prefix, bad);
+        let text = err.to_string();
+        assert!(text.contains(&format!("{bad:?}")), "{bad}: {text}");
+        assert!(text.contains("letters, digits and -._~"), "{bad}: {text}");
+    }
+}
+
+/// Prefixes that pass are normalised and mount on a real port, the root included.
+#[tokio::test]
+async fn good_prefixes_mount_and_answer() {
+    for (given, served) in [
+        ("/internal/pprof", "/internal/pprof"),
+        ("ops/debug-v2/", "/ops/debug-v2"),
+        ("/_diag~x.1", "/_diag~x.1"),
+        ("/", ""),
+        ("", ""),
+    ] {
+        let cfg = diag::Config::default().with_prefix(given).unwrap();
+        assert_eq!(cfg.prefix(), served);
+        let addr = testkit::serve(diag::router(cfg)).await;
+        let r = http_get(&format!("http://{addr}{served}/")).await;
+        assert_eq!(r.status, StatusCode::OK, "{given:?}: {}", r.text());
+        let html = r.text();
+        assert!(
+            html.contains(&format!("href=\"{served}/profile\"")),
+            "{given:?}: {html}"
+        );
+        let r = http_get(&format!("http://{addr}{served}/cmdline")).await;
+        assert_eq!(r.status, StatusCode::OK, "{given:?}");
+        let r = http_get(&format!("http://{addr}{served}/nope")).await;
+        assert_go_error(&r, StatusCode::NOT_FOUND);
+        assert!(
+            r.text().contains(&format!("{served}/profile")),
+            "{}",
+            r.text()
+        );
+    }
+}
+
+/// `Config::with_retry_after` is what a 429 carries.
+#[tokio::test]
+async fn the_429_carries_the_configured_retry_after() {
+    let stop = diag::Shutdown::new();
+    let cfg = diag::Config::default()
+        .with_max_concurrent(1)
+        .with_retry_after(Duration::from_secs(17))
+        .with_shutdown(stop.clone());
+    let addr = testkit::serve(app_with_fallback(cfg)).await;
+    let first = tokio::spawn(async move {
+        http_get(&format!(
+            "http://{addr}/debug/pprof/profile?seconds=60&format=folded"
+        ))
+        .await
+    });
+    // Until the first profile holds the only permit, a probe may still get it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let refused = loop {
+        let r = http_get(&format!("http://{addr}/debug/pprof/profile?seconds=1")).await;
+        if r.status == StatusCode::TOO_MANY_REQUESTS || Instant::now() > deadline {
+            break r;
+        }
+    };
+    assert_go_error(&refused, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.header("retry-after"), "17");
+    assert!(
+        refused.text().contains("retry after 17 s"),
+        "{}",
+        refused.text()
+    );
+    // The first profile ends early at shutdown, with what it has.
+    stop.trigger();
+    assert_eq!(first.await.unwrap().status, StatusCode::OK);
+}
+
+/// One address type for the sidecar and the console (`impl ToSocketAddrs`: a string, a
+/// `SocketAddr`, a host and port), and the console setting takes the server it describes:
+/// the index shows the address the console is bound to.
+#[cfg(feature = "console")]
+#[tokio::test]
+async fn the_console_and_the_sidecar_take_the_same_addresses() {
+    let (_layer, console) = diag::console::bind("127.0.0.1:0", Duration::from_secs(1))
+        .await
+        .unwrap();
+    let at = console.local_addr();
+    assert!(at.ip().is_loopback() && at.port() != 0, "{at}");
+    // The same address again: an error naming it, not a panic.
+    let taken = diag::console::bind(at, Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(taken, diag::console::ConsoleError::Bind { addr: Some(a), .. } if a == at),
+        "{taken:?}"
+    );
+    assert!(
+        taken
+            .to_string()
+            .contains(&format!("cannot serve tokio-console on {at}")),
+        "{taken}"
+    );
+    let stop = diag::Shutdown::new();
+    let cfg = diag::Config::default()
+        .with_shutdown(stop.clone())
+        .with_console(&console);
+    let sidecar = diag::serve(cfg, ("127.0.0.1", 0)).await.unwrap();
+    let html = http_get(&format!("http://{}/debug/pprof/", sidecar.local_addr()))
+        .await
+        .text();
+    assert!(
+        html.contains(&format!("tokio-console http://{at}")),
+        "{html}"
+    );
+    let other = diag::serve(
+        diag::Config::default(),
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+    )
+    .await
+    .unwrap();
+    assert!(other.local_addr().ip().is_loopback());
+    other.shutdown().await.unwrap();
+    sidecar.shutdown().await.unwrap();
 }

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use diag::{Config, CpuRecorder, Shutdown};
+use diag::config::CpuRecorder;
+use diag::{Config, Shutdown};
 use http::StatusCode;
 use testkit::{get, go_pprof_async};
 
