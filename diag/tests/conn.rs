@@ -142,3 +142,34 @@ async fn a_trickling_client_cannot_hold_the_shutdown() {
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     trickler.join().unwrap();
 }
+
+/// curl's answer for `url` with `flag` (`--http1.1` or `--http2-prior-knowledge`): the
+/// protocol it spoke, the status and the body.
+fn curl(flag: &str, url: &str) -> (String, String, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "60", flag, "-w", "\n%{http_version} %{http_code}"])
+        .arg(url)
+        .output()
+        .expect("curl runs");
+    assert!(out.status.success(), "curl {flag} {url}: {out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (body, tail) = text.rsplit_once('\n').unwrap();
+    let (version, code) = tail.split_once(' ').unwrap();
+    (version.to_owned(), code.to_owned(), body.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_1_1_and_h2c_with_prior_knowledge_are_both_served() {
+    let (sidecar, addr) = sidecar(ConnLimits::default()).await;
+    let url = format!("http://{addr}/debug/pprof/cmdline");
+    let (h1, h2) = tokio::task::spawn_blocking(move || {
+        (curl("--http1.1", &url), curl("--http2-prior-knowledge", &url))
+    })
+    .await
+    .unwrap();
+    assert_eq!((h1.0.as_str(), h1.1.as_str()), ("1.1", "200"), "{h1:?}");
+    assert_eq!((h2.0.as_str(), h2.1.as_str()), ("2", "200"), "{h2:?}");
+    assert!(!h1.2.is_empty(), "an empty cmdline over HTTP/1.1");
+    assert_eq!(h1.2, h2.2, "the two protocols answered differently");
+    sidecar.shutdown().await.unwrap();
+}

@@ -19,6 +19,7 @@
 //! # }
 //! ```
 
+mod io;
 mod limits;
 mod serve;
 mod watch;

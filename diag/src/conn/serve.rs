@@ -1,15 +1,17 @@
 //! The accept loop and each connection's service.
 
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
+use super::io::{HyperIo, Spawn, speaks_h2};
 use super::limits::ConnLimits;
 use super::watch::{Activity, InFlight, Slot, Watched, Watchlist, sweep_period, sweep_stuck};
 use crate::shutdown::Shutdown;
@@ -97,10 +99,17 @@ pub async fn serve(
 }
 
 async fn serve_connection(stream: TcpStream, app: Router, activity: Arc<Activity>, stop: Shutdown) {
-    use hyper_util::server::conn::auto::Builder;
+    use hyper::server::conn::{http1, http2};
     use tower::ServiceExt as _;
 
-    let io = TokioIo::new(Watched {
+    // HTTP/1.1 or h2c from the first bytes; a client that sends nothing is the sweeper's
+    // (header-read timeout), and a shutdown meanwhile has nothing to finish.
+    let h2 = tokio::select! {
+        h2 = speaks_h2(&stream) => matches!(h2, Ok(true)),
+        () = activity.stuck.notified() => return,
+        () = stop.triggered() => return,
+    };
+    let io = HyperIo(Watched {
         inner: stream,
         activity: activity.clone(),
     });
@@ -115,24 +124,43 @@ async fn serve_connection(stream: TcpStream, app: Router, activity: Arc<Activity
         }
     });
     // No timer for hyper: the sweeper in `serve` keeps the header-read and idle timeouts.
-    let mut builder = Builder::new(TokioExecutor::new());
-    builder.http1().keep_alive(true);
-    let conn = builder.serve_connection_with_upgrades(io, service);
+    if h2 {
+        let conn = http2::Builder::new(Spawn).serve_connection(io, service);
+        drive(conn, |c| c.graceful_shutdown(), &activity, &stop).await;
+    } else {
+        let conn = http1::Builder::new()
+            .keep_alive(true)
+            .serve_connection(io, service)
+            .with_upgrades();
+        drive(conn, |c| c.graceful_shutdown(), &activity, &stop).await;
+    }
+}
+
+/// Runs a connection to its end, dropping it when the sweeper finds it stuck; on shutdown
+/// drops it when no request is in flight, or else lets those requests finish (`graceful`:
+/// HTTP/1 keep-alive off, HTTP/2 GOAWAY).
+async fn drive<C: Future>(
+    conn: C,
+    graceful: impl FnOnce(Pin<&mut C>),
+    activity: &Activity,
+    stop: &Shutdown,
+) {
     tokio::pin!(conn);
-    let mut stopping = false;
+    let mut graceful = Some(graceful);
     loop {
         tokio::select! {
             _ = conn.as_mut() => return,
             // Stuck: dropping the connection closes the socket.
             () = activity.stuck.notified() => return,
-            () = stop.triggered(), if !stopping => {
+            () = stop.triggered(), if graceful.is_some() => {
                 if activity.in_flight.load(Ordering::Relaxed) == 0 {
                     // Idle, or a head still trickling in: nothing to finish, so nothing
                     // may hold the shutdown.
                     return;
                 }
-                stopping = true;
-                conn.as_mut().graceful_shutdown();
+                if let Some(graceful) = graceful.take() {
+                    graceful(conn.as_mut());
+                }
             }
         }
     }
