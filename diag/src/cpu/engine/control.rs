@@ -1,7 +1,9 @@
 //! The `diag-sampler` thread: it owns the session (the timers, the thread table, the
-//! readers' windows), drains the ring every [`TICK`], and looks for new threads every
-//! [`RESCAN`]. Every change to the session runs on it, as a job sent through a channel,
-//! so no lock is shared with the signal handler or held across a wait.
+//! readers' windows), drains the ring (every [`RESCAN`] at most, sooner when the rate and
+//! the CPUs could fill a quarter of the ring faster, never more often than every
+//! [`TICK`]), and looks for new threads every [`RESCAN`]. Every change to the session runs
+//! on it, as a job sent through a channel, so no lock is shared with the signal handler or
+//! held across a wait.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
@@ -9,30 +11,39 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::recorder::{self, Recorder};
-use super::ring::FLAG_IP_ONLY;
+use super::ring::{FLAG_IP_ONLY, SLOTS};
 use super::signal::{self, Counters};
-use super::stacks::Stacks;
-use super::threads::{self, Slots, THREADS};
+use super::stacks::{FastMap, Stacks};
+use super::threads::{self, EXEC, Maps, Slots, THREADS, Tasks};
 use super::timer::{self, Jitter, TimerId};
 use super::{
     EngineError, Lease, Losses, Mark, Recorded, RecorderSettings, RecorderStatus, Refusal, Sample,
     Window,
 };
 
-/// How often the ring is drained while a reader samples.
+/// How often the ring is drained at most (while a reader samples at a rate that could fill
+/// a quarter of the ring faster than [`RESCAN`] on this machine's CPUs).
 const TICK: Duration = Duration::from_millis(20);
 /// How often it is drained while only the recorder samples (at most; a shorter bucket
 /// drains at each bucket's end).
 const RECORDER_TICK: Duration = Duration::from_millis(250);
 /// How often `/proc/self/task` is listed for new threads (and exited ones).
 const RESCAN: Duration = Duration::from_millis(100);
-/// How often the executable mappings are re-read (libraries loaded since).
+/// How often the executable mappings are re-read at most when a sample's leaf lies
+/// outside every known one (a library loaded since).
 const REMAP: Duration = Duration::from_secs(1);
+/// How often they are re-read anyway while a reader samples (a library unloaded and
+/// another loaded at its place, which no leaf reveals).
+const REMAP_ANYWAY: Duration = Duration::from_secs(10);
 /// How often threads are listed while only the recorder samples: at each drain (a new
 /// thread's CPU before it is listed goes unrecorded).
 const RECORDER_RESCAN: Duration = RECORDER_TICK;
-/// How often the mappings are re-read while only the recorder samples.
+/// How often the mappings are re-read anyway while only the recorder samples.
 const RECORDER_REMAP: Duration = Duration::from_secs(10);
+/// How long the ring is drained every [`TICK`] after new threads are found.
+const EAGER: Duration = Duration::from_millis(200);
+/// A rescan due this close to now is done now rather than after another wait.
+const SLACK: Duration = Duration::from_millis(2);
 /// Thread names remembered per session at most; later new names are counted under one.
 const MAX_NAMES: usize = 4096;
 
@@ -222,11 +233,33 @@ struct Session {
     until: SystemTime,
     readers: HashMap<u64, Reader>,
     recorder: Option<Recorder>,
-    threads: HashMap<u32, Tracked>,
+    threads: FastMap<u32, Tracked>,
     slots: Slots,
     jitter: Jitter,
     last_scan: Instant,
     last_remap: Instant,
+    last_drain: Instant,
+    last_maps_read: Instant,
+    /// Until then the ring is drained every [`TICK`]: threads were just found, and their
+    /// first samples (ip only, their stack ranges unknown) are learned from sooner.
+    eager_until: Instant,
+    /// A drained sample's leaf lay outside every known executable mapping.
+    remap_wanted: bool,
+    /// `/proc/self/maps`, read when needed into a buffer kept for the session.
+    maps: Maps,
+    /// `/proc/self/task`, listed into a buffer kept for the session.
+    tasks: Tasks,
+    /// The sorted thread ids of the last scan that armed every timer it tried; a scan
+    /// that lists the same ids (and has no name to read again) has nothing to do.
+    known_tids: Vec<u32>,
+    /// Threads found by the latest scan, whose names are read again at the next one.
+    renames_pending: bool,
+    /// Listings of `/proc/self/task` so far.
+    listings: u64,
+    /// The number of listings when `/proc/self/maps` was last read: its stack mappings
+    /// hold every thread listed until then (a thread's stack is mapped before it runs
+    /// and stays while it lives), and may miss those listed since.
+    maps_listings: u64,
     stacks: Stacks,
     names: HashMap<Arc<str>, u32>,
     name_list: Vec<Arc<str>>,
@@ -239,6 +272,8 @@ struct Session {
 
 struct Tracked {
     slot: usize,
+    /// The listing that found it (see `Session::maps_listings`).
+    listed: u64,
     timer: TimerId,
     name: u32,
     /// Found by the latest scan: its name is read again at the next one (a new thread
@@ -251,7 +286,7 @@ struct Reader {
     /// The highest rate the sampler ran at during this window.
     peak_frequency: u32,
     /// (stack, thread name, label) → (signals, CPU nanoseconds).
-    counts: HashMap<(u32, u32, u32), (i64, i64)>,
+    counts: FastMap<(u32, u32, u32), (i64, i64)>,
     start: Mark,
     counters: Counters,
     stacks_full: u64,
@@ -272,17 +307,13 @@ impl Engine {
         *RECORDER_STATUS.lock().unwrap_or_else(|e| e.into_inner()) = rec;
     }
 
-    /// How long the loop may wait for a job before draining: `None` when nothing samples.
+    /// How long the loop may wait for a job before draining or rescanning: `None` when
+    /// nothing samples.
     fn tick_every(&self) -> Option<Duration> {
         let s = self.session.as_ref()?;
-        if !s.readers.is_empty() {
-            return Some(TICK);
-        }
-        Some(
-            s.recorder
-                .as_ref()
-                .map_or(TICK, |r| r.settings.bucket.min(RECORDER_TICK)),
-        )
+        let (drain, rescan) = s.intervals();
+        let next = (s.last_drain + drain).min(s.last_scan + rescan);
+        Some(next.saturating_duration_since(Instant::now()))
     }
 
     /// Starts a session at `frequency` unless one runs.
@@ -307,7 +338,7 @@ impl Engine {
                 Reader {
                     frequency,
                     peak_frequency: frequency,
-                    counts: HashMap::new(),
+                    counts: FastMap::default(),
                     start: Mark::now(),
                     counters: Counters::now(),
                     stacks_full: s.stacks_full,
@@ -391,8 +422,9 @@ impl Engine {
         if let Some(ring) = signal::ring() {
             ring.drain(&mut self.tail, |sample| s.add(sample));
         }
-        s.learn_stacks();
         let now = Instant::now();
+        s.last_drain = now;
+        s.refresh_maps(now);
         let mut stopped = false;
         if let Some(r) = &mut s.recorder {
             if (r.stop_when)() {
@@ -408,16 +440,8 @@ impl Engine {
             self.end_if_idle();
             return;
         }
-        let (rescan, remap) = if s.readers.is_empty() {
-            (RECORDER_RESCAN, RECORDER_REMAP)
-        } else {
-            (RESCAN, REMAP)
-        };
-        if now.duration_since(s.last_remap) >= remap {
-            s.last_remap = now;
-            threads::publish_exec(&threads::read_maps());
-        }
-        if now.duration_since(s.last_scan) >= rescan {
+        let (_, rescan) = s.intervals();
+        if now.duration_since(s.last_scan) + SLACK >= rescan {
             s.last_scan = now;
             s.scan();
         }
@@ -431,7 +455,10 @@ impl Session {
         })?;
         let period_ns = period_of(frequency);
         let generation = signal::begin_rate(period_ns);
-        threads::publish_exec(&threads::read_maps());
+        let mut maps = Maps::default();
+        // Read before the first listing: the first stacks wanted read it again.
+        maps.read();
+        maps.publish_exec();
         let now = Instant::now();
         let mut s = Session {
             frequency,
@@ -440,11 +467,21 @@ impl Session {
             until,
             readers: HashMap::new(),
             recorder: None,
-            threads: HashMap::new(),
+            threads: FastMap::default(),
             slots: Slots::default(),
             jitter: Jitter::new(),
             last_scan: now,
             last_remap: now,
+            last_drain: now,
+            last_maps_read: now,
+            eager_until: now,
+            remap_wanted: false,
+            maps,
+            tasks: Tasks::default(),
+            known_tids: Vec::new(),
+            renames_pending: false,
+            listings: 0,
+            maps_listings: 0,
             stacks: Stacks::default(),
             names: HashMap::new(),
             name_list: Vec::new(),
@@ -534,15 +571,83 @@ impl Session {
         }
     }
 
+    /// How often to drain the ring and how often to list threads.
+    fn intervals(&self) -> (Duration, Duration) {
+        // The recorder's buckets close at a drain.
+        let bucket = self
+            .recorder
+            .as_ref()
+            .map_or(Duration::MAX, |r| r.settings.bucket);
+        let (drain, rescan) = if self.readers.is_empty() {
+            (bucket.min(RECORDER_TICK), RECORDER_RESCAN)
+        } else {
+            (bucket.min(RESCAN), RESCAN)
+        };
+        let drain = if Instant::now() < self.eager_until {
+            drain.min(TICK)
+        } else {
+            drain
+        };
+        (drain.min(ring_quarter(self.frequency).max(TICK)), rescan)
+    }
+
+    /// Reads `/proc/self/maps` when a thread's stack range is wanted or the executable
+    /// mappings are due again, once for both.
+    fn refresh_maps(&mut self, now: Instant) {
+        let since = now.duration_since(self.last_remap);
+        let anyway = if self.readers.is_empty() {
+            RECORDER_REMAP
+        } else {
+            REMAP_ANYWAY
+        };
+        let remap = (self.remap_wanted && since >= REMAP) || since >= anyway;
+        // A thread listed after the last reading may have a stack that reading lacks.
+        let stale = self.to_learn.values().any(|(tid, _)| {
+            self.threads
+                .get(tid)
+                .is_some_and(|t| t.listed > self.maps_listings)
+        });
+        // A stack pointer in no mapping of the reading (a stack mapped since, such as a
+        // coroutine's): read again, once per REMAP at most.
+        let missing = now.duration_since(self.last_maps_read) >= REMAP
+            && self
+                .to_learn
+                .values()
+                .any(|(_, sp)| self.maps.stack_range(*sp).is_none());
+        if remap || stale || missing {
+            self.maps.read();
+            self.maps_listings = self.listings;
+            self.last_maps_read = now;
+        }
+        if remap {
+            self.last_remap = now;
+            self.remap_wanted = false;
+            self.maps.publish_exec();
+        }
+        self.learn_stacks();
+    }
+
     /// Arms timers for new threads and deletes those of exited ones. Returns the last
     /// timer error, if any.
     fn scan(&mut self) -> Option<std::io::Error> {
-        let tids = threads::list_tids();
-        let alive: HashSet<u32> = tids.iter().copied().collect();
+        let mut tasks = std::mem::take(&mut self.tasks);
+        let tids = tasks.list();
+        self.listings += 1;
+        let error = self.scan_tids(tids);
+        self.tasks = tasks;
+        error
+    }
+
+    /// [`Session::scan`] of the sorted thread ids `tids`.
+    fn scan_tids(&mut self, tids: &[u32]) -> Option<std::io::Error> {
+        if !self.renames_pending && tids == self.known_tids.as_slice() {
+            return None;
+        }
+        let alive = |t: u32| tids.binary_search(&t).is_ok();
         let gone: Vec<u32> = self
             .threads
             .keys()
-            .filter(|t| !alive.contains(t))
+            .filter(|t| !alive(**t))
             .copied()
             .collect();
         for tid in gone {
@@ -551,22 +656,25 @@ impl Session {
                 self.slots.give_back(t.slot);
             }
         }
-        self.unsampled.retain(|t| alive.contains(t));
-        let mut renamed = Vec::new();
-        for (tid, t) in &mut self.threads {
-            if t.fresh {
-                t.fresh = false;
-                renamed.push(*tid);
+        self.unsampled.retain(|t| alive(*t));
+        if self.renames_pending {
+            self.renames_pending = false;
+            let mut renamed = Vec::new();
+            for (tid, t) in &mut self.threads {
+                if t.fresh {
+                    t.fresh = false;
+                    renamed.push(*tid);
+                }
             }
-        }
-        for tid in renamed {
-            let name = self.intern_name(threads::thread_name(tid));
-            if let Some(t) = self.threads.get_mut(&tid) {
-                t.name = name;
+            for tid in renamed {
+                let name = self.intern_name(threads::thread_name(tid));
+                if let Some(t) = self.threads.get_mut(&tid) {
+                    t.name = name;
+                }
             }
         }
         let mut error = None;
-        for tid in tids {
+        for &tid in tids {
             if self.threads.contains_key(&tid) {
                 continue;
             }
@@ -593,11 +701,14 @@ impl Session {
                         tid,
                         Tracked {
                             slot,
+                            listed: self.listings,
                             timer,
                             name,
                             fresh: true,
                         },
                     );
+                    self.renames_pending = true;
+                    self.eager_until = Instant::now() + EAGER;
                 }
                 Err(e) => {
                     // Most often the thread exited since the listing.
@@ -605,6 +716,12 @@ impl Session {
                     error = Some(e);
                 }
             }
+        }
+        // A listing whose timers all armed is the one the next scan compares with; after
+        // an error the next scan does everything again (and retries the thread).
+        self.known_tids.clear();
+        if error.is_none() {
+            self.known_tids.extend_from_slice(tids);
         }
         error
     }
@@ -635,8 +752,12 @@ impl Session {
         if h.flags & FLAG_IP_ONLY != 0 {
             self.to_learn.insert(h.thread_slot as usize, (h.tid, h.sp));
         }
-        if sample.frames.is_empty() {
+        let Some(&leaf) = sample.frames.first() else {
             return;
+        };
+        // The leaf is stored as the interrupted address + 1, as return addresses are.
+        if !self.remap_wanted && EXEC.containing(leaf.wrapping_sub(1)).is_none() {
+            self.remap_wanted = true;
         }
         let recorded = self.recorder.as_mut().and_then(|r| r.thin(h.weight));
         if self.readers.is_empty() && recorded.is_none() {
@@ -689,11 +810,10 @@ impl Session {
         if self.to_learn.is_empty() {
             return;
         }
-        let maps = threads::read_maps();
         for (slot, (tid, sp)) in self.to_learn.drain() {
             let tracked = self.threads.get(&tid).is_some_and(|t| t.slot == slot);
             if tracked {
-                if let Some(range) = threads::stack_range(&maps, sp) {
+                if let Some(range) = self.maps.stack_range(sp) {
                     THREADS.set(slot, tid, Some(range));
                 }
             }
@@ -733,6 +853,16 @@ impl Session {
             },
         }
     }
+}
+
+/// How long the timers at `frequency` on every CPU of the machine take to fill a quarter of
+/// the ring (each busy CPU gives at most `frequency` signals per second).
+fn ring_quarter(frequency: u32) -> Duration {
+    static CPUS: OnceLock<u64> = OnceLock::new();
+    let cpus =
+        *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u64));
+    let per_second = u64::from(frequency.max(1)).saturating_mul(cpus);
+    Duration::from_nanos((SLOTS as u64 / 4).saturating_mul(1_000_000_000) / per_second)
 }
 
 /// Nanoseconds of thread CPU time between two expiries at `frequency`.
