@@ -281,6 +281,9 @@ pub(crate) struct Sampler {
     stuck: Vec<bool>,
     asked: Vec<(usize, u32)>,
     foreign_at_start: u64,
+    /// `/proc/self/maps` and `/proc/self/task`, read through the engine's buffers.
+    maps: engine_threads::Maps,
+    tasks: engine_threads::Tasks,
     pub(crate) stats: ThreadStats,
 }
 
@@ -289,7 +292,9 @@ impl Sampler {
     /// free.
     pub(crate) fn new() -> Result<Self, String> {
         let signo = ensure_installed().map_err(|e| e.to_string())?;
-        publish_exec(&engine_threads::read_maps());
+        let mut maps = engine_threads::Maps::default();
+        maps.read();
+        publish_exec(&mut maps);
         Ok(Self {
             signo,
             // SAFETY: getpid/gettid take no arguments.
@@ -300,6 +305,8 @@ impl Sampler {
             stuck: vec![false; MAX_THREADS],
             asked: Vec::new(),
             foreign_at_start: FOREIGN.load(Ordering::Relaxed),
+            maps,
+            tasks: engine_threads::Tasks::default(),
             stats: ThreadStats {
                 signal: signo,
                 ..ThreadStats::default()
@@ -320,7 +327,7 @@ impl Sampler {
         let Some(slots) = SLOTS.get() else {
             return;
         };
-        let tids = engine_threads::list_tids();
+        let tids = self.tasks.list().to_vec();
         self.names.retain(|t, _| tids.contains(t));
         self.ranges.retain(|t, _| tids.contains(t));
         // A new thread blocked in a system call tells its stack pointer in
@@ -331,9 +338,9 @@ impl Sampler {
             .filter_map(|t| Some((*t, blocked_sp(*t)?)))
             .collect();
         if !new.is_empty() {
-            let maps = engine_threads::read_maps();
+            self.maps.read();
             for (tid, sp) in new {
-                if let Some(range) = engine_threads::stack_range(&maps, sp) {
+                if let Some(range) = self.maps.stack_range(sp) {
                     self.ranges.insert(tid, range);
                 }
             }
@@ -454,13 +461,13 @@ impl Sampler {
             });
         }
         if !to_learn.is_empty() {
-            let maps = engine_threads::read_maps();
+            self.maps.read();
             for (tid, sp) in to_learn {
-                if let Some(range) = engine_threads::stack_range(&maps, sp) {
+                if let Some(range) = self.maps.stack_range(sp) {
                     self.ranges.insert(tid, range);
                 }
             }
-            publish_exec(&maps);
+            publish_exec(&mut self.maps);
         }
         self.stats.foreign = FOREIGN
             .load(Ordering::Relaxed)
@@ -524,6 +531,6 @@ fn queue(pid: libc::pid_t, tid: u32, signo: libc::c_int, value: u64) -> io::Resu
 }
 
 /// Publishes the executable mappings of `maps` into this module's table.
-fn publish_exec(maps: &[engine_threads::Mapping]) {
-    engine_threads::publish_exec_into(&EXEC, maps);
+fn publish_exec(maps: &mut engine_threads::Maps) {
+    maps.publish_exec_into(&EXEC);
 }
