@@ -130,5 +130,8 @@ async fn concurrent_profiles_and_scrapes_each_answer_after_their_own_window() {
     let scraped = scrapes.await.unwrap();
     on.store(false, Ordering::Relaxed);
     let threads = churn.join().unwrap();
-    assert!(scraped > 0 && threads > 0, "{scraped} scrapes, {threads} threads");
+    assert!(
+        scraped > 0 && threads > 0,
+        "{scraped} scrapes, {threads} threads"
+    );
 }
