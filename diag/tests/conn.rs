@@ -147,7 +147,14 @@ async fn a_trickling_client_cannot_hold_the_shutdown() {
 /// protocol it spoke, the status and the body.
 fn curl(flag: &str, url: &str) -> (String, String, String) {
     let out = std::process::Command::new("curl")
-        .args(["-sS", "--max-time", "60", flag, "-w", "\n%{http_version} %{http_code}"])
+        .args([
+            "-sS",
+            "--max-time",
+            "60",
+            flag,
+            "-w",
+            "\n%{http_version} %{http_code}",
+        ])
         .arg(url)
         .output()
         .expect("curl runs");
@@ -163,7 +170,10 @@ async fn http_1_1_and_h2c_with_prior_knowledge_are_both_served() {
     let (sidecar, addr) = sidecar(ConnLimits::default()).await;
     let url = format!("http://{addr}/debug/pprof/cmdline");
     let (h1, h2) = tokio::task::spawn_blocking(move || {
-        (curl("--http1.1", &url), curl("--http2-prior-knowledge", &url))
+        (
+            curl("--http1.1", &url),
+            curl("--http2-prior-knowledge", &url),
+        )
     })
     .await
     .unwrap();

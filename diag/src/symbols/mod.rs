@@ -67,7 +67,23 @@ pub(crate) fn resolve_all(ips: impl IntoIterator<Item = usize>) -> HashMap<usize
     if misses.is_empty() {
         return out;
     }
-    let resolved = resolve_uncached(&misses);
+    // Profiles that end together (a scraper's and a person's) wait here for each other's
+    // pass: what the passes before this one resolved is taken from the cache, not again.
+    let _pass = lock(&PASS);
+    {
+        let mut cache = lock(&CACHE);
+        misses.retain(|&ip| match cache.get(ip) {
+            Some(lines) => {
+                out.insert(ip, lines);
+                false
+            }
+            None => true,
+        });
+    }
+    if misses.is_empty() {
+        return out;
+    }
+    let resolved = resolve_locked(&misses);
     let program = loader::program();
     let mut cache = lock(&CACHE);
     for (ip, lines) in misses.into_iter().zip(resolved) {
@@ -123,6 +139,11 @@ pub(crate) fn cached() -> (usize, usize) {
 /// order.
 pub(crate) fn resolve_uncached(ips: &[usize]) -> Vec<Resolved> {
     let _pass = lock(&PASS);
+    resolve_locked(ips)
+}
+
+/// [`resolve_uncached`], the pass lock held.
+fn resolve_locked(ips: &[usize]) -> Vec<Resolved> {
     let program = loader::program();
     let mut out: Vec<Option<Resolved>> = vec![None; ips.len()];
     // (address in the file, index in `ips`) of the program's own code.

@@ -1,18 +1,17 @@
 //! The wall-time sampler: at each tick, every traced future's await stack (a traced dump,
 //! `crate::tasks`), weighted by the time since the previous tick. No HTTP here.
 
+mod symbolize;
+
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::shutdown::Shutdown;
-use crate::symbols::{self, Resolved};
-use crate::tasks::dump::{self, Frame};
 use crate::tasks::registry::{self, Outcome};
 
-use super::idle::idle;
 use super::threads;
+pub(crate) use symbolize::{WallProfile, symbolize};
 
 /// Samples per second unless `hz` says otherwise. Each sample costs the process ~2.4 µs
 /// of CPU per traced future (measured on the demo, whose requests' stacks are deep): at
@@ -159,28 +158,15 @@ pub(crate) fn run(opts: &Options, stop: &AtomicBool) -> Capture {
     let base = Duration::from_secs(1) / opts.hz.max(1);
     let started = Instant::now();
     let end = started + opts.window;
-    let mut names: Vec<Box<str>> = Vec::new();
-    let mut name_ids: HashMap<Box<str>, u32> = HashMap::new();
-    let mut weights: HashMap<(u32, Place), Weight> = HashMap::new();
+    let mut tally = Tally::default();
     let mut stats = Stats {
         started: Some(SystemTime::now()),
         hz: opts.hz,
         lowest_hz: f64::from(opts.hz),
+        threads_asked: opts.threads,
         ..Stats::default()
     };
-    stats.threads_asked = opts.threads;
-    let sampler = if opts.threads {
-        threads::Sampler::new()
-    } else {
-        Err("threads=0".to_owned())
-    };
-    let mut thread_sampler = match sampler {
-        Ok(t) => Some(t),
-        Err(e) => {
-            stats.threads.unavailable = Some(e);
-            None
-        }
-    };
+    let mut thread_sampler = thread_sampler(opts.threads, &mut stats);
     let mut previous: Option<Instant> = None;
     let mut interval = base;
     loop {
@@ -195,84 +181,18 @@ pub(crate) fn run(opts: &Options, stop: &AtomicBool) -> Capture {
         // This tick stands for the time since the previous one.
         let weight = previous.map_or(interval, |p| tick.duration_since(p));
         previous = Some(tick);
+        let nanos = i64::try_from(weight.as_nanos()).unwrap_or(i64::MAX);
         // The threads' signals first: their handlers run while the tasks report.
         if let Some(t) = thread_sampler.as_mut() {
             t.ask();
         }
-        let open = registry::open(opts.except);
-        let tasks = open.expected.len();
-        interval = stretched(base, tasks);
-        if !open.complete() {
-            registry::Open::wait_blocking(
-                open.generation(),
-                (interval * 3 / 4).min(MAX_REPORT_WAIT),
-            );
-        }
-        let (expected, reports) = open.close();
-        let took = tick.elapsed();
-        stats.ticks += 1;
-        stats.sampling += took;
-        stats.slowest_tick = stats.slowest_tick.max(took);
-        stats.most_tasks = stats.most_tasks.max(tasks);
-        if interval > base {
-            stats.lowered_ticks += 1;
-            stats.lowest_hz = stats.lowest_hz.min(1.0 / interval.as_secs_f64());
-        }
-        let nanos = i64::try_from(weight.as_nanos()).unwrap_or(i64::MAX);
-        let mut add = |name: &str, place: Place| {
-            let id = match name_ids.get(name) {
-                Some(id) => *id,
-                None => {
-                    let id = names.len() as u32;
-                    names.push(name.into());
-                    name_ids.insert(name.into(), id);
-                    id
-                }
-            };
-            let w = weights.entry((id, place)).or_default();
-            w.count += 1;
-            w.nanos = w.nanos.saturating_add(nanos);
-        };
-        let mut reported = std::collections::HashSet::with_capacity(reports.len());
-        for r in reports {
-            reported.insert(r.entry.id);
-            if r.outcome != Outcome::Waiting {
-                // Completed or dropped during the tick: no longer waiting anywhere.
-                continue;
-            }
-            // A future awaiting several leaves at once (`join!`, `select!`) is counted
-            // once, at its deepest stack, as the goroutine profile counts it.
-            let place = match r.stacks.into_iter().max_by_key(Vec::len) {
-                Some(s) => Place::Awaiting(s, r.label),
-                None => Place::NoLeaf,
-            };
-            add(&r.entry.name, place);
-        }
-        for e in expected.iter().filter(|e| !reported.contains(&e.id)) {
-            let place = if e.poll_started.load(Ordering::Relaxed) != 0 {
-                Place::InPoll
-            } else {
-                Place::Queued
-            };
-            add(&e.name, place);
-        }
-        drop(expected);
+        interval = sample_tasks(opts, base, tick, &mut stats, &mut tally, nanos);
         if let Some(t) = thread_sampler.as_mut() {
             for s in t.collect() {
-                add(&s.name, Place::Thread(s.frames, s.label));
+                tally.add(&s.name, Place::Thread(s.frames, s.label), nanos);
             }
         }
-        let next = tick + interval;
-        let now = Instant::now();
-        if next > now {
-            let until = next.min(end);
-            // Sleep in short steps so a departed client or shutdown ends the profile soon.
-            let mut now = now;
-            while now < until && !stop.load(Ordering::Relaxed) && !opts.shutdown.is_triggered() {
-                std::thread::sleep((until - now).min(Duration::from_millis(50)));
-                now = Instant::now();
-            }
-        }
+        pause(tick + interval, end, opts, stop);
     }
     if let Some(t) = thread_sampler {
         stats.threads = t.stats;
@@ -280,9 +200,116 @@ pub(crate) fn run(opts: &Options, stop: &AtomicBool) -> Capture {
     stats.duration = started.elapsed();
     stats.untraced = registry::untraced();
     Capture {
-        names,
-        weights,
+        names: tally.names,
+        weights: tally.weights,
         stats,
+    }
+}
+
+/// The thread sampler when threads are to be sampled and a signal is free; otherwise
+/// why not, in `stats`.
+fn thread_sampler(wanted: bool, stats: &mut Stats) -> Option<threads::Sampler> {
+    let sampler = if wanted {
+        threads::Sampler::new()
+    } else {
+        Err("threads=0".to_owned())
+    };
+    match sampler {
+        Ok(t) => Some(t),
+        Err(e) => {
+            stats.threads.unavailable = Some(e);
+            None
+        }
+    }
+}
+
+/// The window's counts so far: each (task or thread name, place) weighed.
+#[derive(Default)]
+struct Tally {
+    names: Vec<Box<str>>,
+    name_ids: HashMap<Box<str>, u32>,
+    weights: HashMap<(u32, Place), Weight>,
+}
+
+impl Tally {
+    /// Counts one sample of `name` at `place`, standing for `nanos` nanoseconds.
+    fn add(&mut self, name: &str, place: Place, nanos: i64) {
+        let id = match self.name_ids.get(name) {
+            Some(id) => *id,
+            None => {
+                let id = self.names.len() as u32;
+                self.names.push(name.into());
+                self.name_ids.insert(name.into(), id);
+                id
+            }
+        };
+        let w = self.weights.entry((id, place)).or_default();
+        w.count += 1;
+        w.nanos = w.nanos.saturating_add(nanos);
+    }
+}
+
+/// The task samples of the tick that began at `tick`: every traced future's report
+/// (waiting a little for them), the silent ones counted as inside a poll or queued.
+/// Returns the interval to the next tick (stretched for many futures).
+fn sample_tasks(
+    opts: &Options,
+    base: Duration,
+    tick: Instant,
+    stats: &mut Stats,
+    tally: &mut Tally,
+    nanos: i64,
+) -> Duration {
+    let open = registry::open(opts.except);
+    let tasks = open.expected.len();
+    let interval = stretched(base, tasks);
+    if !open.complete() {
+        registry::Open::wait_blocking(open.generation(), (interval * 3 / 4).min(MAX_REPORT_WAIT));
+    }
+    let (expected, reports) = open.close();
+    let took = tick.elapsed();
+    stats.ticks += 1;
+    stats.sampling += took;
+    stats.slowest_tick = stats.slowest_tick.max(took);
+    stats.most_tasks = stats.most_tasks.max(tasks);
+    if interval > base {
+        stats.lowered_ticks += 1;
+        stats.lowest_hz = stats.lowest_hz.min(1.0 / interval.as_secs_f64());
+    }
+    let mut reported = std::collections::HashSet::with_capacity(reports.len());
+    for r in reports {
+        reported.insert(r.entry.id);
+        if r.outcome != Outcome::Waiting {
+            // Completed or dropped during the tick: no longer waiting anywhere.
+            continue;
+        }
+        // A future awaiting several leaves at once (`join!`, `select!`) is counted
+        // once, at its deepest stack, as the goroutine profile counts it.
+        let place = match r.stacks.into_iter().max_by_key(Vec::len) {
+            Some(s) => Place::Awaiting(s, r.label),
+            None => Place::NoLeaf,
+        };
+        tally.add(&r.entry.name, place, nanos);
+    }
+    for e in expected.iter().filter(|e| !reported.contains(&e.id)) {
+        let place = if e.poll_started.load(Ordering::Relaxed) != 0 {
+            Place::InPoll
+        } else {
+            Place::Queued
+        };
+        tally.add(&e.name, place, nanos);
+    }
+    interval
+}
+
+/// Sleeps until `next` (or the window's `end`), in short steps so that a departed client
+/// or shutdown ends the profile soon.
+fn pause(next: Instant, end: Instant, opts: &Options, stop: &AtomicBool) {
+    let until = next.min(end);
+    let mut now = Instant::now();
+    while now < until && !stop.load(Ordering::Relaxed) && !opts.shutdown.is_triggered() {
+        std::thread::sleep((until - now).min(Duration::from_millis(50)));
+        now = Instant::now();
     }
 }
 
@@ -294,103 +321,6 @@ pub(crate) fn stretched(base: Duration, tasks: usize) -> Duration {
     } else {
         base.mul_f64(tasks as f64 / FULL_RATE_TASKS as f64)
     }
-}
-
-/// One symbolized stack of the profile: the task's name, its frames leaf first (or a
-/// pseudo-frame), and its weight.
-#[derive(Debug)]
-pub(crate) struct WallStack {
-    /// The task's name, or the thread's for a thread's stack.
-    pub(crate) task: Arc<str>,
-    /// Whether this is a thread's stack (`task` is then the thread's name).
-    pub(crate) thread: bool,
-    /// The label-set id (`diag::labels`) the task or thread ran under, 0 for none.
-    pub(crate) label: u32,
-    pub(crate) frames: Vec<Frame>,
-    pub(crate) weight: Weight,
-}
-
-/// A symbolized wall-time profile.
-#[derive(Debug)]
-pub(crate) struct WallProfile {
-    pub(crate) stacks: Vec<WallStack>,
-    pub(crate) stats: Stats,
-}
-
-/// Resolves the addresses (diag's symbolizer; slow, call it on a blocking thread), trims
-/// the dump machinery off each stack and merges the stacks that trim to the same frames.
-pub(crate) fn symbolize(capture: Capture) -> WallProfile {
-    let resolved: HashMap<usize, Resolved> =
-        symbols::resolve_all(capture.weights.keys().flat_map(|(_, p)| match p {
-            Place::Awaiting(s, _) | Place::Thread(s, _) => s.clone(),
-            _ => Vec::new(),
-        }));
-    let names: Vec<Arc<str>> = capture.names.iter().map(|n| Arc::from(&**n)).collect();
-    let mut stats = capture.stats;
-    let mut merged: HashMap<(u32, Vec<u64>, bool, u32), WallStack> = HashMap::new();
-    for ((name, place), w) in capture.weights {
-        let thread = matches!(place, Place::Thread(..));
-        let label = match &place {
-            Place::Thread(_, label) | Place::Awaiting(_, label) => *label,
-            _ => 0,
-        };
-        let frames = match &place {
-            Place::Thread(s, _) => s
-                .iter()
-                .map(|ip| Frame {
-                    ip: *ip as u64,
-                    lines: resolved.get(ip).cloned().unwrap_or_default(),
-                })
-                .collect(),
-            Place::Awaiting(s, _) => dump::trim(
-                s.iter()
-                    .map(|ip| Frame {
-                        ip: *ip as u64,
-                        lines: resolved.get(ip).cloned().unwrap_or_default(),
-                    })
-                    .collect(),
-            ),
-            other => match pseudo_frame(other) {
-                Some((ip, function)) => vec![Frame {
-                    ip,
-                    lines: Arc::from(vec![crate::proto::Line {
-                        function: function.to_owned(),
-                        file: String::new(),
-                        line: 0,
-                    }]),
-                }],
-                None => Vec::new(),
-            },
-        };
-        if thread
-            && idle(
-                frames
-                    .iter()
-                    .flat_map(|f| f.lines.iter().map(|l| l.function.as_str())),
-            )
-        {
-            stats.idle_thread_samples += w.count;
-            stats.idle_thread_nanos = stats.idle_thread_nanos.saturating_add(w.nanos);
-            continue;
-        }
-        let key = (name, frames.iter().map(|f| f.ip).collect(), thread, label);
-        let task = names
-            .get(name as usize)
-            .cloned()
-            .unwrap_or_else(|| "?".into());
-        let s = merged.entry(key).or_insert_with(|| WallStack {
-            task,
-            thread,
-            label,
-            frames,
-            weight: Weight::default(),
-        });
-        s.weight.count += w.count;
-        s.weight.nanos = s.weight.nanos.saturating_add(w.nanos);
-    }
-    let mut stacks: Vec<WallStack> = merged.into_values().collect();
-    stacks.sort_by_key(|s| std::cmp::Reverse(s.weight.nanos));
-    WallProfile { stacks, stats }
 }
 
 #[cfg(test)]

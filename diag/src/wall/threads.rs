@@ -4,7 +4,7 @@
 //! At each tick the `diag-wall` thread lists the process's threads and queues each one a
 //! real-time signal (`rt_tgsigqueueinfo`, diag's marker in its value); the handler, on
 //! the target thread, walks its stack with the CPU engine's frame-pointer walk
-//! ([`unwind::walk`]) into that thread's preallocated slot, every field an atomic. One
+//! (`unwind::walk`) into that thread's preallocated slot, every field an atomic. One
 //! sender for all threads, rather than a timer per thread: the sender already ticks, it
 //! knows which threads exist (no timers to create and delete as threads come and go), and
 //! all samples of a tick stand for the same instant as the task samples.
@@ -24,17 +24,17 @@
 //! `futex` wait with a timeout or read with a timeout return `EINTR` despite
 //! `SA_RESTART`, and wakes a parked worker (docs/performance.md, "Wall-time profiles").
 
+mod signal;
+
 use std::collections::HashMap;
 use std::io;
-use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::cpu::engine::signal::regs_of;
-use crate::cpu::engine::threads::{self as engine_threads, ExecTable};
-use crate::cpu::engine::unwind;
+use crate::cpu::engine::threads as engine_threads;
 
 use super::sampler::{ThreadSample, ThreadStats};
+use signal::{EXEC, FOREIGN, GENERATION, QueueInfo, SLOTS, Slot, ensure_installed};
 
 /// Threads sampled at one tick at most (the rest are counted as not sampled).
 const MAX_THREADS: usize = super::sampler::MAX_THREADS_SAMPLED;
@@ -53,222 +53,6 @@ const ASKED: u32 = 1;
 const WRITING: u32 = 2;
 const DONE: u32 = 3;
 
-/// One thread's sample, written by the handler on that thread.
-struct Slot {
-    state: AtomicU32,
-    tid: AtomicU32,
-    /// The stack range the walk may read, `[lo, hi)` (0, 0: not known yet).
-    lo: AtomicUsize,
-    hi: AtomicUsize,
-    /// The interrupted stack pointer (to learn the range when it was not known).
-    sp: AtomicUsize,
-    /// The engine's label-set id the thread ran under.
-    label: AtomicU32,
-    depth: AtomicUsize,
-    frames: [AtomicUsize; DEPTH],
-}
-
-impl Slot {
-    fn new() -> Self {
-        Self {
-            state: AtomicU32::new(IDLE),
-            tid: AtomicU32::new(0),
-            lo: AtomicUsize::new(0),
-            hi: AtomicUsize::new(0),
-            sp: AtomicUsize::new(0),
-            label: AtomicU32::new(0),
-            depth: AtomicUsize::new(0),
-            frames: [const { AtomicUsize::new(0) }; DEPTH],
-        }
-    }
-}
-
-/// The slots, allocated before the handler is first installed (the handler reads them
-/// with one atomic load).
-static SLOTS: OnceLock<Box<[Slot]>> = OnceLock::new();
-/// The current tick's generation (low 16 bits in each signal's value): a signal still
-/// pending from an earlier tick is not counted.
-static GENERATION: AtomicU32 = AtomicU32::new(0);
-/// The signal diag's handler is installed on (0: none yet).
-static SIGNO: AtomicI32 = AtomicI32::new(0);
-/// Executable mappings, for the walk's frameless-leaf search; written only by the one
-/// wall profile that runs at a time (the dump guard), so it has a single writer.
-static EXEC: ExecTable = ExecTable::new();
-/// Signals on diag's signal that were not diag's.
-static FOREIGN: AtomicU64 = AtomicU64::new(0);
-
-/// The action before diag's on its signal, for foreign signals: written once, before the
-/// handler is installed.
-static PREVIOUS: OnceLock<libc::sigaction> = OnceLock::new();
-static INSTALL: Mutex<()> = Mutex::new(());
-
-/// The start of a queued signal's `siginfo_t` on 64-bit Linux (`_rt`: pid, uid, value).
-#[repr(C)]
-struct QueueInfo {
-    signo: libc::c_int,
-    errno: libc::c_int,
-    code: libc::c_int,
-    _pad: libc::c_int,
-    pid: libc::pid_t,
-    uid: libc::uid_t,
-    value: u64,
-}
-
-fn handler_address() -> libc::sighandler_t {
-    on_signal as *const () as libc::sighandler_t
-}
-
-/// The signal diag samples threads with, installing the handler on the first call (or
-/// again on another free signal if someone replaced it).
-fn ensure_installed() -> io::Result<libc::c_int> {
-    let _one = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
-    SLOTS.get_or_init(|| (0..MAX_THREADS).map(|_| Slot::new()).collect());
-    let current = SIGNO.load(Ordering::Acquire);
-    if current != 0 {
-        // SAFETY: all-zero sigaction structs are valid; sigaction fills `now`.
-        let mut now: libc::sigaction = unsafe { std::mem::zeroed() };
-        // SAFETY: a valid signal number and pointer.
-        if unsafe { libc::sigaction(current, std::ptr::null(), &mut now) } == 0
-            && now.sa_sigaction == handler_address()
-        {
-            return Ok(current);
-        }
-    }
-    let (lo, hi) = (libc::SIGRTMIN() + 1, libc::SIGRTMAX());
-    for sig in (lo..=hi).rev() {
-        // SAFETY: as above.
-        let mut now: libc::sigaction = unsafe { std::mem::zeroed() };
-        // SAFETY: a valid signal number and pointer.
-        if unsafe { libc::sigaction(sig, std::ptr::null(), &mut now) } != 0 {
-            continue;
-        }
-        if now.sa_sigaction != libc::SIG_DFL {
-            continue; // someone's: not ours to take
-        }
-        let _ = PREVIOUS.set(now);
-        // SAFETY: as above; the handler is an `extern "C"` function of the SA_SIGINFO shape.
-        let mut ours: libc::sigaction = unsafe { std::mem::zeroed() };
-        ours.sa_sigaction = handler_address();
-        ours.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART | libc::SA_ONSTACK;
-        // SAFETY: valid pointers; the mask is emptied before use.
-        // SIGPROF is held off while this handler runs: the CPU engine's handler must not
-        // nest into it on the small alternate signal stack.
-        let rc = unsafe {
-            libc::sigemptyset(&mut ours.sa_mask);
-            libc::sigaddset(&mut ours.sa_mask, libc::SIGPROF);
-            libc::sigaction(sig, &ours, std::ptr::null_mut())
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        SIGNO.store(sig, Ordering::Release);
-        return Ok(sig);
-    }
-    Err(io::Error::other(
-        "every real-time signal has a handler: none is free to sample threads with",
-    ))
-}
-
-/// Passes a foreign signal to the previous action when it was a handler.
-unsafe fn forward(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
-    FOREIGN.fetch_add(1, Ordering::Relaxed);
-    let Some(prev) = PREVIOUS.get() else {
-        return;
-    };
-    // SAFETY: called from this handler with what the kernel passed it.
-    unsafe { crate::cpu::engine::signal::call_action(prev, sig, info, ctx) };
-}
-
-extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
-    // SAFETY: errno is this thread's; saved and restored around everything below.
-    let errno = unsafe { *libc::__errno_location() };
-    // SAFETY: the kernel passes a valid siginfo and ucontext to an SA_SIGINFO handler.
-    unsafe { handle(sig, info, ctx) };
-    // SAFETY: as above.
-    unsafe { *libc::__errno_location() = errno };
-}
-
-/// The handler's work: only atomics, `getpid`/`gettid` and the engine's bounded walk.
-unsafe fn handle(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
-    if info.is_null() || ctx.is_null() {
-        return;
-    }
-    // SAFETY: a siginfo_t is at least as large as `QueueInfo`'s prefix.
-    let qi = unsafe { &*(info as *const QueueInfo) };
-    // SAFETY: getpid takes no arguments and is async-signal-safe.
-    if qi.code != SI_QUEUE || qi.value >> 48 != MARKER || qi.pid != unsafe { libc::getpid() } {
-        // SAFETY: forwarded as received.
-        unsafe { forward(sig, info, ctx) };
-        return;
-    }
-    if (qi.value >> 32) as u32 & 0xffff != GENERATION.load(Ordering::Acquire) & 0xffff {
-        return; // an earlier tick's
-    }
-    // Interrupting another handler on the alternate signal stack (the CPU engine's):
-    // no walk there, whose frames could overflow that small stack. The sample is missed.
-    // SAFETY: `ctx` is this thread's interrupted ucontext.
-    let interrupted_sp = unsafe { regs_of(ctx) }.sp;
-    // SAFETY: an all-zero stack_t is valid; sigaltstack only reads into `alt`.
-    let mut alt: libc::stack_t = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    if unsafe { libc::sigaltstack(std::ptr::null(), &mut alt) } != 0 {
-        return;
-    }
-    let alt_lo = alt.ss_sp as usize;
-    if alt.ss_flags & libc::SS_DISABLE == 0
-        && interrupted_sp >= alt_lo
-        && interrupted_sp < alt_lo.saturating_add(alt.ss_size)
-    {
-        return;
-    }
-    let Some(slot) = SLOTS
-        .get()
-        .and_then(|s| s.get((qi.value & 0xffff_ffff) as usize))
-    else {
-        return;
-    };
-    if slot
-        .state
-        .compare_exchange(ASKED, WRITING, Ordering::Acquire, Ordering::Relaxed)
-        .is_err()
-    {
-        return; // given up on by the sender
-    }
-    // SAFETY: gettid takes no arguments and is async-signal-safe.
-    let tid = unsafe { libc::syscall(libc::SYS_gettid) } as u32;
-    if tid != slot.tid.load(Ordering::Relaxed) {
-        slot.depth.store(0, Ordering::Relaxed);
-        slot.state.store(DONE, Ordering::Release);
-        return;
-    }
-    // SAFETY: `ctx` is this thread's interrupted ucontext.
-    let regs = unsafe { regs_of(ctx) };
-    let (lo, hi) = (
-        slot.lo.load(Ordering::Relaxed),
-        slot.hi.load(Ordering::Relaxed),
-    );
-    slot.sp.store(regs.sp, Ordering::Relaxed);
-    slot.label
-        .store(crate::cpu::engine::label_id(), Ordering::Relaxed);
-    let depth = if lo < hi && regs.sp >= lo && regs.sp < hi {
-        // SAFETY: `[lo, hi)` is this thread's stack mapping (learned from
-        // /proc/self/maps for this thread id) and holds the stack pointer; `EXEC` holds
-        // executable mappings.
-        unsafe {
-            unwind::walk(regs, lo, hi, &EXEC, DEPTH, |i, a| {
-                if let Some(f) = slot.frames.get(i) {
-                    f.store(a, Ordering::Relaxed);
-                }
-            })
-        }
-    } else {
-        slot.frames[0].store(regs.ip.wrapping_add(1), Ordering::Relaxed);
-        1
-    };
-    slot.depth.store(depth, Ordering::Relaxed);
-    slot.state.store(DONE, Ordering::Release);
-}
-
 /// The sender: the threads known, their names and stack ranges.
 pub(crate) struct Sampler {
     signo: libc::c_int,
@@ -281,6 +65,9 @@ pub(crate) struct Sampler {
     stuck: Vec<bool>,
     asked: Vec<(usize, u32)>,
     foreign_at_start: u64,
+    /// `/proc/self/maps` and `/proc/self/task`, read through the engine's buffers.
+    maps: engine_threads::Maps,
+    tasks: engine_threads::Tasks,
     pub(crate) stats: ThreadStats,
 }
 
@@ -289,7 +76,9 @@ impl Sampler {
     /// free.
     pub(crate) fn new() -> Result<Self, String> {
         let signo = ensure_installed().map_err(|e| e.to_string())?;
-        publish_exec(&engine_threads::read_maps());
+        let mut maps = engine_threads::Maps::default();
+        maps.read();
+        publish_exec(&mut maps);
         Ok(Self {
             signo,
             // SAFETY: getpid/gettid take no arguments.
@@ -300,6 +89,8 @@ impl Sampler {
             stuck: vec![false; MAX_THREADS],
             asked: Vec::new(),
             foreign_at_start: FOREIGN.load(Ordering::Relaxed),
+            maps,
+            tasks: engine_threads::Tasks::default(),
             stats: ThreadStats {
                 signal: signo,
                 ..ThreadStats::default()
@@ -320,7 +111,7 @@ impl Sampler {
         let Some(slots) = SLOTS.get() else {
             return;
         };
-        let tids = engine_threads::list_tids();
+        let tids = self.tasks.list().to_vec();
         self.names.retain(|t, _| tids.contains(t));
         self.ranges.retain(|t, _| tids.contains(t));
         // A new thread blocked in a system call tells its stack pointer in
@@ -331,9 +122,9 @@ impl Sampler {
             .filter_map(|t| Some((*t, blocked_sp(*t)?)))
             .collect();
         if !new.is_empty() {
-            let maps = engine_threads::read_maps();
+            self.maps.read();
             for (tid, sp) in new {
-                if let Some(range) = engine_threads::stack_range(&maps, sp) {
+                if let Some(range) = self.maps.stack_range(sp) {
                     self.ranges.insert(tid, range);
                 }
             }
@@ -391,16 +182,7 @@ impl Sampler {
         let Some(slots) = SLOTS.get() else {
             return out;
         };
-        let deadline = Instant::now() + MAX_HANDLER_WAIT;
-        while Instant::now() < deadline
-            && self.asked.iter().any(|(i, _)| {
-                slots
-                    .get(*i)
-                    .is_some_and(|s| s.state.load(Ordering::Acquire) != DONE)
-            })
-        {
-            std::thread::sleep(Duration::from_micros(200));
-        }
+        self.wait_for_handlers(slots);
         let mut to_learn = Vec::new();
         for &(i, tid) in &self.asked {
             let Some(s) = slots.get(i) else { continue };
@@ -453,20 +235,42 @@ impl Sampler {
                 label: s.label.load(Ordering::Relaxed),
             });
         }
-        if !to_learn.is_empty() {
-            let maps = engine_threads::read_maps();
-            for (tid, sp) in to_learn {
-                if let Some(range) = engine_threads::stack_range(&maps, sp) {
-                    self.ranges.insert(tid, range);
-                }
-            }
-            publish_exec(&maps);
-        }
+        self.learn_stacks(to_learn);
         self.stats.foreign = FOREIGN
             .load(Ordering::Relaxed)
             .saturating_sub(self.foreign_at_start);
         self.stats.busy += began.elapsed();
         out
+    }
+
+    /// Waits up to [`MAX_HANDLER_WAIT`] for every handler asked at this tick to be done.
+    fn wait_for_handlers(&self, slots: &[Slot]) {
+        let deadline = Instant::now() + MAX_HANDLER_WAIT;
+        while Instant::now() < deadline
+            && self.asked.iter().any(|(i, _)| {
+                slots
+                    .get(*i)
+                    .is_some_and(|s| s.state.load(Ordering::Acquire) != DONE)
+            })
+        {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    /// Learns the stack ranges of threads (id, stack pointer) whose samples lacked one,
+    /// from one reading of `/proc/self/maps` (which also refreshes the executable
+    /// mappings).
+    fn learn_stacks(&mut self, to_learn: Vec<(u32, usize)>) {
+        if to_learn.is_empty() {
+            return;
+        }
+        self.maps.read();
+        for (tid, sp) in to_learn {
+            if let Some(range) = self.maps.stack_range(sp) {
+                self.ranges.insert(tid, range);
+            }
+        }
+        publish_exec(&mut self.maps);
     }
 }
 
@@ -524,6 +328,6 @@ fn queue(pid: libc::pid_t, tid: u32, signo: libc::c_int, value: u64) -> io::Resu
 }
 
 /// Publishes the executable mappings of `maps` into this module's table.
-fn publish_exec(maps: &[engine_threads::Mapping]) {
-    engine_threads::publish_exec_into(&EXEC, maps);
+fn publish_exec(maps: &mut engine_threads::Maps) {
+    maps.publish_exec_into(&EXEC);
 }

@@ -11,7 +11,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Instant, SystemTime};
 
 use super::signal::Counters;
-use super::stacks::Stacks;
+use super::stacks::{FastMap, Stacks};
 use super::timer::Jitter;
 use super::{
     Losses, Mark, Recorded, RecorderSettings as Settings, RecorderStatus as Status, Refusal,
@@ -49,7 +49,7 @@ pub(crate) struct Recorder {
     start: Mark,
     counters: Counters,
     stacks_full: u64,
-    counts: HashMap<(u32, u32, u32), (u32, u64)>,
+    counts: FastMap<(u32, u32, u32), (u32, u64)>,
     rng: Jitter,
 }
 
@@ -72,7 +72,7 @@ impl Recorder {
             start: Mark::now(),
             counters: Counters::now(),
             stacks_full: 0,
-            counts: HashMap::new(),
+            counts: FastMap::default(),
             rng: Jitter::new(),
         }
     }

@@ -13,6 +13,7 @@ use std::sync::{Mutex, OnceLock};
 
 use super::ring::{FLAG_IP_ONLY, Header, MAX_DEPTH, Ring};
 use super::threads::{EXEC, THREADS};
+pub(crate) use super::unwind::regs_of;
 use super::unwind::{self, Regs};
 
 /// The top 16 bits of the `si_value` of diag's timers.
@@ -339,32 +340,6 @@ unsafe fn sample(slot: usize, weight: u64, regs: Regs) {
         },
         depth,
     );
-}
-
-/// The registers a walk needs, from the interrupted context.
-#[cfg(target_arch = "x86_64")]
-pub(crate) unsafe fn regs_of(ctx: *mut libc::c_void) -> Regs {
-    // SAFETY: the kernel's ucontext for this signal.
-    let g = unsafe { &(*(ctx as *const libc::ucontext_t)).uc_mcontext.gregs };
-    Regs {
-        ip: g[libc::REG_RIP as usize] as usize,
-        fp: g[libc::REG_RBP as usize] as usize,
-        sp: g[libc::REG_RSP as usize] as usize,
-        lr: 0,
-    }
-}
-
-/// The registers a walk needs, from the interrupted context.
-#[cfg(target_arch = "aarch64")]
-pub(crate) unsafe fn regs_of(ctx: *mut libc::c_void) -> Regs {
-    // SAFETY: the kernel's ucontext for this signal.
-    let m = unsafe { &(*(ctx as *const libc::ucontext_t)).uc_mcontext };
-    Regs {
-        ip: m.pc as usize,
-        fp: m.regs[29] as usize,
-        sp: m.sp as usize,
-        lr: m.regs[30] as usize,
-    }
 }
 
 /// Sends this thread a `SIGPROF` that looks like an expiry of its diag timer in thread

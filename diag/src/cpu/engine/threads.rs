@@ -7,8 +7,12 @@
 //! Learning the facts (reading `/proc/self/maps`, listing `/proc/self/task`) allocates and
 //! calls the system, so it happens here, outside the handler, never inside it.
 
+mod procfs;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+
+pub(crate) use procfs::{Maps, Tasks};
 
 /// Threads sampled at once at most; threads beyond it are not sampled (and counted).
 pub(crate) const MAX_THREADS: usize = 1024;
@@ -159,83 +163,6 @@ impl ExecTable {
     }
 }
 
-/// One line of `/proc/self/maps`.
-#[derive(Debug, Clone)]
-pub(crate) struct Mapping {
-    pub(crate) lo: usize,
-    pub(crate) hi: usize,
-    pub(crate) perms: [u8; 4],
-    pub(crate) path: String,
-}
-
-/// Parses `/proc/self/maps` (empty if unreadable).
-pub(crate) fn read_maps() -> Vec<Mapping> {
-    let text = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
-    text.lines().filter_map(parse_maps_line).collect()
-}
-
-fn parse_maps_line(line: &str) -> Option<Mapping> {
-    let mut fields = line.split_ascii_whitespace();
-    let (lo, hi) = fields.next()?.split_once('-')?;
-    let perms = fields.next()?.as_bytes();
-    let mut p = [b'-'; 4];
-    for (d, s) in p.iter_mut().zip(perms) {
-        *d = *s;
-    }
-    // offset, device, inode, then the path (which may hold spaces).
-    let path = fields.nth(3).map(|first| {
-        let start = line.find(first).unwrap_or(line.len());
-        line[start..].to_owned()
-    });
-    Some(Mapping {
-        lo: usize::from_str_radix(lo, 16).ok()?,
-        hi: usize::from_str_radix(hi, 16).ok()?,
-        perms: p,
-        path: path.unwrap_or_default(),
-    })
-}
-
-/// Publishes the executable mappings of `maps` into [`EXEC`].
-pub(crate) fn publish_exec(maps: &[Mapping]) {
-    publish_exec_into(&EXEC, maps);
-}
-
-/// Publishes the executable mappings of `maps` into `table` (the engine's [`EXEC`], or a
-/// table of another sampler's own).
-pub(crate) fn publish_exec_into(table: &ExecTable, maps: &[Mapping]) {
-    let exe = std::fs::read_link("/proc/self/exe")
-        .ok()
-        .and_then(|p| p.to_str().map(str::to_owned));
-    let mut ranges: Vec<(usize, usize)> = maps
-        .iter()
-        .filter(|m| m.perms[0] == b'r' && m.perms[2] == b'x')
-        .map(|m| (m.lo, m.hi))
-        .collect();
-    ranges.sort_unstable();
-    let main = maps
-        .iter()
-        .find(|m| m.perms[2] == b'x' && Some(&m.path) == exe.as_ref())
-        .map_or((0, 0), |m| (m.lo, m.hi));
-    table.publish(&ranges, main);
-}
-
-/// The readable, writable mapping holding `sp`: the stack range of a thread whose stack
-/// pointer is `sp` (the whole mapping is readable, so every read within it is safe).
-pub(crate) fn stack_range(maps: &[Mapping], sp: usize) -> Option<(usize, usize)> {
-    maps.iter()
-        .find(|m| m.lo <= sp && sp < m.hi && m.perms[0] == b'r' && m.perms[1] == b'w')
-        .map(|m| (m.lo, m.hi))
-}
-
-/// The ids of the process's threads now.
-pub(crate) fn list_tids() -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect()
-}
-
 /// A thread's name (`comm`), or `thread TID` when it cannot be read.
 pub(crate) fn thread_name(tid: u32) -> String {
     std::fs::read_to_string(format!("/proc/self/task/{tid}/comm"))
@@ -282,29 +209,5 @@ impl ExecTable {
     /// A table that knows no mapping.
     pub(crate) fn empty_for_tests() -> Self {
         Self::new()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn maps_lines_parse_with_paths_that_hold_spaces() {
-        let m = parse_maps_line("7f00a000-7f00b000 r-xp 00001000 08:01 1234    /opt/my app/lib.so")
-            .expect("parses");
-        assert_eq!((m.lo, m.hi), (0x7f00a000, 0x7f00b000));
-        assert_eq!(&m.perms, b"r-xp");
-        assert_eq!(m.path, "/opt/my app/lib.so");
-        let anon = parse_maps_line("7f00a000-7f00b000 rw-p 00000000 00:00 0").expect("anon");
-        assert_eq!(anon.path, "");
-    }
-
-    #[test]
-    fn this_threads_stack_pointer_lies_in_a_readable_writable_mapping() {
-        let local = 0u64;
-        let sp = std::ptr::addr_of!(local) as usize;
-        let (lo, hi) = stack_range(&read_maps(), sp).expect("a mapping holds the stack");
-        assert!(lo <= sp && sp < hi);
     }
 }

@@ -26,6 +26,32 @@ pub(crate) struct Regs {
     pub(crate) lr: usize,
 }
 
+/// The registers a walk needs, from the interrupted context.
+#[cfg(target_arch = "x86_64")]
+pub(crate) unsafe fn regs_of(ctx: *mut libc::c_void) -> Regs {
+    // SAFETY: the kernel's ucontext for this signal.
+    let g = unsafe { &(*(ctx as *const libc::ucontext_t)).uc_mcontext.gregs };
+    Regs {
+        ip: g[libc::REG_RIP as usize] as usize,
+        fp: g[libc::REG_RBP as usize] as usize,
+        sp: g[libc::REG_RSP as usize] as usize,
+        lr: 0,
+    }
+}
+
+/// The registers a walk needs, from the interrupted context.
+#[cfg(target_arch = "aarch64")]
+pub(crate) unsafe fn regs_of(ctx: *mut libc::c_void) -> Regs {
+    // SAFETY: the kernel's ucontext for this signal.
+    let m = unsafe { &(*(ctx as *const libc::ucontext_t)).uc_mcontext };
+    Regs {
+        ip: m.pc as usize,
+        fp: m.regs[29] as usize,
+        sp: m.sp as usize,
+        lr: m.regs[30] as usize,
+    }
+}
+
 /// Reads a word of the stack. The caller has checked that `[addr, addr + 8)` lies within
 /// the thread's stack range.
 #[inline(always)]
