@@ -98,6 +98,9 @@ if [ $lint = 1 ]; then
   step "diag with criterion only" cargo clippy -p diag --no-default-features --features criterion -- -D warnings
 fi
 step "deployment files" python3 scripts/check_deploy.py
+# Issue 16's shape: files <= 400 lines, functions <= 80, no axum/http/ApiError in a
+# profile's domain part.
+step "source shape" python3 scripts/check_shape.py
 step "cargo test" cargo test --workspace --all-features
 
 # The sample ring model-checked by loom (diag/loom: the ring's own source, built with loom's
