@@ -119,15 +119,15 @@ mod listed {
     use diag::heap::stats as _;
 
     #[cfg(feature = "trace")]
+    use diag::trace::Filter as _;
+    #[cfg(feature = "trace")]
+    use diag::trace::Layer as _;
+    #[cfg(feature = "trace")]
     use diag::trace::MAX_FIELD_BYTES as _;
     #[cfg(feature = "trace")]
     use diag::trace::MAX_TRACE_BYTES as _;
     #[cfg(feature = "trace")]
     use diag::trace::MAX_TRACE_EVENTS as _;
-    #[cfg(feature = "trace")]
-    use diag::trace::Filter as _;
-    #[cfg(feature = "trace")]
-    use diag::trace::Layer as _;
     #[cfg(feature = "trace")]
     use diag::trace::layer as _;
 

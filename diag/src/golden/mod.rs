@@ -248,6 +248,24 @@ pub(crate) fn mappings() -> Vec<crate::maps::ProcMapping> {
     ]
 }
 
+/// A task-dump frame at `ip` with its (function, file, line) lines, innermost first.
+#[cfg(feature = "taskdump")]
+pub(crate) fn frame(ip: u64, lines: &[(&str, &str, u32)]) -> crate::tasks::dump::Frame {
+    crate::tasks::dump::Frame {
+        ip,
+        lines: std::sync::Arc::from(
+            lines
+                .iter()
+                .map(|(function, file, line)| crate::proto::Line {
+                    function: (*function).to_owned(),
+                    file: (*file).to_owned(),
+                    line: *line,
+                })
+                .collect::<Vec<_>>(),
+        ),
+    }
+}
+
 #[cfg(any(feature = "cpu", feature = "heap", feature = "taskdump"))]
 mod cpu;
 #[cfg(feature = "taskdump")]

@@ -1,29 +1,11 @@
 //! The task dump's encoders: `debug=1`, `debug=2` and `debug=0` (profile.proto).
 
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::{check, profile_listing};
-use crate::proto::Line;
+use super::{check, frame, profile_listing};
 use crate::tasks::dump::{Frame, Missing, Silence, TaskDump, TaskTrace};
 use crate::tasks::http::{to_grouped_text, to_per_task_text, to_proto};
 use crate::tasks::registry::Outcome;
-
-fn frame(ip: u64, lines: &[(&str, &str, u32)]) -> Frame {
-    Frame {
-        ip,
-        lines: Arc::from(
-            lines
-                .iter()
-                .map(|(f, file, line)| Line {
-                    function: (*f).to_owned(),
-                    file: (*file).to_owned(),
-                    line: *line,
-                })
-                .collect::<Vec<_>>(),
-        ),
-    }
-}
 
 fn dump() -> TaskDump {
     let sleep = || {

@@ -3,27 +3,10 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::{check, mappings, profile_listing};
-use crate::proto::Line;
+use super::{check, frame, mappings, profile_listing};
 use crate::tasks::dump::Frame;
 use crate::wall::encode::{LabelSets, to_folded, to_proto};
 use crate::wall::sampler::{Stats, ThreadStats, WallProfile, WallStack, Weight};
-
-fn frame(ip: u64, lines: &[(&str, &str, u32)]) -> Frame {
-    Frame {
-        ip,
-        lines: Arc::from(
-            lines
-                .iter()
-                .map(|(function, file, line)| Line {
-                    function: (*function).to_owned(),
-                    file: (*file).to_owned(),
-                    line: *line,
-                })
-                .collect::<Vec<_>>(),
-        ),
-    }
-}
 
 fn stack(task: &str, thread: bool, label: u32, frames: Vec<Frame>, w: (i64, i64)) -> WallStack {
     WallStack {

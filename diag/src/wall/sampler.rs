@@ -11,9 +11,9 @@ use crate::shutdown::Shutdown;
 use crate::tasks::registry::{self, Outcome};
 
 use super::threads;
-pub(crate) use symbolize::{WallProfile, symbolize};
 #[cfg(test)]
 pub(crate) use symbolize::WallStack;
+pub(crate) use symbolize::{WallProfile, symbolize};
 
 /// Samples per second unless `hz` says otherwise. Each sample costs the process ~2.4 µs
 /// of CPU per traced future (measured on the demo, whose requests' stacks are deep): at
