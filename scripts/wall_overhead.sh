@@ -14,8 +14,9 @@
 set -euo pipefail
 BIN=${1:-target/release/demo}
 ROUNDS=${2:-6}
-PORT=18381
-DPORT=18382
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
+read -r PORT DPORT < <(free_ports 2)
 ulimit -n "$(ulimit -Hn)"   # 10,000 connections need more than 1,024
 TCK=$(getconf CLK_TCK)
 cpu() { awk '{print $14+$15}' "/proc/$1/stat"; }
