@@ -7,10 +7,11 @@ use std::collections::HashMap;
 
 use inferno::flamegraph::{self, Options};
 
+use crate::params::Choice;
 use crate::symbols::Resolved;
 
-/// The forms a sampled profile (CPU, wall-time) is served in: `format=proto|svg|folded`.
-#[cfg(any(feature = "cpu", feature = "taskdump"))]
+/// The forms a sampled profile (CPU, wall-time, heap) is served in:
+/// `format=proto|svg|folded`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) enum Format {
     /// gzipped profile.proto, for `go tool pprof`.
@@ -22,20 +23,13 @@ pub(crate) enum Format {
     Folded,
 }
 
-#[cfg(any(feature = "cpu", feature = "taskdump"))]
-impl Format {
-    /// The names `format=` takes, in the order errors list them.
-    pub(crate) const NAMES: [&'static str; 3] = ["proto", "svg", "folded"];
-
-    /// The format called `name` (one of [`Format::NAMES`]).
-    pub(crate) fn from_name(name: &str) -> Option<Self> {
-        match name {
-            "proto" => Some(Self::Proto),
-            "svg" => Some(Self::Svg),
-            "folded" => Some(Self::Folded),
-            _ => None,
-        }
-    }
+/// `format=`'s names, in the order errors list them.
+impl Choice for Format {
+    const CHOICES: &'static [(&'static str, Self)] = &[
+        ("proto", Self::Proto),
+        ("svg", Self::Svg),
+        ("folded", Self::Folded),
+    ];
 }
 
 /// What a flamegraph shows: its title, a subtitle (what and when) and the unit of width.

@@ -26,24 +26,9 @@ use crate::error::ApiError;
 /// }
 /// let format = params.one_of("format", Format::Proto)?;
 /// ```
-#[allow(
-    dead_code,
-    reason = "for the profiles' typed queries (format, sample type, debug level enums)"
-)]
 pub(crate) trait Choice: Copy + 'static {
     /// Every value, with the name the query gives it.
     const CHOICES: &'static [(&'static str, Self)];
-
-    /// The name the query gives `self` (the first listed, if two names share a value).
-    fn name(self) -> &'static str
-    where
-        Self: PartialEq,
-    {
-        Self::CHOICES
-            .iter()
-            .find(|(_, v)| *v == self)
-            .map_or("", |(n, _)| *n)
-    }
 }
 
 /// The decoded query string of one request.
@@ -115,10 +100,6 @@ impl Params {
 
     /// One of `T`'s [`Choice::CHOICES`], or `default` when absent; anything else is a 400
     /// worded as [`Params::choice`] words it ("one of a, b, c").
-    #[allow(
-        dead_code,
-        reason = "for the profiles' typed queries (format, sample type, debug level enums)"
-    )]
     pub(crate) fn one_of<T: Choice>(&self, name: &'static str, default: T) -> Result<T, ApiError> {
         match self.get(name) {
             None => Ok(default),
@@ -218,7 +199,6 @@ mod tests {
             typed,
             "invalid value for \"bad\": \"pdf\"; allowed: one of proto, svg, folded"
         );
-        assert_eq!(Format::Folded.name(), "folded");
     }
 
     #[tokio::test]

@@ -38,10 +38,7 @@ impl ProfileQuery {
     fn parse(d: &Diag, params: &Params, fixed: Option<Format>) -> Result<Self, ApiError> {
         let format = match fixed {
             Some(f) => f,
-            None => {
-                let name = params.choice("format", "proto", &Format::NAMES)?;
-                Format::from_name(name).unwrap_or_default()
-            }
+            None => params.one_of("format", Format::Proto)?,
         };
         let when = match asked(params).stretch(SystemTime::now())? {
             Some(stretch) => When::Past(stretch),
@@ -67,11 +64,7 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        Self::parse(
-            &Diag::from_ref(state),
-            &Params::parse(parts.uri.query()),
-            None,
-        )
+        Self::parse(&Diag::from_ref(state), &Params::from_parts(parts), None)
     }
 }
 
@@ -83,7 +76,7 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let params = Params::parse(parts.uri.query());
+        let params = Params::from_parts(parts);
         ProfileQuery::parse(&Diag::from_ref(state), &params, Some(Format::Svg)).map(Self)
     }
 }

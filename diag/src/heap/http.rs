@@ -11,7 +11,7 @@ use super::jemalloc;
 use super::profile::{Format, HeapProfile, Kind, SampleType};
 use super::stats::{self, StatsFormat};
 use crate::error::ApiError;
-use crate::params::Params;
+use crate::params::{Choice, Params};
 use crate::state::Diag;
 
 impl From<jemalloc::Error> for ApiError {
@@ -37,22 +37,19 @@ impl From<HeapError> for ApiError {
     }
 }
 
-/// One of `all` by its name, or `default` when `name` is absent; a 400 listing the
-/// names otherwise.
-fn pick<T: Copy>(
-    params: &Params,
-    name: &'static str,
-    default: T,
-    all: &[T],
-    name_of: fn(T) -> &'static str,
-) -> Result<T, ApiError> {
-    let names: Vec<&'static str> = all.iter().map(|t| name_of(*t)).collect();
-    let chosen = params.choice(name, name_of(default), &names)?;
-    Ok(all
-        .iter()
-        .copied()
-        .find(|t| name_of(*t) == chosen)
-        .unwrap_or(default))
+/// `sample_index=` takes Go's names, in Go's order.
+impl Choice for SampleType {
+    const CHOICES: &'static [(&'static str, Self)] = &[
+        (Self::AllocObjects.name(), Self::AllocObjects),
+        (Self::AllocSpace.name(), Self::AllocSpace),
+        (Self::InuseObjects.name(), Self::InuseObjects),
+        (Self::InuseSpace.name(), Self::InuseSpace),
+    ];
+}
+
+impl Choice for StatsFormat {
+    const CHOICES: &'static [(&'static str, Self)] =
+        &[("text", Self::Text), ("prometheus", Self::Prometheus)];
 }
 
 /// `?debug=`: only Go's binary form is served.
@@ -76,16 +73,10 @@ pub(crate) struct HeapQuery {
 
 impl HeapQuery {
     fn parse(params: &Params, d: &Diag) -> Result<Self, ApiError> {
-        let format = pick(params, "format", Format::Proto, &Format::ALL, Format::name)?;
+        let format = params.one_of("format", Format::Proto)?;
         let sample_type = match params.get("sample_index") {
             None => None,
-            Some(_) => Some(pick(
-                params,
-                "sample_index",
-                SampleType::InuseSpace,
-                &SampleType::ALL,
-                SampleType::name,
-            )?),
+            Some(_) => Some(params.one_of("sample_index", SampleType::InuseSpace)?),
         };
         // Go's legacy text format (debug=1) is not served; `gc` means nothing without a GC.
         params.choice("debug", "0", &["0"]).map_err(|_| {
@@ -124,7 +115,7 @@ impl FromRequestParts<Diag> for HeapQuery {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, d: &Diag) -> Result<Self, ApiError> {
-        Self::parse(&Params::parse(parts.uri.query()), d)
+        Self::parse(&Params::from_parts(parts), d)
     }
 }
 
@@ -138,12 +129,10 @@ impl<S: Send + Sync> FromRequestParts<S> for StatsQuery {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        let params = Params::parse(parts.uri.query());
-        let format = match params.choice("format", "text", &["text", "prometheus"])? {
-            "prometheus" => StatsFormat::Prometheus,
-            _ => StatsFormat::Text,
-        };
-        Ok(Self { format })
+        let params = Params::from_parts(parts);
+        Ok(Self {
+            format: params.one_of("format", StatsFormat::Text)?,
+        })
     }
 }
 

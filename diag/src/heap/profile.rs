@@ -58,7 +58,7 @@ impl SampleType {
     ];
 
     /// Go's name for it (`sample_index=` takes it).
-    pub(crate) fn name(self) -> &'static str {
+    pub(crate) const fn name(self) -> &'static str {
         match self {
             Self::AllocObjects => "alloc_objects",
             Self::AllocSpace => "alloc_space",
@@ -89,29 +89,8 @@ impl SampleType {
     }
 }
 
-/// What a heap profile is written as.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Format {
-    /// gzipped profile.proto, for `go tool pprof`.
-    Proto,
-    /// A flamegraph.
-    Svg,
-    /// Collapsed stacks, one per line.
-    Folded,
-}
-
-impl Format {
-    pub(crate) const ALL: [Self; 3] = [Self::Proto, Self::Svg, Self::Folded];
-
-    /// The `format=` value.
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            Self::Proto => "proto",
-            Self::Svg => "svg",
-            Self::Folded => "folded",
-        }
-    }
-}
+/// What a heap profile is written as: the sampled profiles' formats.
+pub(crate) use crate::flamegraph::Format;
 
 /// A symbolized heap profile, ready to encode in any format.
 #[derive(Debug)]

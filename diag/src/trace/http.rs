@@ -37,7 +37,7 @@ impl FromRequestParts<Diag> for TraceQuery {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, d: &Diag) -> Result<Self, ApiError> {
-        let params = Params::parse(parts.uri.query());
+        let params = Params::from_parts(parts);
         let max = d.cfg().max_seconds.min(MAX_SECONDS);
         let seconds = params.int_in("seconds", DEFAULT_SECONDS.min(max), 1, max)?;
         Ok(Self { seconds })

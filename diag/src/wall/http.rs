@@ -32,12 +32,12 @@ impl WallQuery {
     fn parse(d: &Diag, params: &Params) -> Result<Self, ApiError> {
         let seconds = d.seconds(params, DEFAULT_SECONDS)?;
         let hz = params.int_in("hz", DEFAULT_HZ, 1, MAX_HZ)?;
-        let name = params.choice("format", "proto", &Format::NAMES)?;
+        let format = params.one_of("format", Format::Proto)?;
         let threads = params.choice("threads", "1", &["1", "0"])? == "1";
         Ok(Self {
             window: Duration::from_secs(seconds),
             hz,
-            format: Format::from_name(name).unwrap_or_default(),
+            format,
             threads,
         })
     }
@@ -51,7 +51,7 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        Self::parse(&Diag::from_ref(state), &Params::parse(parts.uri.query()))
+        Self::parse(&Diag::from_ref(state), &Params::from_parts(parts))
     }
 }
 

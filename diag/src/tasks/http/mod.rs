@@ -20,7 +20,7 @@ pub(crate) use super::format::{to_grouped_text, to_per_task_text, to_proto};
 use super::guard::{self, Busy, DumpGuard, available};
 use super::stuck::{Stuck, stuck_workers};
 use crate::error::ApiError;
-use crate::params::Params;
+use crate::params::{Choice, Params};
 use crate::state::Diag;
 
 /// How long a dump may take unless `timeout` says otherwise.
@@ -57,6 +57,14 @@ pub(crate) enum DebugLevel {
     PerTask,
 }
 
+impl Choice for DebugLevel {
+    const CHOICES: &'static [(&'static str, Self)] = &[
+        ("0", Self::Proto),
+        ("1", Self::Grouped),
+        ("2", Self::PerTask),
+    ];
+}
+
 /// The query of `/goroutine` and `/tasks`: `?debug=0|1|2&timeout=S&force=0|1`.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct DumpQuery {
@@ -71,11 +79,7 @@ impl DumpQuery {
     fn parse(params: &Params) -> Result<Self, ApiError> {
         let debug = match params.get("debug") {
             None => None,
-            Some(_) => Some(match params.choice("debug", "0", &["0", "1", "2"])? {
-                "1" => DebugLevel::Grouped,
-                "2" => DebugLevel::PerTask,
-                _ => DebugLevel::Proto,
-            }),
+            Some(_) => Some(params.one_of("debug", DebugLevel::Proto)?),
         };
         let timeout = params.int_in("timeout", DEFAULT_TIMEOUT_S, 1, MAX_TIMEOUT_S)?;
         let force = params.choice("force", "0", &["0", "1"])? == "1";
@@ -91,7 +95,7 @@ impl<S: Send + Sync> FromRequestParts<S> for DumpQuery {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        Self::parse(&Params::parse(parts.uri.query()))
+        Self::parse(&Params::from_parts(parts))
     }
 }
 
