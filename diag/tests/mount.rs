@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::routing::get;
 use http::{Method, StatusCode};
-use testkit::{basic_auth, get as http_get, get_with, request};
+use testkit::{basic_auth, get as http_get, get_with, profile_running, request};
 
 fn app_with_fallback(cfg: diag::Config) -> Router {
     Router::new()
@@ -313,14 +313,12 @@ async fn heavy_operations_beyond_the_cap_get_429() {
         diag::Config::default().with_max_concurrent(1),
     ))
     .await;
-    let first = tokio::spawn(async move {
-        http_get(&format!(
-            "http://{addr}/debug/pprof/profile?seconds=3&format=folded"
-        ))
-        .await
-    });
-    // Wait until the first profile holds the only permit.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // The first profile holds the only permit once the index page shows it running.
+    let first = profile_running(
+        &format!("http://{addr}/debug/pprof/profile?seconds=3&format=folded"),
+        &format!("http://{addr}/debug/pprof/"),
+    )
+    .await;
     let r = http_get(&format!("http://{addr}/debug/pprof/profile?seconds=1")).await;
     assert_go_error(&r, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(r.header("retry-after"), "5");
@@ -446,20 +444,12 @@ async fn the_429_carries_the_configured_retry_after() {
         .with_retry_after(Duration::from_secs(17))
         .with_shutdown(stop.clone());
     let addr = testkit::serve(app_with_fallback(cfg)).await;
-    let first = tokio::spawn(async move {
-        http_get(&format!(
-            "http://{addr}/debug/pprof/profile?seconds=60&format=folded"
-        ))
-        .await
-    });
-    // Until the first profile holds the only permit, a probe may still get it.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let refused = loop {
-        let r = http_get(&format!("http://{addr}/debug/pprof/profile?seconds=1")).await;
-        if r.status == StatusCode::TOO_MANY_REQUESTS || Instant::now() > deadline {
-            break r;
-        }
-    };
+    let first = profile_running(
+        &format!("http://{addr}/debug/pprof/profile?seconds=60&format=folded"),
+        &format!("http://{addr}/debug/pprof/"),
+    )
+    .await;
+    let refused = http_get(&format!("http://{addr}/debug/pprof/profile?seconds=1")).await;
     assert_go_error(&refused, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(refused.header("retry-after"), "17");
     assert!(

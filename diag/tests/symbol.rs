@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
-use testkit::{get, request};
+use testkit::{get, profile_running, request};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -136,20 +136,13 @@ async fn symbol_counts_against_the_heavy_cap() {
     // once: a cold pass over this test binary's debug info can outlast the profile on a
     // loaded machine, and the cap would never be met.
     assert_eq!(post(addr, &format!("{f:#x}")).await.status, StatusCode::OK);
-    // A CPU profile holds the one permit.
+    // A CPU profile holds the one permit from the moment the index page shows it running
+    // (the handler takes the permit before it starts the capture).
     let url = format!("http://{addr}/debug/pprof/profile?seconds=3");
-    let profile = tokio::spawn(async move { get(&url).await });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = post(addr, &format!("{f:#x}")).await;
-        if r.status == StatusCode::TOO_MANY_REQUESTS {
-            assert_eq!(r.header("x-go-pprof"), "1");
-            break;
-        }
-        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-        assert!(Instant::now() < deadline, "/symbol never met the cap");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let profile = profile_running(&url, &format!("http://{addr}/debug/pprof/")).await;
+    let r = post(addr, &format!("{f:#x}")).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.text());
+    assert_eq!(r.header("x-go-pprof"), "1");
     // Go's probe (no addresses) is not heavy: it still answers.
     let r = get(&format!("http://{addr}/debug/pprof/symbol")).await;
     assert_eq!(r.status, StatusCode::OK);

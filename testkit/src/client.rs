@@ -113,7 +113,8 @@ pub async fn serve(app: axum::Router) -> SocketAddr {
 pub async fn profile_running(profile_url: &str, index_url: &str) -> tokio::task::JoinHandle<Reply> {
     let url = profile_url.to_owned();
     let profile = tokio::spawn(async move { get(&url).await });
-    for _ in 0..500 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
         if get(index_url)
             .await
             .text()
@@ -123,5 +124,5 @@ pub async fn profile_running(profile_url: &str, index_url: &str) -> tokio::task:
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("{profile_url} never showed as running on {index_url} (10 s)");
+    panic!("{profile_url} never showed as running on {index_url} (30 s)");
 }
