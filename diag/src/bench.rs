@@ -71,31 +71,23 @@ pub fn keep_mapped(keep: bool) {
 /// The CPU engine's signal handler, driven one sample at a time: joins the sampler at
 /// 1 Hz (its timers almost never fire), then each [`SampleHere::sample`] sends the
 /// calling thread a `SIGPROF` shaped like one of diag's timer expiries, so the handler
-/// walks exactly the caller's stack into the ring before it returns.
-#[cfg(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
+/// walks exactly the caller's stack into the ring before it returns. Linux on x86_64 or
+/// aarch64 only, as the engine.
+#[cfg(diag_engine)]
 pub struct SampleHere {
     _lease: crate::cpu::engine::Lease,
     sample: Box<dyn Fn()>,
     drain: Box<dyn Fn()>,
 }
 
-#[cfg(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
+#[cfg(diag_engine)]
 impl std::fmt::Debug for SampleHere {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SampleHere").finish_non_exhaustive()
     }
 }
 
-#[cfg(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
+#[cfg(diag_engine)]
 impl SampleHere {
     /// Starts the sampler for the calling thread (waits until it has been listed).
     pub fn start() -> Result<Self, String> {
@@ -128,10 +120,7 @@ impl SampleHere {
 
 /// One window of the CPU engine at `frequency` over `window`, unsymbolized: (samples,
 /// CPU nanoseconds they stand for, CPU nanoseconds the process used meanwhile).
-#[cfg(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
+#[cfg(diag_engine)]
 pub fn cpu_window(frequency: u32, window: std::time::Duration) -> Result<(i64, i64, i64), String> {
     let lease = crate::cpu::engine::join_blocking(frequency, window).map_err(|e| e.to_string())?;
     std::thread::sleep(window);

@@ -124,10 +124,7 @@ fn trace_check() -> Result<(), Unavailable> {
 }
 
 /// Whether diag's CPU sampler runs on this platform.
-const CPU_PLATFORM: bool = cfg!(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-));
+const CPU_PLATFORM: bool = cfg!(diag_engine);
 
 const CPU_MISSING: &str = "this build has no CPU profiling: enable diag's `cpu` feature \
      (on by default), e.g. diag = { version = \"..\", features = [\"cpu\"] }";

@@ -22,17 +22,9 @@ mod http;
 mod jemalloc;
 mod profile;
 mod stats;
-#[cfg(all(
-    feature = "cpu",
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
+#[cfg(all(feature = "cpu", diag_engine))]
 mod unwinder;
-#[cfg(not(all(
-    feature = "cpu",
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-)))]
+#[cfg(not(all(feature = "cpu", diag_engine)))]
 #[path = "no_unwinder.rs"]
 mod unwinder;
 

@@ -55,11 +55,7 @@ impl std::error::Error for Busy {}
 
 /// Whether this build can dump tasks, or how to make it.
 pub(crate) fn available() -> Result<(), String> {
-    if cfg!(all(
-        tokio_unstable,
-        target_os = "linux",
-        any(target_arch = "x86_64", target_arch = "aarch64")
-    )) {
+    if cfg!(all(tokio_unstable, diag_engine)) {
         Ok(())
     } else {
         Err(NOT_BUILT.to_owned())

@@ -190,11 +190,7 @@ impl<F: Future> Future for Traced<F> {
 /// task so that it is polled again normally). Other futures poll as usual: a `Ready`
 /// here is a real completion. Also returns the label-set id (`diag::labels`) the last
 /// leaf was reached under, 0 for none.
-#[cfg(all(
-    tokio_unstable,
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
+#[cfg(all(tokio_unstable, diag_engine))]
 fn traced_poll<F: Future>(
     inner: Pin<&mut F>,
     cx: &mut Context<'_>,
@@ -215,11 +211,7 @@ fn traced_poll<F: Future>(
 }
 
 /// The label-set id the thread runs under now (0 without the `cpu` feature's labels).
-#[cfg(all(
-    tokio_unstable,
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
+#[cfg(all(tokio_unstable, diag_engine))]
 fn current_label() -> u32 {
     #[cfg(feature = "cpu")]
     {
@@ -233,11 +225,7 @@ fn current_label() -> u32 {
 
 /// Without tokio's tracing (no `tokio_unstable`, or a platform without task dumps): a
 /// plain poll, no stacks.
-#[cfg(not(all(
-    tokio_unstable,
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-)))]
+#[cfg(not(all(tokio_unstable, diag_engine)))]
 fn traced_poll<F: Future>(
     inner: Pin<&mut F>,
     cx: &mut Context<'_>,

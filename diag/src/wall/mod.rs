@@ -16,19 +16,11 @@ pub(crate) mod encode;
 mod http;
 mod idle;
 pub(crate) mod sampler;
-#[cfg(all(
-    feature = "cpu",
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
+#[cfg(all(feature = "cpu", diag_engine))]
 mod threads;
 
 /// Without diag's CPU engine there is no thread sampling: task samples alone.
-#[cfg(not(all(
-    feature = "cpu",
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-)))]
+#[cfg(not(all(feature = "cpu", diag_engine)))]
 mod threads {
     use super::sampler::{ThreadSample, ThreadStats};
 

@@ -13,51 +13,24 @@
 //! the timers, the last one to leave (by [`Lease::finish`] or by dropping its lease, e.g.
 //! when its client disconnects) stops and deletes them, unless the recorder runs.
 
-#[cfg(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
+#[cfg(diag_engine)]
 mod control;
-#[cfg(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
+#[cfg(diag_engine)]
 mod recorder;
-#[cfg(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
+#[cfg(diag_engine)]
 mod ring;
 #[cfg(test)]
-#[cfg(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
+#[cfg(diag_engine)]
 mod ring_tests;
-#[cfg(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
+#[cfg(diag_engine)]
 pub(crate) mod signal;
-#[cfg(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
+#[cfg(diag_engine)]
 mod stacks;
-#[cfg(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
+#[cfg(diag_engine)]
 pub(crate) mod threads;
-#[cfg(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
+#[cfg(diag_engine)]
 mod timer;
-#[cfg(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
+#[cfg(diag_engine)]
 pub(crate) mod unwind;
 
 use std::time::{Duration, Instant, SystemTime};
@@ -71,13 +44,7 @@ pub(crate) enum EngineError {
     /// The signal handler or the timers could not be set up (the system's error).
     Start(String),
     /// This platform has no engine.
-    #[cfg_attr(
-        all(
-            target_os = "linux",
-            any(target_arch = "x86_64", target_arch = "aarch64")
-        ),
-        allow(dead_code)
-    )]
+    #[cfg_attr(diag_engine, allow(dead_code))]
     Unsupported,
     /// The `diag-sampler` thread could not run the request (it could not be started, or
     /// the request panicked there).
@@ -223,40 +190,25 @@ pub(crate) fn process_cpu_time() -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
-#[cfg(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
+#[cfg(diag_engine)]
 #[cfg_attr(
     not(any(feature = "criterion", feature = "bench")),
     allow(unused_imports)
 )]
 pub(crate) use control::join_blocking;
-#[cfg(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
+#[cfg(diag_engine)]
 pub(crate) use control::{
     install_handler, join, recorded, recorder_status, running, start_recorder,
 };
-#[cfg(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
+#[cfg(diag_engine)]
 #[cfg_attr(not(feature = "heap"), allow(unused_imports))]
 pub(crate) use unwind::walk_own_stack;
 
-#[cfg(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
+#[cfg(diag_engine)]
 pub(crate) use signal::{label_id, set_label_id};
 
 #[cfg(feature = "bench")]
-#[cfg(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
+#[cfg(diag_engine)]
 pub(crate) use control::bench_sample_here;
 
 impl Lease {
@@ -267,10 +219,7 @@ impl Lease {
     }
 }
 
-#[cfg(not(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-)))]
+#[cfg(not(diag_engine))]
 mod unsupported {
     use super::*;
 
@@ -346,10 +295,7 @@ mod unsupported {
     }
 }
 
-#[cfg(not(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-)))]
+#[cfg(not(diag_engine))]
 #[allow(unused_imports)]
 pub(crate) use unsupported::{
     install_handler, join, join_blocking, label_id, recorded, recorder_status, running,
@@ -357,8 +303,5 @@ pub(crate) use unsupported::{
 };
 
 #[cfg(feature = "bench")]
-#[cfg(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
+#[cfg(diag_engine)]
 pub(crate) use signal::foreign_signal_this_thread;

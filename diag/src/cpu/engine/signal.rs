@@ -271,12 +271,22 @@ pub(crate) unsafe fn call_action(
     }
 }
 
-extern "C" fn on_sigprof(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
-    // SAFETY: errno is this thread's; saved and restored around everything below.
+/// Runs a signal handler's `body` with the interrupted code's `errno` saved before and
+/// written back after, so that nothing the handler calls can change what the interrupted
+/// code reads next. Shared by the CPU and the wall-time handlers.
+#[inline(always)]
+pub(crate) fn keeping_errno(body: impl FnOnce()) {
+    // SAFETY: errno is this thread's own location; reading and writing it is
+    // async-signal-safe.
     let errno = unsafe { *libc::__errno_location() };
-    // SAFETY: the kernel passes a valid siginfo and ucontext to an SA_SIGINFO handler.
-    unsafe { handle(sig, info, ctx) };
+    body();
+    // SAFETY: as above.
     unsafe { *libc::__errno_location() = errno };
+}
+
+extern "C" fn on_sigprof(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo and ucontext to an SA_SIGINFO handler.
+    keeping_errno(|| unsafe { handle(sig, info, ctx) });
 }
 
 unsafe fn handle(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {

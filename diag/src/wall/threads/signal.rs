@@ -139,12 +139,8 @@ unsafe fn forward(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::
 }
 
 extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
-    // SAFETY: errno is this thread's; saved and restored around everything below.
-    let errno = unsafe { *libc::__errno_location() };
     // SAFETY: the kernel passes a valid siginfo and ucontext to an SA_SIGINFO handler.
-    unsafe { handle(sig, info, ctx) };
-    // SAFETY: as above.
-    unsafe { *libc::__errno_location() = errno };
+    crate::cpu::engine::signal::keeping_errno(|| unsafe { handle(sig, info, ctx) });
 }
 
 /// The handler's work: only atomics, `getpid`/`gettid` and the engine's bounded walk.
