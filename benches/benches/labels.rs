@@ -132,9 +132,10 @@ fn per_request(c: &mut Criterion) {
 
 /// Where the layer's cost per request goes: the demo without labels against the same
 /// with a layer that labels nothing (axum's cost of one more `Router::layer`), with one
-/// that also wraps the body (plus boxing it), and with `RouteLabels`.
+/// that also wraps the body (plus boxing it), with `RouteLabels` in a `layer` call of its
+/// own, and the demo with its labels on (`RouteLabels` in the trace layer's call).
 ///
-/// With `LABELS_ONLY=off|identity|body|labels` (and `LABELS_CALLS`, default 10000) it
+/// With `LABELS_ONLY=off|identity|body|labels|demo` (and `LABELS_CALLS`, default 10000) it
 /// runs only that many `GET /` of that variant, for a profiler or an instruction count:
 /// `LABELS_ONLY=labels valgrind --tool=callgrind target/release/deps/labels-* --bench
 /// breakdown`, then the same with `LABELS_ONLY=off` and another count.
@@ -142,13 +143,18 @@ fn breakdown(rt: &tokio::runtime::Runtime) {
     let options = demo::Options::default().without_route_labels();
     let state = rt.block_on(demo::AppState::start(options));
     let off = demo::app(state.clone(), None);
+    let on = rt.block_on(demo::AppState::start(demo::Options::default()));
     let variants = [
         ("identity layer", off.clone().layer(Identity::new())),
         (
             "layer wrapping the body",
             off.clone().layer(variants::PlainBody),
         ),
-        ("RouteLabels", off.clone().layer(labels::RouteLabels::new())),
+        (
+            "RouteLabels in a layer call of its own",
+            off.clone().layer(labels::RouteLabels::new()),
+        ),
+        ("RouteLabels as the demo adds it", demo::app(on, None)),
     ];
     if let Ok(only) = std::env::var("LABELS_ONLY") {
         let calls = std::env::var("LABELS_CALLS").map_or(10_000, |n| n.parse().unwrap());
@@ -157,7 +163,8 @@ fn breakdown(rt: &tokio::runtime::Runtime) {
             "identity" => &variants[0].1,
             "body" => &variants[1].1,
             "labels" => &variants[2].1,
-            other => panic!("LABELS_ONLY={other}: one of off, identity, body, labels"),
+            "demo" => &variants[3].1,
+            other => panic!("LABELS_ONLY={other}: one of off, identity, body, labels, demo"),
         };
         for _ in 0..calls {
             call(rt, app);

@@ -25,6 +25,11 @@ use super::{Enter, Ids};
 ///     .route("/users/{id}", get(|| async { "hello" }))
 ///     .layer(diag::labels::RouteLabels::new());
 /// ```
+///
+/// Cost: about 0.05 µs a request of its own. Each `Router::layer` call also costs axum
+/// about 0.13 µs a request, whatever the layer does (it boxes every route anew), so where
+/// the app has another per-route layer, add this one in the same call:
+/// `.layer((RouteLabels::new(), other))` (outermost first, as `ServiceBuilder`).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RouteLabels {
     _private: (),
