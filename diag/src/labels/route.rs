@@ -163,21 +163,30 @@ mod tests {
         let Ok(rt) = tokio::runtime::Builder::new_current_thread().build() else {
             panic!("runtime");
         };
-        let app = Router::new()
+        // More routes than the recent cache has slots: some share a slot.
+        let many = (0..40).fold(Router::new(), |r, i| {
+            r.route(&format!("/r{i}"), get(labels_now))
+        });
+        let app = many
             .route("/a", get(labels_now))
             .route("/b/{x}", get(labels_now).post(labels_now))
             .fallback(labels_now)
             .layer(RouteLabels::new());
-        let cases = [
+        let mut cases: Vec<(&str, String, String)> = [
             ("GET", "/a", "GET /a"),
             ("GET", "/b/1", "GET /b/{x}"),
             ("POST", "/b/2", "POST /b/{x}"),
             ("GET", "/nowhere", "GET unmatched"),
             ("PURGE", "/nowhere", "_OTHER unmatched"),
-        ];
-        // Several rounds on one thread: the first fills the caches, the others hit them.
+        ]
+        .map(|(m, p, w)| (m, p.to_owned(), w.to_owned()))
+        .into();
+        cases.extend((0..40).map(|i| ("GET", format!("/r{i}"), format!("GET /r{i}"))));
+        // Several rounds on one thread: the first fills the caches, the others hit them
+        // or find a slot another route took.
         for _ in 0..3 {
-            for (method, path, want) in cases {
+            for (method, path, want) in &cases {
+                let (method, path, want) = (*method, path.as_str(), want.as_str());
                 let req = http::Request::builder().method(method).uri(path);
                 let Ok(req) = req.body(Body::empty()) else {
                     panic!("request");
