@@ -4,19 +4,34 @@
 //! router and the demo's `GET /` with the layer and without it.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "labels_parts/measure.rs"]
+mod measure;
 mod support;
+#[path = "labels_parts/variants.rs"]
+mod variants;
 
 use std::future::Future;
 use std::hint::black_box;
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
 use criterion::{Criterion, criterion_group, criterion_main};
 use diag::labels::{self, LabelSet};
+use measure::cpu_ratio;
 use tower::ServiceExt;
+use tower::layer::util::Identity;
+
+/// The demo's allocator and settings, so that what boxing costs here is what it costs
+/// the demo.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// Read by jemalloc when it starts: the demo's settings (one sample per 512 KiB).
+#[unsafe(export_name = "_rjem_malloc_conf")]
+pub static MALLOC_CONF: &[u8; 61] =
+    b"prof:true,prof_active:true,lg_prof_sample:19,prof_accum:true\0";
 
 fn per_poll(c: &mut Criterion) {
     let mut group = c.benchmark_group("labels per poll");
@@ -52,63 +67,6 @@ fn per_poll(c: &mut Criterion) {
         })
     });
     group.finish();
-}
-
-/// This thread's CPU time: preemption by other processes is not in it, so on a loaded
-/// machine it resolves what wall time cannot.
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid clock id and a valid out pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
-/// B's cost over A's in this thread's CPU time (the runtime is current-thread, so a
-/// request's whole work is on it): `rounds` alternations of `iters` calls each; prints
-/// the median per-round ratio B/A [min, max], and the median per-call difference B − A.
-fn cpu_ratio(name: &str, rounds: usize, iters: u32, mut a: impl FnMut(), mut b: impl FnMut()) {
-    let time = |f: &mut dyn FnMut()| {
-        let t = thread_cpu();
-        for _ in 0..iters {
-            f();
-        }
-        (thread_cpu() - t).as_secs_f64() * 1e9 / f64::from(iters)
-    };
-    time(&mut a);
-    time(&mut b);
-    let (mut ratios, mut diffs, mut ta, mut tb) = (vec![], vec![], vec![], vec![]);
-    for r in 0..rounds {
-        let (x, y) = if r % 2 == 0 {
-            let x = time(&mut a);
-            (x, time(&mut b))
-        } else {
-            let y = time(&mut b);
-            (time(&mut a), y)
-        };
-        ratios.push(y / x);
-        diffs.push(y - x);
-        ta.push(x);
-        tb.push(y);
-    }
-    for v in [&mut ratios, &mut diffs, &mut ta, &mut tb] {
-        v.sort_by(f64::total_cmp);
-    }
-    let m = rounds / 2;
-    println!(
-        "cpu ratio {name}: {:.3} [{:.3}, {:.3}] over {rounds} alternations of {iters} calls; \
-         {:.0} -> {:.0} ns of thread CPU per call, B - A median {:.0} ns [{:.0}, {:.0}]",
-        ratios[m],
-        ratios[0],
-        ratios[rounds - 1],
-        ta[m],
-        tb[m],
-        diffs[m],
-        diffs[0],
-        diffs[rounds - 1],
-    );
 }
 
 fn call(rt: &tokio::runtime::Runtime, app: &Router) {
@@ -165,6 +123,61 @@ fn per_request(c: &mut Criterion) {
             20_000,
             || call(&rt, &demo_off),
             || call(&rt, &demo),
+        );
+    }
+    if support::measuring("labels breakdown") {
+        breakdown(&rt);
+    }
+}
+
+/// Where the layer's cost per request goes: the demo without labels against the same
+/// with a layer that labels nothing (axum's cost of one more `Router::layer`), with one
+/// that also wraps the body (plus boxing it), with `RouteLabels` in a `layer` call of its
+/// own, and the demo with its labels on (`RouteLabels` in the trace layer's call).
+///
+/// With `LABELS_ONLY=off|identity|body|labels|demo` (and `LABELS_CALLS`, default 10000) it
+/// runs only that many `GET /` of that variant, for a profiler or an instruction count:
+/// `LABELS_ONLY=labels valgrind --tool=callgrind target/release/deps/labels-* --bench
+/// breakdown`, then the same with `LABELS_ONLY=off` and another count.
+fn breakdown(rt: &tokio::runtime::Runtime) {
+    let options = demo::Options::default().without_route_labels();
+    let state = rt.block_on(demo::AppState::start(options));
+    let off = demo::app(state.clone(), None);
+    let on = rt.block_on(demo::AppState::start(demo::Options::default()));
+    let variants = [
+        ("identity layer", off.clone().layer(Identity::new())),
+        (
+            "layer wrapping the body",
+            off.clone().layer(variants::PlainBody),
+        ),
+        (
+            "RouteLabels in a layer call of its own",
+            off.clone().layer(labels::RouteLabels::new()),
+        ),
+        ("RouteLabels as the demo adds it", demo::app(on, None)),
+    ];
+    if let Ok(only) = std::env::var("LABELS_ONLY") {
+        let calls = std::env::var("LABELS_CALLS").map_or(10_000, |n| n.parse().unwrap());
+        let app = match only.as_str() {
+            "off" => &off,
+            "identity" => &variants[0].1,
+            "body" => &variants[1].1,
+            "labels" => &variants[2].1,
+            "demo" => &variants[3].1,
+            other => panic!("LABELS_ONLY={other}: one of off, identity, body, labels, demo"),
+        };
+        for _ in 0..calls {
+            call(rt, app);
+        }
+        return;
+    }
+    for (name, app) in &variants {
+        cpu_ratio(
+            &format!("labels breakdown: demo GET / with {name} / without"),
+            41,
+            20_000,
+            || call(rt, &off),
+            || call(rt, app),
         );
     }
 }

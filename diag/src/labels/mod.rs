@@ -30,6 +30,7 @@
 //! # }
 //! ```
 
+mod cache;
 mod route;
 mod scope;
 mod table;
@@ -37,11 +38,9 @@ mod table;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 #[doc(hidden)]
-pub use route::route_id_for_bench;
-pub use route::{
-    OTHER_METHOD, ROUTE_CACHE_MAX, RouteLabels, RouteLabelsBody, RouteLabelsFuture,
-    RouteLabelsService, UNMATCHED,
-};
+pub use cache::route_id_for_bench;
+pub use cache::{OTHER_METHOD, ROUTE_CACHE_MAX, UNMATCHED};
+pub use route::{RouteLabels, RouteLabelsBody, RouteLabelsFuture, RouteLabelsService};
 use scope::{Enter, Ids};
 pub use scope::{Labelled, LabelsExt, bind, in_current_labels, scope, spawn, spawn_blocking, with};
 #[doc(hidden)]
