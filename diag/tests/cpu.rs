@@ -47,9 +47,16 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// A server of its own, once the sampler is idle: a previous test's requests may still be
 /// ending while its runtime shuts down.
 async fn server() -> (tokio::sync::MutexGuard<'static, ()>, SocketAddr) {
+    server_with(diag::Config::default()).await
+}
+
+/// [`server`] with a configuration of the test's own.
+async fn server_with(cfg: diag::Config) -> (tokio::sync::MutexGuard<'static, ()>, SocketAddr) {
     let serial = SERIAL.lock().await;
-    let addr = testkit::serve(diag::router(diag::Config::default())).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let addr = testkit::serve(diag::router(cfg)).await;
+    // A generous bound: a previous test's last window may still be symbolizing on a
+    // loaded machine before its stop.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while !get(&format!("http://{addr}/debug/pprof/"))
         .await
         .text()
@@ -178,7 +185,13 @@ async fn folded_output_parses() {
         .filter(|(s, _)| s.starts_with("burner;") && s.contains("burn_in_test"))
         .map(|(_, c)| c)
         .sum();
-    assert!(burning > 50, "{stacks:?}");
+    // Relative to what was sampled, not a count a starved burner cannot reach in 1 s of
+    // wall time: the burner is nearly all this process's CPU in the window.
+    let total: i64 = stacks.values().sum();
+    assert!(
+        burning >= 10 && burning * 10 >= total * 8,
+        "{burning} of {total} samples in the burner: {stacks:?}"
+    );
     assert_eq!(
         r.header("x-diag-samples"),
         stacks.values().sum::<i64>().to_string()
@@ -189,13 +202,13 @@ async fn folded_output_parses() {
 async fn overlapping_profiles_share_the_sampler_and_each_gets_its_window() {
     let (_serial, addr) = server().await;
     let on = burners(1);
-    let long = tokio::spawn(async move {
-        get(&format!(
-            "http://{addr}/debug/pprof/profile?seconds=4&format=folded"
-        ))
-        .await
-    });
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The short window starts once the long one runs (the index page says so), with 5 s
+    // of the long one's window left for it however slow the machine is.
+    let long = profile_running(
+        &format!("http://{addr}/debug/pprof/profile?seconds=6&format=folded"),
+        &format!("http://{addr}/debug/pprof/"),
+    )
+    .await;
     let short = get(&format!(
         "http://{addr}/debug/pprof/profile?seconds=1&format=folded"
     ))
@@ -218,9 +231,13 @@ async fn overlapping_profiles_share_the_sampler_and_each_gets_its_window() {
             "{stack}: {n} in the short window, {in_long} in the long"
         );
     }
-    // And it holds about a quarter of the long one's samples, not all of them.
+    // And it holds about a sixth of the long one's samples: not all of them, and (over
+    // one second of six) not next to none. Relative, so a starved burner passes too.
     let (s, l) = (total(&short), total(&long));
-    assert!(s > 40 && s * 2 < l, "short {s} samples, long {l}");
+    assert!(
+        s >= 10 && s * 2 < l && s * 20 > l,
+        "short {s} samples, long {l}"
+    );
 }
 
 /// `go tool pprof -top`'s "Total samples" of a proto profile, in seconds of CPU.
@@ -266,6 +283,7 @@ async fn overlapping_readers_at_19_99_and_999_hz_agree_on_cpu_time() {
         })
         .collect();
     let mut cpu = Vec::new();
+    let mut fidelity = Vec::new();
     for reader in readers {
         let (hz, r) = reader.await.unwrap();
         assert_eq!(r.status, StatusCode::OK, "{hz} Hz: {}", r.text());
@@ -282,16 +300,21 @@ async fn overlapping_readers_at_19_99_and_999_hz_agree_on_cpu_time() {
             "{hz} Hz: sampled {sampled:.2} s of {used:.2} s"
         );
         cpu.push(sampled);
+        fidelity.push(sampled / used);
     }
     on.store(false, Ordering::Relaxed);
-    let (lo, hi) = (
-        cpu.iter().copied().fold(f64::MAX, f64::min),
-        cpu.iter().copied().fold(0.0, f64::max),
-    );
+    let lo = cpu.iter().copied().fold(f64::MAX, f64::min);
     assert!(lo > 0.5, "two burners for 5 s sampled as {cpu:?} s");
+    // Each reader against the CPU time of its own window: the three windows start a
+    // moment apart, and on a loaded machine the burners' CPU differs from one window to
+    // the next; the weight of a sample at each rate must not.
+    let (lo, hi) = (
+        fidelity.iter().copied().fold(f64::MAX, f64::min),
+        fidelity.iter().copied().fold(0.0, f64::max),
+    );
     assert!(
         hi <= lo * 1.10,
-        "cpu/nanoseconds differ by more than 10 %: {cpu:?}"
+        "cpu/nanoseconds per CPU second used differ by more than 10 %: {fidelity:?} (sampled {cpu:?} s)"
     );
 }
 
@@ -300,19 +323,27 @@ async fn a_client_that_disconnects_gives_up_its_share_at_once() {
     let (_serial, addr) = server().await;
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
     let head = format!(
-        "GET /debug/pprof/profile?seconds=60&frequency=49 HTTP/1.1\r\nHost: {addr}\r\n\r\n"
+        "GET /debug/pprof/profile?seconds=300&frequency=49 HTTP/1.1\r\nHost: {addr}\r\n\r\n"
     );
     stream.write_all(head.as_bytes()).unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(
-        get(&format!("http://{addr}/debug/pprof/"))
-            .await
-            .text()
-            .contains("A CPU profile is running at 49 Hz for 1 reader(s)")
-    );
+    // The reader runs once the index page says so (the request takes a moment to arrive).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let page = get(&format!("http://{addr}/debug/pprof/")).await.text();
+        if page.contains("A CPU profile is running at 49 Hz for 1 reader(s)") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the 49 Hz reader never ran:\n{page}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left = std::time::Instant::now();
     drop(stream);
-    // Had the 60 s reader stayed, the sampler would run for another minute.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    // Had the 300 s reader stayed, the sampler would run for minutes more: well before
+    // that, however slow the machine, it must have stopped.
+    let deadline = left + Duration::from_secs(60);
     while !get(&format!("http://{addr}/debug/pprof/"))
         .await
         .text()
@@ -380,7 +411,10 @@ async fn sampled_cpu_time_matches_the_cpu_time_used() {
     let sampled = samples as f64 / 99.0;
     let fidelity = sampled / used;
     eprintln!("samples {samples}, sampled {sampled:.2} s of {used:.2} s used: {fidelity:.3}");
-    assert!(samples >= 300, "only {samples} samples");
+    // Enough samples for the ratio to mean something, and a floor a burner starved by a
+    // loaded machine still meets (half a second of CPU in the 5 s window): the ratio
+    // below is the check.
+    assert!(samples >= 50, "only {samples} samples");
     // The floor is loose on purpose: noise must not fail it. The measurement script
     // reports the real figure (docs/performance.md).
     assert!(
@@ -596,33 +630,45 @@ async fn a_sample_inside_write_names_its_rust_caller() {
     );
 }
 
+/// This thread's CPU time.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn threads_created_during_a_window_are_sampled() {
-    let (_serial, addr) = server().await;
-    let profile = tokio::spawn(async move {
-        get(&format!(
-            "http://{addr}/debug/pprof/profile?seconds=3&format=folded"
-        ))
+    // The window is ended by the shutdown once the late thread is done, so that it holds
+    // all of the thread's work however long a loaded machine takes to give it its CPU.
+    let stop = diag::Shutdown::new();
+    let (_serial, addr) = server_with(diag::Config::default().with_shutdown(stop.clone())).await;
+    let profile = profile_running(
+        &format!("http://{addr}/debug/pprof/profile?seconds=300&format=folded"),
+        &format!("http://{addr}/debug/pprof/"),
+    )
+    .await;
+    // A fixed amount of CPU, not of wall time: 0.5 s is ~49 samples at 99 Hz.
+    let late = std::thread::Builder::new()
+        .name("latecomer".into())
+        .spawn(move || {
+            let start = thread_cpu();
+            while thread_cpu() - start < Duration::from_millis(500) {
+                std::hint::black_box(burn_in_test(100_000));
+            }
+        })
+        .unwrap();
+    tokio::task::spawn_blocking(move || late.join().unwrap())
         .await
-    });
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    let on = Arc::new(AtomicBool::new(true));
-    let late = {
-        let on = on.clone();
-        std::thread::Builder::new()
-            .name("latecomer".into())
-            .spawn(move || {
-                while on.load(Ordering::Relaxed) {
-                    std::hint::black_box(burn_in_test(100_000));
-                }
-            })
-            .unwrap()
-    };
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    on.store(false, Ordering::Relaxed);
-    late.join().unwrap();
+        .unwrap();
+    stop.trigger();
     let r = profile.await.unwrap();
     assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header("x-diag-ended-early"), "shutdown");
     let stacks = parse_folded(&r.text());
     let late: i64 = stacks
         .iter()
