@@ -161,6 +161,31 @@ impl Demo {
         }
     }
 
+    /// Waits until the process has a thread named `name` (`/proc/PID/task/*/comm`), e.g.
+    /// `diag-wall`, which samples exactly while a wall-time window is open; fails the test
+    /// after 60 s.
+    pub fn wait_for_thread(&self, name: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let found = std::fs::read_dir(format!("/proc/{}/task", self.pid()))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|t| {
+                    std::fs::read_to_string(t.path().join("comm"))
+                        .is_ok_and(|c| c.trim_end() == name)
+                });
+            if found {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no thread named {name} within 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
