@@ -185,10 +185,11 @@ async fn a_trickling_client_cannot_hold_the_shutdown() {
     let trickler = std::thread::spawn(move || {
         let mut s = TcpStream::connect(addr).unwrap();
         let until = Instant::now() + Duration::from_secs(120);
-        for (i, b) in b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
-            .iter()
-            .chain(std::iter::repeat(&b'a'))
-            .enumerate()
+        for (i, b) in
+            b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+                .iter()
+                .chain(std::iter::repeat(&b'a'))
+                .enumerate()
         {
             if s.write_all(&[*b]).is_err() || Instant::now() > until {
                 return;

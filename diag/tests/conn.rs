@@ -164,9 +164,10 @@ async fn a_trickling_client_cannot_hold_the_shutdown() {
     let (started, trickling) = std::sync::mpsc::channel();
     let trickler = std::thread::spawn(move || {
         let mut s = TcpStream::connect(addr).unwrap();
-        for (i, b) in b"GET /debug/pprof/ HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
-            .iter()
-            .enumerate()
+        for (i, b) in
+            b"GET /debug/pprof/ HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+                .iter()
+                .enumerate()
         {
             if s.write_all(&[*b]).is_err() {
                 return;

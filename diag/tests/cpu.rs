@@ -271,9 +271,10 @@ async fn overlapping_profiles_share_the_sampler_and_each_gets_its_window() {
     // after 0.8 s of the burner's CPU; the long one 1.6 s of CPU later.
     let (_serial, addr, stop_long) = stoppable().await;
     let stop_short = diag::Shutdown::new();
-    let short_addr =
-        testkit::serve(diag::router(diag::Config::default().with_shutdown(stop_short.clone())))
-            .await;
+    let short_addr = testkit::serve(diag::router(
+        diag::Config::default().with_shutdown(stop_short.clone()),
+    ))
+    .await;
     let on = burners(1);
     let long = profile_running(
         &format!("http://{addr}/debug/pprof/profile?seconds=300&format=folded"),

@@ -210,8 +210,7 @@ impl Demo {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 // A process the demo started could hold the pipes open: a minute at most.
                 let read_until = Instant::now() + Duration::from_secs(60);
-                while self.readers.iter().any(|r| !r.is_finished()) && Instant::now() < read_until
-                {
+                while self.readers.iter().any(|r| !r.is_finished()) && Instant::now() < read_until {
                     std::thread::sleep(Duration::from_millis(10));
                 }
                 return status;
