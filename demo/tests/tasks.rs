@@ -347,7 +347,16 @@ async fn timed_out_dumps_leave_no_thread_behind_and_nothing_spinning() {
         let url = demo.url("/block?ms=10000");
         tokio::spawn(async move { try_request(Method::GET, &url, &[], b"").await })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The dumps start once the worker is blocked: a plain dump is refused then.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while get(&demo.diag_url("/debug/pprof/goroutine?debug=1"))
+        .await
+        .status
+        == StatusCode::OK
+    {
+        assert!(Instant::now() < deadline, "the worker never blocked");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let threads_before = thread_cpu(pid).len();
     let cpu_before = thread_cpu(pid);
     let mut replies = Vec::new();
@@ -414,23 +423,33 @@ async fn back_to_back_dumps_on_an_idle_runtime_never_hang_it() {
             &["--dump-interval", "0s", "--shutdown-timeout", "5s"],
             &[],
         );
+        // One dump first, untimed: the first symbolizes the demo's frames (7 s seen cold
+        // under load).
+        let r = get(&demo.diag_url("/debug/pprof/goroutine?debug=1")).await;
+        assert_eq!(r.status, StatusCode::OK, "run {run} warm-up: {}", r.text());
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let dumping = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let pinger = {
             let url = demo.url("/healthz");
-            let stop = stop.clone();
+            let (stop, dumping) = (stop.clone(), dumping.clone());
             tokio::spawn(async move {
-                let mut worst = Duration::ZERO;
+                // The worst wait before the dumps (the machine's own) and during them.
+                let (mut before, mut during) = (Duration::ZERO, Duration::ZERO);
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let in_dumps = dumping.load(std::sync::atomic::Ordering::Relaxed);
                     let t = Instant::now();
                     let r = try_request(Method::GET, &url, &[], b"").await;
                     assert_eq!(r.map(|r| r.status).ok(), Some(StatusCode::OK));
-                    worst = worst.max(t.elapsed());
+                    let worst = if in_dumps { &mut during } else { &mut before };
+                    *worst = (*worst).max(t.elapsed());
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
-                worst
+                (before, during)
             })
         };
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // A second of pings without dumps: what this machine does anyway.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        dumping.store(true, std::sync::atomic::Ordering::Relaxed);
         for i in 0..5 {
             let t = Instant::now();
             let r = tokio::time::timeout(
@@ -447,17 +466,23 @@ async fn back_to_back_dumps_on_an_idle_runtime_never_hang_it() {
             );
         }
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let worst = pinger.await.unwrap();
-        // tokio's barrier held the workers 250-550 ms; generous for a loaded machine.
+        let (before, worst) = pinger.await.unwrap();
+        // tokio's barrier held the workers 250-550 ms. 200 ms, or twice the worst wait
+        // the same pinger saw just before without dumps when a loaded machine made that
+        // longer (side by side: the dumps' own share, not the machine's).
+        let bound = Duration::from_millis(200).max(before * 2);
         assert!(
-            worst < Duration::from_millis(200),
-            "run {run}: a request waited {worst:?} during the dumps"
+            worst < bound,
+            "run {run}: a request waited {worst:?} during the dumps ({before:?} before them)"
         );
         demo.signal("TERM");
         let t = Instant::now();
-        tokio::task::block_in_place(|| demo.wait(Duration::from_secs(15)));
+        // Exit 0 is a stop within the 5 s shutdown timeout (past it the demo exits 1); a
+        // hung worker would hold it for good. The bound leaves a loaded machine room.
+        let status = tokio::task::block_in_place(|| demo.wait(Duration::from_secs(60)));
+        assert!(status.success(), "run {run}: {status}");
         assert!(
-            t.elapsed() < Duration::from_secs(3),
+            t.elapsed() < Duration::from_secs(30),
             "run {run}: exited {:?} after SIGTERM",
             t.elapsed()
         );
