@@ -114,7 +114,7 @@ fn dump(url: &str, limit: Duration) -> (Reply, Duration) {
 /// 6 dumps (tokio's barrier). Traced dumps stop nothing: the ticker keeps its pace.
 #[test]
 fn back_to_back_dumps_on_an_idle_runtime_neither_hang_nor_stall_it() {
-    let mut worst_overall = 0;
+    let (mut worst_overall, mut worst_before) = (0, 0);
     for run in 0..5 {
         let app = App::start();
         sleepers(&app, 20);
@@ -126,7 +126,10 @@ fn back_to_back_dumps_on_an_idle_runtime_neither_hang_nor_stall_it() {
             Duration::from_secs(120),
         );
         assert_eq!(r.status, StatusCode::OK, "run {run} warm-up: {}", r.text());
+        // A second of ticks without a dump: what this machine does to the ticker anyway.
         worst.store(0, Ordering::Relaxed);
+        std::thread::sleep(Duration::from_secs(1));
+        worst_before = worst_before.max(worst.swap(0, Ordering::Relaxed));
         for i in 0..5 {
             let (r, took) = dump(
                 &app.url("/debug/pprof/goroutine?debug=1&force=1&timeout=2"),
@@ -165,11 +168,14 @@ fn back_to_back_dumps_on_an_idle_runtime_neither_hang_nor_stall_it() {
         );
     }
     // tokio's barrier stalled the ticker 250-550 ms; a traced dump only re-polls each task
-    // once. The bound is generous for a shared, loaded machine.
+    // once. 150 ms, or twice the worst the ticker waited just before the dumps when a
+    // loaded machine made that longer (side by side: the dumps' share, not the machine's).
+    let bound = 150_000.max(worst_before * 2);
     assert!(
-        worst_overall < 150_000,
-        "a 1 ms ticker waited {} ms during a dump",
-        worst_overall / 1000
+        worst_overall < bound,
+        "a 1 ms ticker waited {} ms during a dump ({} ms without one)",
+        worst_overall / 1000,
+        worst_before / 1000
     );
 }
 
