@@ -159,9 +159,17 @@ fn parse_folded(text: &str) -> HashMap<String, i64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proto_is_gzipped_with_a_main_binary_mapping_and_go_reads_it() {
-    let (_serial, addr) = server().await;
+    let (_serial, addr, stop) = stoppable().await;
     let on = burners(1);
-    let r = get(&format!("http://{addr}/debug/pprof/profile?seconds=2")).await;
+    // A window over half a second of the burner's CPU, ended by the shutdown.
+    let profile = profile_running(
+        &format!("http://{addr}/debug/pprof/profile?seconds=300"),
+        &format!("http://{addr}/debug/pprof/"),
+    )
+    .await;
+    burnt("burner", Duration::from_millis(500)).await;
+    stop.trigger();
+    let r = profile.await.unwrap();
     on.store(false, Ordering::Relaxed);
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert_eq!(r.header("content-type"), "application/octet-stream");
@@ -208,12 +216,17 @@ async fn proto_is_gzipped_with_a_main_binary_mapping_and_go_reads_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn svg_is_valid_xml_with_the_burning_function() {
-    let (_serial, addr) = server().await;
+    let (_serial, addr, stop) = stoppable().await;
     let on = burners(1);
-    let r = get(&format!(
-        "http://{addr}/debug/pprof/profile?seconds=1&format=svg"
-    ))
+    // A window over half a second of the burner's CPU, ended by the shutdown.
+    let profile = profile_running(
+        &format!("http://{addr}/debug/pprof/profile?seconds=300&format=svg"),
+        &format!("http://{addr}/debug/pprof/"),
+    )
     .await;
+    burnt("burner", Duration::from_millis(500)).await;
+    stop.trigger();
+    let r = profile.await.unwrap();
     on.store(false, Ordering::Relaxed);
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.header("content-type"), "image/svg+xml");
