@@ -230,13 +230,26 @@ class Checker:
                     # Keep the working directory a `cd` leaves behind.
                     marker = os.path.join(self.scratch, "cwd")
                     full = f"{cmd}\nrc=$?; pwd > {shlex.quote(marker)}; exit $rc"
-                    try:
-                        r = subprocess.run(["bash", "-c", full], cwd=cwd, capture_output=True,
-                                           text=True, timeout=TIMEOUT)
-                    except subprocess.TimeoutExpired:
+                    # After a background command of this block, what it does shows a
+                    # moment later on a loaded machine: a command that does not yet see
+                    # it runs again, for up to a minute, instead of trusting the pause.
+                    retry_until = time.time() + (60 if self.background else 0)
+                    while True:
+                        try:
+                            r = subprocess.run(["bash", "-c", full], cwd=cwd,
+                                               capture_output=True, text=True,
+                                               timeout=TIMEOUT)
+                        except subprocess.TimeoutExpired:
+                            r = None
+                            break
+                        out = r.stdout + r.stderr
+                        seen = r.returncode == 0 and (not expect or expect in out)
+                        if seen or time.time() >= retry_until:
+                            break
+                        time.sleep(0.5)
+                    if r is None:
                         self.fail(lineno, cmd, f"still running after {TIMEOUT} s")
                         continue
-                    out = r.stdout + r.stderr
                     if r.returncode != 0:
                         self.fail(lineno, cmd, f"exit {r.returncode}:\n{out[-3000:]}")
                     elif expect and expect not in out:

@@ -42,6 +42,17 @@ def threads(pid):
     return len(os.listdir(f"/proc/{pid}/task"))
 
 
+def threads_settle(pid, at_most, within=30):
+    """The thread count once it is at most `at_most`, or after `within` s: tokio's idle
+    blocking threads end 10 s after their last task, later on a loaded machine."""
+    deadline = time.time() + within
+    n = threads(pid)
+    while n > at_most and time.time() < deadline:
+        time.sleep(0.2)
+        n = threads(pid)
+    return n
+
+
 class Sampler:
     """Samples anon_mib(pid) every 100 ms until stopped."""
 
@@ -74,7 +85,7 @@ class Demo:
         self.proc = subprocess.Popen([*prefix, binary, *args], env=env, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True)
         self.logs = []
-        deadline = time.time() + 30
+        deadline = time.time() + 120
         while time.time() < deadline:
             line = self.proc.stdout.readline()
             if not line:
@@ -126,7 +137,7 @@ def http(method, url, body=None, timeout=30):
         return e.code, e.read()
 
 
-def raw(addr, data, read=True, timeout=10):
+def raw(addr, data, read=True, timeout=60):
     host, port = addr.rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=timeout) as s:
         s.sendall(data)
@@ -216,14 +227,16 @@ def part_conns(demo, scale):
             break
     time.sleep(0.3)
     t = time.time()
-    status, _ = http("GET", demo.url("/"), timeout=10)
+    status, _ = http("GET", demo.url("/"), timeout=60)
     took = (time.time() - t) * 1000
     check("conns", status == 200, f"GET / answered {status} in {took:.0f} ms beside {len(held)} slow connections to the sidecar")
-    # The sidecar keeps at most 64 and cuts slow heads after 10 s.
-    time.sleep(12.5)
+    # The sidecar keeps at most 64 and cuts slow heads after 10 s: each connection ends
+    # (read to its close), a loaded machine a little later; one never cut stays open
+    # past the minute given here.
+    opened = time.time()
     alive = refused = 0
     for s in held:
-        s.setblocking(False)
+        s.settimeout(max(0.1, opened + 60 - time.time()))
         got = b""
         try:
             while True:
@@ -231,15 +244,16 @@ def part_conns(demo, scale):
                 if not chunk:
                     break
                 got += chunk
-        except BlockingIOError:
+        except socket.timeout:
             alive += 1
         except OSError:
             pass
         finally:
             s.close()
         refused += got.startswith(b"HTTP/1.1 503")
+    ended = time.time() - opened
     check("conns", refused > 0 or len(held) <= 64, f"{refused} connections past the sidecar's cap were answered 503 and closed")
-    check("conns", alive == 0, f"{alive} of {len(held)} slow connections still open after 12.5 s (header-read timeout 10 s)")
+    check("conns", alive == 0, f"{alive} of {len(held)} slow connections still open 60 s on (header-read timeout 10 s; all ended within {ended:.1f} s)")
 
 
 def part_hold(demo, scale):
@@ -277,8 +291,7 @@ def part_dumps(demo, scale):
     for _ in range(max(2, int(5 * scale))):
         codes.append(http("GET", demo.diag_url("/debug/pprof/goroutine?debug=1&timeout=1"))[0])
     blocker.join()
-    time.sleep(1.0)
-    after = threads(demo.pid)
+    after = threads_settle(demo.pid, base_threads + 2)
     check("dumps", all(c in (200, 503) for c in codes), f"dumps beside a blocked worker answered {codes}")
     check("dumps", after <= base_threads + 2, f"threads {base_threads} -> {after} after the dumps")
 
@@ -317,10 +330,12 @@ def main():
             print(f"- {name}: {globals()['part_' + name].__doc__}", flush=True)
             globals()["part_" + name](demo, scale)
             print(f"  ({time.time() - t:.1f} s)")
-        after_threads = threads(demo.pid)
+        after_threads = threads_settle(demo.pid, base_threads + 4)
         check("end", after_threads <= base_threads + 4, f"threads {base_threads} -> {after_threads}")
-        code, took = demo.stop(timeout=15)
-        check("end", code == 0 and took < 6, f"SIGTERM: exit {code} after {took:.1f} s (shutdown timeout 5 s)")
+        # Exit 0 is a clean stop within the 5 s shutdown timeout (past it the demo exits
+        # 1); the wait leaves a loaded machine room.
+        code, took = demo.stop(timeout=60)
+        check("end", code == 0, f"SIGTERM: exit {code} after {took:.1f} s (shutdown timeout 5 s)")
     finally:
         demo.kill()
     if "cpu" in parts:

@@ -155,8 +155,11 @@ async fn go_tool_pprof_web_ui_opens_the_profile() {
         .spawn()
         .unwrap();
     let url = format!("http://127.0.0.1:{port}/ui/flamegraph");
+    // A wait for progress: go tool pprof reads and symbolizes the file before it listens,
+    // seconds on a loaded machine.
     let mut page = None;
-    for _ in 0..100 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while std::time::Instant::now() < deadline {
         if let Ok(r) = try_request(Method::GET, &url, &[], b"").await {
             page = Some(r);
             break;

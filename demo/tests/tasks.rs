@@ -26,7 +26,7 @@ fn sleepers(demo: &Demo, n: usize) {
 
 /// Waits until the dump shows `n` tasks in `nap` (the requests take a moment to arrive).
 async fn wait_for_nappers(demo: &Demo, n: usize) -> String {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let text = get(&demo.diag_url("/debug/pprof/goroutine?debug=2"))
             .await
@@ -100,25 +100,33 @@ async fn grouped_and_per_task_text() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blocked_worker_is_refused_dumps_stay_bounded_and_the_service_recovers() {
     let demo = demo();
-    // Block one of the demo's two async workers for 6 s, as a bug would. diag's sidecar
-    // runs on a runtime of its own, so it keeps answering.
+    // One dump first, untimed: the first symbolizes the demo's frames (seconds cold).
+    let r = get(&demo.diag_url("/debug/pprof/goroutine?debug=1")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    // Block one of the demo's two async workers for 10 s (the most /block allows), as a
+    // bug would. diag's sidecar runs on a runtime of its own, so it keeps answering.
     let blocker = {
-        let url = demo.url("/block?ms=6000");
+        let url = demo.url("/block?ms=10000");
         tokio::spawn(async move { try_request(Method::GET, &url, &[], b"").await })
     };
-    tokio::time::sleep(Duration::from_millis(400)).await;
 
-    // Refused at once, saying why.
-    let started = Instant::now();
-    let r = get(&demo.diag_url("/debug/pprof/goroutine?debug=1")).await;
+    // Refused at once, saying why, once the worker is blocked (until then a dump is
+    // served: the request takes a moment to arrive).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (r, took) = loop {
+        let started = Instant::now();
+        let r = get(&demo.diag_url("/debug/pprof/goroutine?debug=1")).await;
+        if r.status != StatusCode::OK {
+            break (r, started.elapsed());
+        }
+        assert!(Instant::now() < deadline, "the worker never blocked");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
     assert!(r.text().contains("stayed in one poll"), "{}", r.text());
     assert!(r.text().contains("force=1"), "{}", r.text());
-    assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "{:?}",
-        started.elapsed()
-    );
+    // Without waiting for the blocked worker (10 s): a loaded machine may take a moment.
+    assert!(took < Duration::from_secs(3), "{took:?}");
 
     // Forced: tokio dumps what it can reach or the timeout ends the wait; either way the
     // answer comes within the timeout. Meanwhile a second dump is refused: one at a time.
@@ -158,11 +166,13 @@ async fn a_blocked_worker_is_refused_dumps_stay_bounded_and_the_service_recovers
     // Once the worker is free: the service serves, and dumps work again (the first one
     // after a forced dump may still time out while tokio settles; each is bounded).
     blocker.await.unwrap().unwrap();
+    // Each answered (a wedged worker would hold them for good); the bound is for a
+    // debug demo on a loaded machine.
     let t = Instant::now();
     for _ in 0..200 {
         assert_eq!(get(&demo.url("/")).await.status, StatusCode::OK);
     }
-    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(60), "{:?}", t.elapsed());
     let mut last = String::new();
     for _ in 0..3 {
         let r = get(&demo.diag_url("/debug/pprof/tasks?timeout=2")).await;
@@ -258,12 +268,24 @@ async fn a_forced_dump_beside_a_blocked_worker_never_wedges_shutdown() {
             &["--dump-interval", "0s", "--shutdown-timeout", "5s"],
             &[],
         );
+        // Symbolize the demo's frames once, untimed (seconds cold on a loaded machine).
+        let r = get(&demo.diag_url("/debug/pprof/goroutine?debug=1")).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
         let started = Instant::now();
         let blocker = {
             let url = demo.url("/block?ms=3000");
             tokio::spawn(async move { try_request(Method::GET, &url, &[], b"").await })
         };
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The forced dump comes once the worker is blocked: a plain dump is refused then.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while get(&demo.diag_url("/debug/pprof/goroutine?debug=1"))
+            .await
+            .status
+            == StatusCode::OK
+        {
+            assert!(Instant::now() < deadline, "the worker never blocked");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let dump = {
             let url = demo.diag_url("/debug/pprof/goroutine?debug=1&force=1");
             tokio::spawn(async move { try_request(Method::GET, &url, &[], b"").await })
@@ -288,9 +310,12 @@ async fn a_forced_dump_beside_a_blocked_worker_never_wedges_shutdown() {
 
         demo.signal("TERM");
         let t = Instant::now();
-        let status = tokio::task::block_in_place(|| demo.wait(Duration::from_secs(15)));
+        // Exit 0 says it stopped cleanly, within its 5 s shutdown timeout (else 1); the
+        // bound below only keeps a wedged process from holding the test, with room for a
+        // loaded machine.
+        let status = tokio::task::block_in_place(|| demo.wait(Duration::from_secs(60)));
         assert!(
-            t.elapsed() < Duration::from_secs(7),
+            t.elapsed() < Duration::from_secs(30),
             "trial {trial}: exited {:?} after SIGTERM (shutdown timeout 5 s)",
             t.elapsed()
         );
@@ -322,7 +347,16 @@ async fn timed_out_dumps_leave_no_thread_behind_and_nothing_spinning() {
         let url = demo.url("/block?ms=10000");
         tokio::spawn(async move { try_request(Method::GET, &url, &[], b"").await })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The dumps start once the worker is blocked: a plain dump is refused then.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while get(&demo.diag_url("/debug/pprof/goroutine?debug=1"))
+        .await
+        .status
+        == StatusCode::OK
+    {
+        assert!(Instant::now() < deadline, "the worker never blocked");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let threads_before = thread_cpu(pid).len();
     let cpu_before = thread_cpu(pid);
     let mut replies = Vec::new();
@@ -389,50 +423,77 @@ async fn back_to_back_dumps_on_an_idle_runtime_never_hang_it() {
             &["--dump-interval", "0s", "--shutdown-timeout", "5s"],
             &[],
         );
+        use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
+        // The pinger's phases: warming up (not counted), before the dumps, during them.
+        const WARMING: u8 = 0;
+        const BEFORE: u8 = 1;
+        const DURING: u8 = 2;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let phase = std::sync::Arc::new(AtomicU8::new(WARMING));
         let pinger = {
             let url = demo.url("/healthz");
-            let stop = stop.clone();
+            let (stop, phase) = (stop.clone(), phase.clone());
             tokio::spawn(async move {
-                let mut worst = Duration::ZERO;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // The worst wait before the dumps (the machine's own) and during them.
+                let (mut before, mut during) = (Duration::ZERO, Duration::ZERO);
+                while !stop.load(Relaxed) {
+                    let now = phase.load(Relaxed);
                     let t = Instant::now();
                     let r = try_request(Method::GET, &url, &[], b"").await;
                     assert_eq!(r.map(|r| r.status).ok(), Some(StatusCode::OK));
-                    worst = worst.max(t.elapsed());
+                    match now {
+                        BEFORE => before = before.max(t.elapsed()),
+                        DURING => during = during.max(t.elapsed()),
+                        _ => {}
+                    }
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
-                worst
+                (before, during)
             })
         };
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // One dump first, untimed, with the pinger's requests in flight: the first
+        // symbolizes the frames of the demo and its requests (7 s seen cold under load).
+        let r = get(&demo.diag_url("/debug/pprof/goroutine?debug=1")).await;
+        assert_eq!(r.status, StatusCode::OK, "run {run} warm-up: {}", r.text());
+        // A second of pings without dumps: what this machine does anyway.
+        phase.store(BEFORE, Relaxed);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        phase.store(DURING, Relaxed);
         for i in 0..5 {
+            // A hung dump never answers; an answer, warm, comes at once (the bound leaves
+            // a debug build on a loaded machine room: 3.8 s was seen with new frames).
             let t = Instant::now();
             let r = tokio::time::timeout(
-                Duration::from_secs(10),
+                Duration::from_secs(60),
                 get(&demo.diag_url("/debug/pprof/goroutine?debug=1")),
             )
             .await
-            .unwrap_or_else(|_| panic!("run {run} dump {i}: no answer within 10 s"));
+            .unwrap_or_else(|_| panic!("run {run} dump {i}: no answer within 60 s"));
             assert_eq!(r.status, StatusCode::OK, "run {run} dump {i}: {}", r.text());
             assert!(
-                t.elapsed() < Duration::from_secs(2),
+                t.elapsed() < Duration::from_secs(5),
                 "run {run} dump {i}: {:?}",
                 t.elapsed()
             );
         }
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let worst = pinger.await.unwrap();
-        // tokio's barrier held the workers 250-550 ms; generous for a loaded machine.
+        stop.store(true, Relaxed);
+        let (before, worst) = pinger.await.unwrap();
+        // tokio's barrier held the workers 250-550 ms. 200 ms, or twice the worst wait
+        // the same pinger saw just before without dumps when a loaded machine made that
+        // longer (side by side: the dumps' own share, not the machine's).
+        let bound = Duration::from_millis(200).max(before * 2);
         assert!(
-            worst < Duration::from_millis(200),
-            "run {run}: a request waited {worst:?} during the dumps"
+            worst < bound,
+            "run {run}: a request waited {worst:?} during the dumps ({before:?} before them)"
         );
         demo.signal("TERM");
         let t = Instant::now();
-        tokio::task::block_in_place(|| demo.wait(Duration::from_secs(15)));
+        // Exit 0 is a stop within the 5 s shutdown timeout (past it the demo exits 1); a
+        // hung worker would hold it for good. The bound leaves a loaded machine room.
+        let status = tokio::task::block_in_place(|| demo.wait(Duration::from_secs(60)));
+        assert!(status.success(), "run {run}: {status}");
         assert!(
-            t.elapsed() < Duration::from_secs(3),
+            t.elapsed() < Duration::from_secs(30),
             "run {run}: exited {:?} after SIGTERM",
             t.elapsed()
         );

@@ -18,18 +18,22 @@ fn bin() -> &'static Path {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trace_during_traffic_holds_the_requests_with_their_ids_and_durations() {
     let demo = Demo::start(bin(), &[], &[]);
-    let url = demo.diag_url("/debug/pprof/trace?seconds=2");
+    let url = demo.diag_url("/debug/pprof/trace?seconds=5");
     let window = tokio::spawn(async move { get(&url).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    // Requests inside the window: (request id, client-side duration).
-    let mut seen: HashMap<String, Duration> = HashMap::new();
-    for i in 0..6 {
-        let path = if i % 2 == 0 { "/sleep?ms=150" } else { "/" };
+    // Requests one after another until the window has answered, whenever it opened: the
+    // ones it holds must be a run of them with no gap. (request id, client-side duration)
+    let mut sent: Vec<(String, Duration)> = Vec::new();
+    while !window.is_finished() {
+        let path = if sent.len() % 2 == 0 {
+            "/sleep?ms=150"
+        } else {
+            "/"
+        };
         let t = Instant::now();
         let r = request(Method::GET, &demo.url(path), &[], b"").await;
         let took = t.elapsed();
         assert_eq!(r.status, StatusCode::OK);
-        seen.insert(r.header("x-request-id").to_owned(), took);
+        sent.push((r.header("x-request-id").to_owned(), took));
     }
     let r = window.await.unwrap();
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
@@ -57,13 +61,33 @@ async fn a_trace_during_traffic_holds_the_requests_with_their_ids_and_durations(
             other => panic!("unexpected ph {other}"),
         }
     }
+    let span_of: HashMap<&str, &str> = begins
+        .iter()
+        .map(|(id, (_, rid))| (rid.as_str(), id.as_str()))
+        .collect();
+    // The requests the window holds, by the order they were sent: one run, no gap.
+    let held: Vec<usize> = (0..sent.len())
+        .filter(|&i| span_of.contains_key(sent[i].0.as_str()))
+        .collect();
+    assert!(
+        !held.is_empty(),
+        "no request in the window: {begins:?} vs {sent:?}"
+    );
+    let (first, last) = (held[0], held[held.len() - 1]);
+    assert_eq!(
+        held,
+        (first..=last).collect::<Vec<_>>(),
+        "every request in the window: {begins:?} vs {sent:?}"
+    );
     let mut matched = 0;
-    for (id, (start, rid)) in &begins {
-        let Some(client) = seen.get(rid) else {
+    for (i, (rid, client)) in sent.iter().enumerate().take(last + 1).skip(first) {
+        let id = span_of[rid.as_str()];
+        let Some(end) = ends.get(id) else {
+            // Only the last one may still run when the window closes.
+            assert_eq!(i, last, "{rid}: no end of its span");
             continue;
         };
-        let end = ends[id];
-        let server_us = end - start;
+        let server_us = end - begins[id].0;
         assert!(server_us > 0.0, "{rid}: {server_us} µs");
         // The server's span lies within what the client waited.
         assert!(
@@ -72,15 +96,14 @@ async fn a_trace_during_traffic_holds_the_requests_with_their_ids_and_durations(
         );
         matched += 1;
     }
-    assert_eq!(
-        matched,
-        seen.len(),
-        "every request in the window: {begins:?} vs {seen:?}"
+    assert!(
+        matched >= 6,
+        "{matched} whole requests in the window: {sent:?}"
     );
     // /sleep's spans last at least the sleep.
     let sleeps = begins
         .iter()
-        .filter(|(id, (start, _))| ends[*id] - start >= 150_000.0)
+        .filter(|(id, (start, _))| ends.get(*id).is_some_and(|end| end - start >= 150_000.0))
         .count();
     assert!(sleeps >= 3, "{begins:?} / {ends:?}");
     // Task polls, on worker threads that are named.
@@ -112,13 +135,23 @@ async fn bad_parameters_and_one_window_at_a_time() {
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{query}");
         assert!(r.text().contains(expect), "{query}: {}", r.text());
     }
-    let url = demo.diag_url("/debug/pprof/trace?seconds=2");
-    let first = tokio::spawn(async move { get(&url).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let second = get(&demo.diag_url("/debug/pprof/trace?seconds=1")).await;
+    // Two windows asked for at once (within 5 s of each other however slow the machine):
+    // whichever comes first records, the other is refused while it is open.
+    let windows: Vec<_> = (0..2)
+        .map(|_| {
+            let url = demo.diag_url("/debug/pprof/trace?seconds=5");
+            tokio::spawn(async move { get(&url).await })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for w in windows {
+        answers.push(w.await.unwrap());
+    }
+    answers.sort_by_key(|r| r.status);
+    let (first, second) = (&answers[0], &answers[1]);
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text());
     assert_eq!(second.status, StatusCode::CONFLICT, "{}", second.text());
     assert!(second.text().contains("already open"), "{}", second.text());
-    assert_eq!(first.await.unwrap().status, StatusCode::OK);
 }
 
 #[tokio::test]

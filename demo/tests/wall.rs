@@ -72,9 +72,9 @@ fn cum_seconds(top: &str, function: &str) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn awaiting_requests_hold_their_wall_time_at_the_await_and_not_in_the_cpu_profile() {
     let demo = Demo::start(bin(), &[], &[]);
-    // The clients keep on well past both profiles (the first symbolization in a fresh
-    // debug-built demo takes seconds on a busy machine).
-    clients(&demo, 20, "/slow?ms=300", Duration::from_secs(45));
+    // The clients keep on until the test ends (the first symbolization in a fresh
+    // debug-built demo takes seconds on a busy machine; the runtime's end stops them).
+    clients(&demo, 20, "/slow?ms=300", Duration::from_secs(600));
     tokio::time::sleep(Duration::from_secs(1)).await;
     let wall_url = demo.diag_url("/debug/pprof/wall?seconds=10");
     let cpu_url = demo.diag_url("/debug/pprof/profile?seconds=10");
@@ -142,9 +142,11 @@ async fn awaiting_requests_hold_their_wall_time_at_the_await_and_not_in_the_cpu_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traces_svg_and_a_request_blocked_in_spawn_blocking() {
-    let demo = Demo::start(bin(), &[], &[]);
-    clients(&demo, 1, "/slow?block_ms=2000", Duration::from_secs(30));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let demo = Demo::start(bin(), &["--dump-interval", "0s"], &[]);
+    clients(&demo, 1, "/slow?block_ms=2000", Duration::from_secs(600));
+    // The window opens once the request waits for its blocking task (the task dump shows
+    // it there; no dump runs once this returns, so the wall profile is not refused).
+    demo.wait_for_tasks("demo::work::slow", 1).await;
     let url = demo.diag_url("/debug/pprof/wall?seconds=3");
     let traces = go_pprof_async(vec!["-timeout=120".into(), "-traces".into(), url]).await;
     assert!(traces.contains("Type: wall"), "{traces}");
@@ -202,15 +204,16 @@ async fn traces_svg_and_a_request_blocked_in_spawn_blocking() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blocking_calls_show_on_their_threads_with_their_wall_time() {
     let demo = Demo::start(bin(), &[], &[]);
-    let url = demo.diag_url("/debug/pprof/wall?seconds=6");
+    let url = demo.diag_url("/debug/pprof/wall?seconds=8");
     let top = tokio::spawn(go_pprof_async(vec![
         "-timeout=120".into(),
         "-top".into(),
         "-cum".into(),
         url,
     ]));
-    // Well inside the window: go tool pprof starts, then the profile runs 6 s.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Inside the window: the requests start once its sampler thread runs, with 8 s for
+    // their 3 s however slow the machine.
+    demo.wait_for_thread("diag-wall");
     let r = get(&demo.url("/slow?block_ms=2000")).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     let r = get(&demo.url("/block?ms=1000")).await;
@@ -229,9 +232,10 @@ async fn blocking_calls_show_on_their_threads_with_their_wall_time() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dump_during_a_wall_profile_is_refused_with_what_holds_it() {
     let demo = Demo::start(bin(), &["--dump-interval", "0s"], &[]);
-    let url = demo.diag_url("/debug/pprof/wall?seconds=3");
+    let url = demo.diag_url("/debug/pprof/wall?seconds=5");
     let wall = tokio::spawn(async move { get(&url).await });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The window holds the dump guard while its sampler thread runs.
+    demo.wait_for_thread("diag-wall");
     let r = get(&demo.diag_url("/debug/pprof/goroutine?debug=1")).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
     assert!(
@@ -249,7 +253,7 @@ async fn the_wait_on_redis_shows_by_itself() {
     let redis = RedisServer::start();
     let url = redis.url();
     let demo = Demo::start(bin(), &["--redis", &url], &[]);
-    clients(&demo, 8, "/", Duration::from_secs(5));
+    clients(&demo, 8, "/", Duration::from_secs(600));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let r = get(&demo.diag_url("/debug/pprof/wall?seconds=3&format=folded")).await;
     assert_eq!(r.status, StatusCode::OK);

@@ -47,9 +47,16 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// A server of its own, once the sampler is idle: a previous test's requests may still be
 /// ending while its runtime shuts down.
 async fn server() -> (tokio::sync::MutexGuard<'static, ()>, SocketAddr) {
+    server_with(diag::Config::default()).await
+}
+
+/// [`server`] with a configuration of the test's own.
+async fn server_with(cfg: diag::Config) -> (tokio::sync::MutexGuard<'static, ()>, SocketAddr) {
     let serial = SERIAL.lock().await;
-    let addr = testkit::serve(diag::router(diag::Config::default())).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let addr = testkit::serve(diag::router(cfg)).await;
+    // A generous bound: a previous test's last window may still be symbolizing on a
+    // loaded machine before its stop.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while !get(&format!("http://{addr}/debug/pprof/"))
         .await
         .text()
@@ -62,6 +69,68 @@ async fn server() -> (tokio::sync::MutexGuard<'static, ()>, SocketAddr) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     (serial, addr)
+}
+
+/// CPU time of this process's threads named `name` (`schedstat`'s time on CPU).
+fn threads_cpu(name: &str) -> Duration {
+    let mut ns = 0;
+    for t in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() == name {
+            let stat = std::fs::read_to_string(t.path().join("schedstat")).unwrap_or_default();
+            ns += stat
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    Duration::from_nanos(ns)
+}
+
+/// Waits until the threads named `name` have used `cpu` of CPU time from now: a fixed
+/// amount of work, however little of the machine a loaded CI gives them per second.
+async fn burnt(name: &str, cpu: Duration) {
+    let start = threads_cpu(name);
+    let deadline = std::time::Instant::now() + Duration::from_secs(250);
+    while threads_cpu(name).saturating_sub(start) < cpu {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name} used {:?} of CPU in 250 s",
+            threads_cpu(name).saturating_sub(start)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until the index page at `addr` shows a CPU profile with `n` readers.
+async fn readers_running(addr: SocketAddr, n: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let want = format!("for {n} reader(s)");
+    loop {
+        let page = get(&format!("http://{addr}/debug/pprof/")).await.text();
+        if page.contains(&want) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never {n} readers:\n{page}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A router whose windows end at its shutdown: a window ended by the test once a fixed
+/// amount of CPU work is done, rather than after a wall time a starved burner may spend
+/// mostly off the CPU.
+async fn stoppable() -> (
+    tokio::sync::MutexGuard<'static, ()>,
+    SocketAddr,
+    diag::Shutdown,
+) {
+    let stop = diag::Shutdown::new();
+    let (serial, addr) = server_with(diag::Config::default().with_shutdown(stop.clone())).await;
+    (serial, addr, stop)
 }
 
 fn gunzip(data: &[u8]) -> Vec<u8> {
@@ -90,9 +159,17 @@ fn parse_folded(text: &str) -> HashMap<String, i64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proto_is_gzipped_with_a_main_binary_mapping_and_go_reads_it() {
-    let (_serial, addr) = server().await;
+    let (_serial, addr, stop) = stoppable().await;
     let on = burners(1);
-    let r = get(&format!("http://{addr}/debug/pprof/profile?seconds=2")).await;
+    // A window over half a second of the burner's CPU, ended by the shutdown.
+    let profile = profile_running(
+        &format!("http://{addr}/debug/pprof/profile?seconds=300"),
+        &format!("http://{addr}/debug/pprof/"),
+    )
+    .await;
+    burnt("burner", Duration::from_millis(500)).await;
+    stop.trigger();
+    let r = profile.await.unwrap();
     on.store(false, Ordering::Relaxed);
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert_eq!(r.header("content-type"), "application/octet-stream");
@@ -139,12 +216,17 @@ async fn proto_is_gzipped_with_a_main_binary_mapping_and_go_reads_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn svg_is_valid_xml_with_the_burning_function() {
-    let (_serial, addr) = server().await;
+    let (_serial, addr, stop) = stoppable().await;
     let on = burners(1);
-    let r = get(&format!(
-        "http://{addr}/debug/pprof/profile?seconds=1&format=svg"
-    ))
+    // A window over half a second of the burner's CPU, ended by the shutdown.
+    let profile = profile_running(
+        &format!("http://{addr}/debug/pprof/profile?seconds=300&format=svg"),
+        &format!("http://{addr}/debug/pprof/"),
+    )
     .await;
+    burnt("burner", Duration::from_millis(500)).await;
+    stop.trigger();
+    let r = profile.await.unwrap();
     on.store(false, Ordering::Relaxed);
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.header("content-type"), "image/svg+xml");
@@ -163,12 +245,17 @@ async fn svg_is_valid_xml_with_the_burning_function() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn folded_output_parses() {
-    let (_serial, addr) = server().await;
-    let on = burners(1);
-    let r = get(&format!(
-        "http://{addr}/debug/pprof/profile?seconds=1&format=folded"
-    ))
+    let (_serial, addr, stop) = stoppable().await;
+    let profile = profile_running(
+        &format!("http://{addr}/debug/pprof/profile?seconds=300&format=folded"),
+        &format!("http://{addr}/debug/pprof/"),
+    )
     .await;
+    // One second of the burner's CPU (~99 samples at 99 Hz), then the window ends.
+    let on = burners(1);
+    burnt("burner", Duration::from_secs(1)).await;
+    stop.trigger();
+    let r = profile.await.unwrap();
     on.store(false, Ordering::Relaxed);
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.header("content-type"), "text/plain; charset=utf-8");
@@ -178,7 +265,12 @@ async fn folded_output_parses() {
         .filter(|(s, _)| s.starts_with("burner;") && s.contains("burn_in_test"))
         .map(|(_, c)| c)
         .sum();
-    assert!(burning > 50, "{stacks:?}");
+    // The burner is nearly all this process's CPU in the window.
+    let total: i64 = stacks.values().sum();
+    assert!(
+        burning > 50 && burning * 10 >= total * 8,
+        "{burning} of {total} samples in the burner: {stacks:?}"
+    );
     assert_eq!(
         r.header("x-diag-samples"),
         stacks.values().sum::<i64>().to_string()
@@ -187,19 +279,33 @@ async fn folded_output_parses() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn overlapping_profiles_share_the_sampler_and_each_gets_its_window() {
-    let (_serial, addr) = server().await;
+    // Two routers on the one sampler, each window ended by its own router's shutdown:
+    // the short one opens after the long one (the index counts two readers) and ends
+    // after 0.8 s of the burner's CPU; the long one 1.6 s of CPU later.
+    let (_serial, addr, stop_long) = stoppable().await;
+    let stop_short = diag::Shutdown::new();
+    let short_addr = testkit::serve(diag::router(
+        diag::Config::default().with_shutdown(stop_short.clone()),
+    ))
+    .await;
     let on = burners(1);
-    let long = tokio::spawn(async move {
+    let long = profile_running(
+        &format!("http://{addr}/debug/pprof/profile?seconds=300&format=folded"),
+        &format!("http://{addr}/debug/pprof/"),
+    )
+    .await;
+    let short = tokio::spawn(async move {
         get(&format!(
-            "http://{addr}/debug/pprof/profile?seconds=4&format=folded"
+            "http://{short_addr}/debug/pprof/profile?seconds=300&format=folded"
         ))
         .await
     });
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let short = get(&format!(
-        "http://{addr}/debug/pprof/profile?seconds=1&format=folded"
-    ))
-    .await;
+    readers_running(addr, 2).await;
+    burnt("burner", Duration::from_millis(800)).await;
+    stop_short.trigger();
+    let short = short.await.unwrap();
+    burnt("burner", Duration::from_millis(1600)).await;
+    stop_long.trigger();
     let long = long.await.unwrap();
     on.store(false, Ordering::Relaxed);
     assert_eq!(
@@ -218,7 +324,7 @@ async fn overlapping_profiles_share_the_sampler_and_each_gets_its_window() {
             "{stack}: {n} in the short window, {in_long} in the long"
         );
     }
-    // And it holds about a quarter of the long one's samples, not all of them.
+    // And it holds about a third of the long one's samples, not all of them.
     let (s, l) = (total(&short), total(&long));
     assert!(s > 40 && s * 2 < l, "short {s} samples, long {l}");
 }
@@ -245,7 +351,7 @@ fn total_cpu_seconds(body: &[u8], name: &str) -> f64 {
 /// period), though they hold very different numbers of samples.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn overlapping_readers_at_19_99_and_999_hz_agree_on_cpu_time() {
-    let (_serial, addr) = server().await;
+    let (_serial, addr, stop) = stoppable().await;
     let on = burners(2);
     // Warm the symbolizer so that the three windows end close together.
     let warm = get(&format!(
@@ -258,14 +364,20 @@ async fn overlapping_readers_at_19_99_and_999_hz_agree_on_cpu_time() {
         .map(|hz| {
             tokio::spawn(async move {
                 let r = get(&format!(
-                    "http://{addr}/debug/pprof/profile?seconds=5&frequency={hz}"
+                    "http://{addr}/debug/pprof/profile?seconds=300&frequency={hz}"
                 ))
                 .await;
                 (hz, r)
             })
         })
         .collect();
+    // All three read, then the burners use 3 s of CPU, then the shutdown ends the three
+    // windows together.
+    readers_running(addr, 3).await;
+    burnt("burner", Duration::from_secs(3)).await;
+    stop.trigger();
     let mut cpu = Vec::new();
+    let mut fidelity = Vec::new();
     for reader in readers {
         let (hz, r) = reader.await.unwrap();
         assert_eq!(r.status, StatusCode::OK, "{hz} Hz: {}", r.text());
@@ -282,16 +394,21 @@ async fn overlapping_readers_at_19_99_and_999_hz_agree_on_cpu_time() {
             "{hz} Hz: sampled {sampled:.2} s of {used:.2} s"
         );
         cpu.push(sampled);
+        fidelity.push(sampled / used);
     }
     on.store(false, Ordering::Relaxed);
+    let lo = cpu.iter().copied().fold(f64::MAX, f64::min);
+    assert!(lo > 2.0, "two burners' 3 s of CPU sampled as {cpu:?} s");
+    // Each reader against the CPU time of its own window: the three windows start a
+    // moment apart, and on a loaded machine the burners' CPU differs from one window to
+    // the next; the weight of a sample at each rate must not.
     let (lo, hi) = (
-        cpu.iter().copied().fold(f64::MAX, f64::min),
-        cpu.iter().copied().fold(0.0, f64::max),
+        fidelity.iter().copied().fold(f64::MAX, f64::min),
+        fidelity.iter().copied().fold(0.0, f64::max),
     );
-    assert!(lo > 0.5, "two burners for 5 s sampled as {cpu:?} s");
     assert!(
         hi <= lo * 1.10,
-        "cpu/nanoseconds differ by more than 10 %: {cpu:?}"
+        "cpu/nanoseconds per CPU second used differ by more than 10 %: {fidelity:?} (sampled {cpu:?} s)"
     );
 }
 
@@ -300,19 +417,27 @@ async fn a_client_that_disconnects_gives_up_its_share_at_once() {
     let (_serial, addr) = server().await;
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
     let head = format!(
-        "GET /debug/pprof/profile?seconds=60&frequency=49 HTTP/1.1\r\nHost: {addr}\r\n\r\n"
+        "GET /debug/pprof/profile?seconds=300&frequency=49 HTTP/1.1\r\nHost: {addr}\r\n\r\n"
     );
     stream.write_all(head.as_bytes()).unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(
-        get(&format!("http://{addr}/debug/pprof/"))
-            .await
-            .text()
-            .contains("A CPU profile is running at 49 Hz for 1 reader(s)")
-    );
+    // The reader runs once the index page says so (the request takes a moment to arrive).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let page = get(&format!("http://{addr}/debug/pprof/")).await.text();
+        if page.contains("A CPU profile is running at 49 Hz for 1 reader(s)") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the 49 Hz reader never ran:\n{page}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left = std::time::Instant::now();
     drop(stream);
-    // Had the 60 s reader stayed, the sampler would run for another minute.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    // Had the 300 s reader stayed, the sampler would run for minutes more: well before
+    // that, however slow the machine, it must have stopped.
+    let deadline = left + Duration::from_secs(60);
     while !get(&format!("http://{addr}/debug/pprof/"))
         .await
         .text()
@@ -341,15 +466,19 @@ fn process_cpu_seconds() -> f64 {
     ticks / 100.0 // USER_HZ is 100 on Linux
 }
 
-/// A 5 s profile with `query` while two threads burn, and the process CPU time over its
-/// window. A 1 s profile with the same query goes first, so that the measured request
+/// A profile with `query` over 4 s of CPU of two burning threads, and the process CPU
+/// time over its window. A 1 s profile with the same query goes first, so that the measured request
 /// spends its CPU sampling rather than reading debug info to symbolize.
 ///
 /// The CPU time is the server's own reading at the window's edges (`X-Diag-CPU-Seconds`,
 /// the kernel's process clock): what the request used in all also holds symbolizing the
 /// addresses new to it after the window closed, which no sample can see. The client's
 /// own reading around the whole request bounds it from above.
-async fn profile_while_burning(addr: SocketAddr, query: &str) -> (testkit::Reply, f64) {
+async fn profile_while_burning(
+    addr: SocketAddr,
+    stop: &diag::Shutdown,
+    query: &str,
+) -> (testkit::Reply, f64) {
     let on = burners(2);
     let warm = get(&format!(
         "http://{addr}/debug/pprof/profile?seconds=1&{query}"
@@ -357,10 +486,16 @@ async fn profile_while_burning(addr: SocketAddr, query: &str) -> (testkit::Reply
     .await;
     assert_eq!(warm.status, StatusCode::OK, "{}", warm.text());
     let before = process_cpu_seconds();
-    let r = get(&format!(
-        "http://{addr}/debug/pprof/profile?seconds=5&{query}"
-    ))
+    // The window holds 4 s of the burners' CPU (ended by the shutdown), not 5 s of wall
+    // time a loaded machine may give them little of.
+    let r = profile_running(
+        &format!("http://{addr}/debug/pprof/profile?seconds=300&{query}"),
+        &format!("http://{addr}/debug/pprof/"),
+    )
     .await;
+    burnt("burner", Duration::from_secs(4)).await;
+    stop.trigger();
+    let r = r.await.unwrap();
     let request = process_cpu_seconds() - before;
     on.store(false, Ordering::Relaxed);
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
@@ -374,8 +509,8 @@ async fn profile_while_burning(addr: SocketAddr, query: &str) -> (testkit::Reply
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sampled_cpu_time_matches_the_cpu_time_used() {
-    let (_serial, addr) = server().await;
-    let (r, used) = profile_while_burning(addr, "format=folded").await;
+    let (_serial, addr, stop) = stoppable().await;
+    let (r, used) = profile_while_burning(addr, &stop, "format=folded").await;
     let samples: i64 = parse_folded(&r.text()).values().sum();
     let sampled = samples as f64 / 99.0;
     let fidelity = sampled / used;
@@ -499,8 +634,8 @@ async fn cpu_time_stays_honest_above_the_kernel_tick() {
     // pprof-rs weighs samples by the requested period, but the kernel delivers far fewer
     // than 1000 per CPU-second (~165 here), so that under-reports about sixfold. diag
     // weighs by the rate achieved, so the CPU time go tool pprof shows stays right.
-    let (_serial, addr) = server().await;
-    let (r, used) = profile_while_burning(addr, "frequency=1000").await;
+    let (_serial, addr, stop) = stoppable().await;
+    let (r, used) = profile_while_burning(addr, &stop, "frequency=1000").await;
     let dir = temp_dir("honest");
     let file = dir.join("cpu.pb.gz");
     std::fs::write(&file, &r.body).unwrap();
@@ -543,7 +678,7 @@ fn write_to_dev_null_in_a_loop(on: &AtomicBool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sample_inside_write_names_its_rust_caller() {
-    let (_serial, addr) = server().await;
+    let (_serial, addr, stop) = stoppable().await;
     let on = Arc::new(AtomicBool::new(true));
     let writer = {
         let on = on.clone();
@@ -552,10 +687,15 @@ async fn a_sample_inside_write_names_its_rust_caller() {
             .spawn(move || write_to_dev_null_in_a_loop(&on))
             .unwrap()
     };
-    let r = get(&format!(
-        "http://{addr}/debug/pprof/profile?seconds=2&format=folded"
-    ))
+    // A window over 0.5 s of the writer's CPU (~49 samples), ended by the shutdown.
+    let profile = profile_running(
+        &format!("http://{addr}/debug/pprof/profile?seconds=300&format=folded"),
+        &format!("http://{addr}/debug/pprof/"),
+    )
     .await;
+    burnt("writer", Duration::from_millis(500)).await;
+    stop.trigger();
+    let r = profile.await.unwrap();
     on.store(false, Ordering::Relaxed);
     writer.join().unwrap();
     assert_eq!(r.status, StatusCode::OK);
@@ -596,33 +736,45 @@ async fn a_sample_inside_write_names_its_rust_caller() {
     );
 }
 
+/// This thread's CPU time.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn threads_created_during_a_window_are_sampled() {
-    let (_serial, addr) = server().await;
-    let profile = tokio::spawn(async move {
-        get(&format!(
-            "http://{addr}/debug/pprof/profile?seconds=3&format=folded"
-        ))
+    // The window is ended by the shutdown once the late thread is done, so that it holds
+    // all of the thread's work however long a loaded machine takes to give it its CPU.
+    let stop = diag::Shutdown::new();
+    let (_serial, addr) = server_with(diag::Config::default().with_shutdown(stop.clone())).await;
+    let profile = profile_running(
+        &format!("http://{addr}/debug/pprof/profile?seconds=300&format=folded"),
+        &format!("http://{addr}/debug/pprof/"),
+    )
+    .await;
+    // A fixed amount of CPU, not of wall time: 0.5 s is ~49 samples at 99 Hz.
+    let late = std::thread::Builder::new()
+        .name("latecomer".into())
+        .spawn(move || {
+            let start = thread_cpu();
+            while thread_cpu() - start < Duration::from_millis(500) {
+                std::hint::black_box(burn_in_test(100_000));
+            }
+        })
+        .unwrap();
+    tokio::task::spawn_blocking(move || late.join().unwrap())
         .await
-    });
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    let on = Arc::new(AtomicBool::new(true));
-    let late = {
-        let on = on.clone();
-        std::thread::Builder::new()
-            .name("latecomer".into())
-            .spawn(move || {
-                while on.load(Ordering::Relaxed) {
-                    std::hint::black_box(burn_in_test(100_000));
-                }
-            })
-            .unwrap()
-    };
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    on.store(false, Ordering::Relaxed);
-    late.join().unwrap();
+        .unwrap();
+    stop.trigger();
     let r = profile.await.unwrap();
     assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header("x-diag-ended-early"), "shutdown");
     let stacks = parse_folded(&r.text());
     let late: i64 = stacks
         .iter()

@@ -27,6 +27,12 @@ fn assert_go_error(r: &testkit::Reply, status: StatusCode) {
     assert_eq!(r.header("content-disposition"), "");
 }
 
+/// The CPU sampler is the process's, and the index page's "A CPU profile is running" is
+/// true whichever router's profile runs: the tests here that start a profile (and wait
+/// for that line with `profile_running`) take this lock, one at a time, so the line they
+/// see is their own profile's.
+static ONE_PROFILE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test]
 async fn merged_into_an_app_with_its_own_fallback() {
     let addr = testkit::serve(app_with_fallback(diag::Config::default())).await;
@@ -200,6 +206,7 @@ async fn sidecar_serves_and_stops() {
 
 #[tokio::test]
 async fn a_profile_in_flight_at_shutdown_ends_early_with_what_it_has() {
+    let _one = ONE_PROFILE_AT_A_TIME.lock().await;
     let stop = diag::Shutdown::new();
     let sidecar = diag::serve(
         diag::Config::default().with_shutdown(stop.clone()),
@@ -209,23 +216,23 @@ async fn a_profile_in_flight_at_shutdown_ends_early_with_what_it_has() {
     .unwrap();
     let addr = sidecar.local_addr();
     let started = Instant::now();
-    let profile = tokio::spawn(async move {
-        http_get(&format!(
-            "http://{addr}/debug/pprof/profile?seconds=60&format=folded"
-        ))
-        .await
-    });
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // The shutdown comes once the profile runs (before, the sidecar would refuse it).
+    let profile = profile_running(
+        &format!("http://{addr}/debug/pprof/profile?seconds=300&format=folded"),
+        &format!("http://{addr}/debug/pprof/"),
+    )
+    .await;
     stop.trigger();
     let r = profile.await.unwrap();
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert_eq!(r.header("x-diag-ended-early"), "shutdown");
+    // Well before its 300 s window, however slow the machine.
     assert!(
-        started.elapsed() < Duration::from_secs(30),
+        started.elapsed() < Duration::from_secs(150),
         "took {:?}",
         started.elapsed()
     );
-    tokio::time::timeout(Duration::from_secs(10), sidecar.wait())
+    tokio::time::timeout(Duration::from_secs(60), sidecar.wait())
         .await
         .expect("sidecar stopped")
         .unwrap();
@@ -309,13 +316,15 @@ async fn seconds_over_the_cap_is_refused_with_the_range() {
 
 #[tokio::test]
 async fn heavy_operations_beyond_the_cap_get_429() {
+    let _one = ONE_PROFILE_AT_A_TIME.lock().await;
     let addr = testkit::serve(app_with_fallback(
         diag::Config::default().with_max_concurrent(1),
     ))
     .await;
-    // The first profile holds the only permit once the index page shows it running.
+    // The first profile holds the only permit once the index page shows it running, for
+    // the rest of its 10 s window: time to spare for the requests below on a slow machine.
     let first = profile_running(
-        &format!("http://{addr}/debug/pprof/profile?seconds=3&format=folded"),
+        &format!("http://{addr}/debug/pprof/profile?seconds=10&format=folded"),
         &format!("http://{addr}/debug/pprof/"),
     )
     .await;
@@ -438,6 +447,7 @@ async fn good_prefixes_mount_and_answer() {
 /// `Config::with_retry_after` is what a 429 carries.
 #[tokio::test]
 async fn the_429_carries_the_configured_retry_after() {
+    let _one = ONE_PROFILE_AT_A_TIME.lock().await;
     let stop = diag::Shutdown::new();
     let cfg = diag::Config::default()
         .with_max_concurrent(1)

@@ -19,14 +19,22 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A server with the recorder on as `rec` says, and the shutdown that stops it.
 async fn server(rec: CpuRecorder) -> (tokio::sync::MutexGuard<'static, ()>, SocketAddr, Shutdown) {
-    let serial = SERIAL.lock().await;
+    server_holding(SERIAL.lock().await, rec).await
+}
+
+/// [`server`] for a test that already holds [`SERIAL`] (to read the process's memory
+/// before the recorder starts, with no other test running).
+async fn server_holding(
+    serial: tokio::sync::MutexGuard<'static, ()>,
+    rec: CpuRecorder,
+) -> (tokio::sync::MutexGuard<'static, ()>, SocketAddr, Shutdown) {
     let shutdown = Shutdown::new();
     let cfg = Config::default()
         .with_cpu_recorder(rec)
         .with_shutdown(shutdown.clone());
     let addr = testkit::serve(diag::router(cfg)).await;
-    // The recorder starts on the sampler thread, at once.
-    let deadline = Instant::now() + Duration::from_secs(20);
+    // The recorder starts on the sampler thread, at once (a loaded machine may be slow).
+    let deadline = Instant::now() + Duration::from_secs(60);
     while recorder_line(addr).await.is_none() {
         assert!(Instant::now() < deadline, "the recorder never started");
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -54,7 +62,7 @@ async fn recorder_line(addr: SocketAddr) -> Option<(u64, u64, f64)> {
 /// Stops the recorder as the application's shutdown does, and waits for the index to say.
 async fn stop(addr: SocketAddr, shutdown: &Shutdown) {
     shutdown.trigger();
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let page = get(&format!("http://{addr}/debug/pprof/")).await.text();
         if page.contains("configured but not running") {
@@ -360,9 +368,12 @@ fn distinct_stacks(threads: usize) -> Arc<AtomicBool> {
 /// table is at its cap, then 10 s more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn distinct_deep_stacks_stay_within_the_memory_bound() {
+    // Read with no other test of this binary running (their threads and buffers are
+    // the process's too).
+    let serial = SERIAL.lock().await;
     let before_mib = testkit::mem::anon_mib(std::process::id());
     let rec = CpuRecorder::new(Duration::from_secs(600)).with_frequency(1000);
-    let (_serial, addr, shutdown) = server(rec).await;
+    let (_serial, addr, shutdown) = server_holding(serial, rec).await;
     let sampler = testkit::mem::Sampler::start(std::process::id(), Duration::from_millis(100));
     let on = distinct_stacks(4);
     let mut accounted = Vec::new();

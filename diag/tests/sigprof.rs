@@ -56,14 +56,51 @@ fn main() {
     assert!(failed.is_empty(), "{}", failed.join("\n---\n"));
 }
 
-/// `kill -PROF <this process>`, as a user would type it, and a moment for it to land.
+/// `kill -PROF <this process>`, as a user would type it; returns once the signal has
+/// landed: no longer pending for the process or any of its threads (a loaded machine may
+/// take a while to run the thread it went to), and a moment more for its handler to end.
 fn kill_prof() {
     let status = Command::new("kill")
         .args(["-PROF", &std::process::id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while sigprof_pending() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGPROF still pending after 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     std::thread::sleep(Duration::from_millis(200));
+}
+
+/// Whether a SIGPROF waits for delivery: the process's shared pending set (`ShdPnd`) or
+/// a thread's own (`SigPnd`), from `/proc/self/task/*/status`.
+fn sigprof_pending() -> bool {
+    let bit = 1u64 << (libc::SIGPROF - 1);
+    let has = |status: &str, key: &str| {
+        status
+            .lines()
+            .filter_map(|l| l.strip_prefix(key))
+            .filter_map(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .any(|mask| mask & bit != 0)
+    };
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .any(|st| has(&st, "ShdPnd:") || has(&st, "SigPnd:"))
+}
+
+/// Waits until the application's handler has run `n` times in all (it runs on the
+/// thread the signal went to, which a loaded machine may schedule late).
+fn app_signals_reach(n: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while APP_SIGNALS.load(Ordering::Relaxed) < n && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 static APP_SIGNALS: AtomicUsize = AtomicUsize::new(0);
@@ -142,6 +179,7 @@ fn run(scenario: &str) {
             install_app_handler();
             let router = diag::router(diag::Config::default());
             kill_prof();
+            app_signals_reach(1);
             assert_eq!(
                 APP_SIGNALS.load(Ordering::Relaxed),
                 1,
@@ -151,6 +189,7 @@ fn run(scenario: &str) {
             // diag's own timer signals are not passed to the application.
             assert_eq!(APP_SIGNALS.load(Ordering::Relaxed), 1);
             kill_prof();
+            app_signals_reach(2);
             assert_eq!(APP_SIGNALS.load(Ordering::Relaxed), 2);
         }
         "app_handler_after_diag" => {
@@ -159,9 +198,11 @@ fn run(scenario: &str) {
             // and passes the application's signals on.
             install_app_handler();
             kill_prof();
+            app_signals_reach(1);
             assert_eq!(APP_SIGNALS.load(Ordering::Relaxed), 1);
             profile(&rt, router);
             kill_prof();
+            app_signals_reach(2);
             assert_eq!(
                 APP_SIGNALS.load(Ordering::Relaxed),
                 2,

@@ -137,8 +137,9 @@ async fn symbol_counts_against_the_heavy_cap() {
     // loaded machine, and the cap would never be met.
     assert_eq!(post(addr, &format!("{f:#x}")).await.status, StatusCode::OK);
     // A CPU profile holds the one permit from the moment the index page shows it running
-    // (the handler takes the permit before it starts the capture).
-    let url = format!("http://{addr}/debug/pprof/profile?seconds=3");
+    // (the handler takes the permit before it starts the capture), for the rest of its
+    // 10 s window: time to spare for the requests below on a slow machine.
+    let url = format!("http://{addr}/debug/pprof/profile?seconds=10");
     let profile = profile_running(&url, &format!("http://{addr}/debug/pprof/")).await;
     let r = post(addr, &format!("{f:#x}")).await;
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.text());

@@ -48,9 +48,11 @@ async fn an_idle_layer_leaves_levels_and_interest_as_the_other_layers_set_them()
     assert!(!debug_callsite_on(), "a DEBUG callsite is live while idle");
 
     // A window: DEBUG and TRACE callsites reach the layer and are recorded.
-    let url = format!("http://{addr}/debug/pprof/trace?seconds=2");
+    // 5 s: the events below go out at once when the window opens, with time to spare on
+    // a loaded machine. The waits are for progress, generous for a cold, busy one.
+    let url = format!("http://{addr}/debug/pprof/trace?seconds=5");
     let window = tokio::spawn(async move { testkit::get(&url).await });
-    level_becomes(LevelFilter::TRACE, Duration::from_secs(2)).await;
+    level_becomes(LevelFilter::TRACE, Duration::from_secs(60)).await;
     assert!(
         debug_callsite_on(),
         "a DEBUG callsite stayed off in a window"
@@ -74,27 +76,27 @@ async fn an_idle_layer_leaves_levels_and_interest_as_the_other_layers_set_them()
     assert_eq!(span["args"]["n"], "7");
 
     // Closed again: back to the application's levels.
-    level_becomes(LevelFilter::INFO, Duration::from_secs(1)).await;
+    level_becomes(LevelFilter::INFO, Duration::from_secs(60)).await;
     assert!(
         !debug_callsite_on(),
         "a DEBUG callsite stayed live after the window"
     );
 
     // A client that hangs up mid-window: the handler is dropped and the window closes
-    // with it, rather than recording until its 30 s are up.
+    // with it, rather than recording until its 60 s (the most a window may ask) are up.
     let mut conn = std::net::TcpStream::connect(addr).unwrap();
     write!(
         conn,
-        "GET /debug/pprof/trace?seconds=30 HTTP/1.1\r\nhost: {addr}\r\n\r\n"
+        "GET /debug/pprof/trace?seconds=60 HTTP/1.1\r\nhost: {addr}\r\n\r\n"
     )
     .unwrap();
-    level_becomes(LevelFilter::TRACE, Duration::from_secs(2)).await;
+    level_becomes(LevelFilter::TRACE, Duration::from_secs(60)).await;
     drop(conn);
-    level_becomes(LevelFilter::INFO, Duration::from_secs(5)).await;
+    level_becomes(LevelFilter::INFO, Duration::from_secs(30)).await;
     assert!(!debug_callsite_on());
 
     // And the next window opens at once (the first one's lock went with it).
     let r = testkit::get(&format!("http://{addr}/debug/pprof/trace?seconds=1")).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-    level_becomes(LevelFilter::INFO, Duration::from_secs(1)).await;
+    level_becomes(LevelFilter::INFO, Duration::from_secs(60)).await;
 }

@@ -15,6 +15,34 @@ fn waits_for_the_lock(lock: &Mutex<()>) {
     let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
 }
 
+/// Waits until this process's thread named `name` is asleep in the kernel (state `S` in
+/// its `/proc/self/task/TID/stat`): a thread just spawned may not have run yet on a loaded
+/// machine.
+fn waits_in_the_kernel(name: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let asleep = std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .flatten()
+            .filter(|t| {
+                std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == name)
+            })
+            .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
+            .any(|stat| {
+                stat.rsplit_once(") ")
+                    .is_some_and(|(_, rest)| rest.starts_with('S'))
+            });
+        if asleep {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name} never slept in the kernel"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Folded lines `root;frames... VALUE` as (stack, value).
 fn folded(text: &str) -> Vec<(String, i64)> {
     text.lines()
@@ -48,7 +76,8 @@ fn a_thread_blocked_on_a_lock_shows_with_its_wall_time_and_parked_workers_do_not
             .spawn(move || waits_for_the_lock(&lock))
             .unwrap()
     };
-    std::thread::sleep(Duration::from_millis(200));
+    // The window opens once the waiter sleeps on the lock (the kernel says so).
+    waits_in_the_kernel("app-waiter");
     let url = format!("http://{}/debug/pprof/wall?seconds=3", sidecar.local_addr());
     let (folded_text, top) = rt.block_on(async {
         let f = get(&format!("{url}&format=folded")).await;

@@ -7,7 +7,7 @@
 //! a drain that never came, or for another reader's longer window, would answer after
 //! that window or never; symbolization of a debug test binary on a loaded 2-core machine
 //! takes seconds (measured at load average 11-13: 2-8 s a pass), so the bound leaves it
-//! [`SLACK`].
+//! [`SLACK`], two minutes.
 #![cfg(feature = "cpu")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -18,8 +18,10 @@ use std::time::{Duration, Instant};
 use http::StatusCode;
 use testkit::get;
 
-/// How long past its window a profile may take to answer.
-const SLACK: Duration = Duration::from_secs(30);
+/// How long past its window a profile may take to answer: a wait for progress (a window
+/// that waited for a drain that never came would never answer), generous for a debug
+/// build symbolizing on a loaded machine.
+const SLACK: Duration = Duration::from_secs(120);
 
 /// Burns CPU under a name the profiles must show.
 #[inline(never)]

@@ -113,7 +113,7 @@ pub async fn serve(app: axum::Router) -> SocketAddr {
 pub async fn profile_running(profile_url: &str, index_url: &str) -> tokio::task::JoinHandle<Reply> {
     let url = profile_url.to_owned();
     let profile = tokio::spawn(async move { get(&url).await });
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while std::time::Instant::now() < deadline {
         if get(index_url)
             .await
@@ -124,5 +124,5 @@ pub async fn profile_running(profile_url: &str, index_url: &str) -> tokio::task:
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("{profile_url} never showed as running on {index_url} (30 s)");
+    panic!("{profile_url} never showed as running on {index_url} (120 s)");
 }

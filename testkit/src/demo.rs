@@ -14,6 +14,8 @@ use crate::parsers::json_field;
 pub struct Demo {
     child: Child,
     logs: Arc<Mutex<Vec<String>>>,
+    /// The threads reading its stdout and stderr into `logs`: they end at the pipes' end.
+    readers: Vec<std::thread::JoinHandle<()>>,
     /// The service's address.
     pub addr: SocketAddr,
     /// Where diag answers (the sidecar's address, or `addr` when mounted on main or off).
@@ -43,18 +45,21 @@ impl Demo {
         }
         let mut child = cmd.spawn().expect("start the demo binary");
         let logs = Arc::new(Mutex::new(Vec::new()));
+        let mut readers = Vec::new();
         for stream in [
             Box::new(child.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
             Box::new(child.stderr.take().expect("stderr")),
         ] {
             let logs = logs.clone();
-            std::thread::spawn(move || {
+            readers.push(std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
                     logs.lock().unwrap().push(line);
                 }
-            });
+            }));
         }
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // A debug build starting cold on a loaded machine: generous, it is a wait for
+        // progress (the loop ends as soon as the line comes).
+        let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let found = logs
                 .lock()
@@ -81,6 +86,7 @@ impl Demo {
                 return Demo {
                     child,
                     logs,
+                    readers,
                     addr,
                     diag_addr,
                     console_addr,
@@ -94,7 +100,7 @@ impl Demo {
             }
             assert!(
                 Instant::now() < deadline,
-                "the demo did not log `listening` within 30 s; its output:\n{}",
+                "the demo did not log `listening` within 120 s; its output:\n{}",
                 logs.lock().unwrap().join("\n")
             );
             std::thread::sleep(Duration::from_millis(20));
@@ -116,6 +122,70 @@ impl Demo {
         self.logs.lock().unwrap().clone()
     }
 
+    /// Waits until a line the process printed satisfies `ok` (lines reach [`Demo::logs`]
+    /// through a reader thread, a moment after the process writes them) and returns it;
+    /// fails the test after `within`.
+    pub fn wait_for_log(&self, within: Duration, ok: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(line) = self.logs().into_iter().find(|l| ok(l)) {
+                return line;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no such line within {within:?}; the output:\n{}",
+                self.logs().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until diag's per-task dump (`/debug/pprof/goroutine?debug=2`) shows `frame`
+    /// `n` times or more, e.g. `demo::work::nap` for requests inside `/sleep`, and returns
+    /// the dump; fails the test after 60 s. The demo must be started with
+    /// `--dump-interval 0s`, or it serves the same dump again for a minute.
+    pub async fn wait_for_tasks(&self, frame: &str, n: usize) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let text = crate::get(&self.diag_url("/debug/pprof/goroutine?debug=2"))
+                .await
+                .text();
+            if text.matches(frame).count() >= n {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "never saw {n} tasks in {frame} within 60 s:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until the process has a thread named `name` (`/proc/PID/task/*/comm`), e.g.
+    /// `diag-wall`, which samples exactly while a wall-time window is open; fails the test
+    /// after 60 s.
+    pub fn wait_for_thread(&self, name: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let found = std::fs::read_dir(format!("/proc/{}/task", self.pid()))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|t| {
+                    std::fs::read_to_string(t.path().join("comm"))
+                        .is_ok_and(|c| c.trim_end() == name)
+                });
+            if found {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no thread named {name} within 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -131,11 +201,18 @@ impl Demo {
         assert!(ok, "kill -{name} failed");
     }
 
-    /// Waits for the process to exit, failing the test after `timeout`.
+    /// Waits for the process to exit, failing the test after `timeout`. Once it returns,
+    /// [`Demo::logs`] holds every line the process printed (its last lines are read to
+    /// the pipes' end, not left to the reader threads' timing).
     pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
+                // A process the demo started could hold the pipes open: a minute at most.
+                let read_until = Instant::now() + Duration::from_secs(60);
+                while self.readers.iter().any(|r| !r.is_finished()) && Instant::now() < read_until {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
                 return status;
             }
             assert!(

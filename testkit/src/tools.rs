@@ -54,10 +54,21 @@ pub fn tokio_console() -> PathBuf {
         })
 }
 
+/// How long `go tool pprof` may wait for a profile it fetches over HTTP, unless the
+/// arguments say (`-timeout=N`): its own default (the window plus a few seconds) is too
+/// short for a debug build symbolizing on a loaded machine ("timeout awaiting response
+/// headers" was seen for a 3 s profile).
+const PPROF_FETCH_TIMEOUT: &str = "-timeout=120";
+
 /// Runs `go tool pprof ARGS` and returns its stdout; panics with its stderr on failure.
+/// When a source is a URL and no `-timeout` is given, [`PPROF_FETCH_TIMEOUT`] is.
 pub fn go_pprof(args: &[&str]) -> String {
+    let fetches = args.iter().any(|a| a.starts_with("http://"));
+    let timed = args.iter().any(|a| a.starts_with("-timeout"));
+    let timeout = (fetches && !timed).then_some(PPROF_FETCH_TIMEOUT);
     let out = Command::new(go())
         .args(["tool", "pprof"])
+        .args(timeout)
         .args(args)
         .env("PPROF_TMPDIR", std::env::temp_dir())
         .output()
