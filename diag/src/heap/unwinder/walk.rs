@@ -86,3 +86,54 @@ pub(super) unsafe fn chain_from_caller(
     }
     n
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::engine::walk_own_stack;
+
+    const MAX: usize = 64;
+
+    /// Both walks from one function: the engine's `walk_own_stack` and the hook's.
+    #[inline(never)]
+    fn both(lo: usize, hi: usize) -> (Vec<usize>, Vec<usize>) {
+        let mut engine = [0usize; MAX];
+        let e = engine.as_mut_ptr();
+        // SAFETY: this thread's stack; every index is below MAX.
+        let n_engine = unsafe { walk_own_stack(lo, hi, MAX, |i, a| *e.add(i) = a) };
+        let mut hook = [std::ptr::null_mut::<c_void>(); MAX];
+        // SAFETY: this thread's stack; `hook` has room for MAX.
+        let n_hook = unsafe { chain_from_caller(lo, hi, hook.as_mut_ptr(), MAX) };
+        let hook = hook[..n_hook].iter().map(|&a| a as usize).collect();
+        (engine[..n_engine].to_vec(), hook)
+    }
+
+    #[test]
+    fn the_hooks_walk_gives_the_engines_addresses() {
+        let (lo, hi) = super::super::own_stack().expect("this thread's stack range");
+        let (engine, hook) = std::hint::black_box(both(lo, hi));
+        assert!(engine.len() >= 3, "{engine:x?}");
+        // Each starts with the return address into `both`, at its own call; above that,
+        // the same frames (the test harness's, up to the thread's start).
+        assert_ne!(engine[0], hook[0]);
+        assert_eq!(engine[1..], hook[1..], "engine {engine:x?}\nhook {hook:x?}");
+    }
+
+    #[test]
+    fn the_hooks_walk_stays_in_its_bounds() {
+        let (lo, hi) = super::super::own_stack().expect("this thread's stack range");
+        let mut out = [std::ptr::null_mut::<c_void>(); MAX];
+        // A range that does not hold this frame: nothing.
+        // SAFETY: reads only inside the range given, which is not read at all here.
+        assert_eq!(
+            unsafe { chain_from_caller(hi, hi, out.as_mut_ptr(), MAX) },
+            0
+        );
+        // No room: nothing.
+        // SAFETY: as above; `max` is 0.
+        assert_eq!(unsafe { chain_from_caller(lo, hi, out.as_mut_ptr(), 0) }, 0);
+        // At most `max`.
+        // SAFETY: this thread's stack; `out` has room for 2.
+        assert_eq!(unsafe { chain_from_caller(lo, hi, out.as_mut_ptr(), 2) }, 2);
+    }
+}
