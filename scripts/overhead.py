@@ -38,8 +38,13 @@ Measures, printing a summary at the end (docs/performance.md quotes it):
     unwound by diag's frame-pointer walker) against inactive (A,
     `_RJEM_MALLOC_CONF=prof_active:false`): two processes of the same binary,
     alternated; then `/churn` again with profiling active and jemalloc's own libgcc
-    unwinder (B, `--heap-libgcc-unwinder`) against the same A; and how long a heap dump
-    takes and how big it is, 64 MiB held;
+    unwinder (B, `--heap-libgcc-unwinder`) against the same A, and with one sample per
+    MiB instead of 512 KiB (B, `lg_prof_sample:20`, the documented cheaper setting);
+    then what one heap sample costs: `/churn` with 100 times the blocks (about 156
+    samples a request, so the request's own overhead hardly counts), B against A, the
+    difference in CPU per request over the samples per request; then `/churn` in B's
+    process alone, its sampling switched off (A) and on (B) between runs, in turn (see
+    prof_active_switch); and how long a heap dump takes and how big it is, 64 MiB held;
  6. what diag's trace layer costs while no /trace window is open: the same CPU per
     request with the layer installed and idle (B) against without it (A,
     `--no-trace-layer`), two processes of the same binary, alternated;
@@ -77,7 +82,7 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALL_PARTS = "0 1 2 3 5 6 7 9"
 # Rough minutes per part at 10 rounds of 3 s (parts 2 and 3 do not depend on rounds).
-MINUTES = {"0": 2.2, "1": 4.5, "2": 1.2, "3": 2.0, "5": 4.7, "6": 2.2, "7": 3.0, "8": 2.2, "9": 1.2}
+MINUTES = {"0": 2.2, "1": 4.5, "2": 1.2, "3": 2.0, "5": 8.0, "6": 2.2, "7": 3.0, "8": 2.2, "9": 1.2}
 FIXED = {"2", "3"}
 WORK_N = 100000
 TCK = os.sysconf("SC_CLK_TCK")
@@ -87,6 +92,11 @@ SAMPLE_US = os.environ.get("SAMPLE_US", "2.83")
 # Paths loaded, one per warm window in turn, beside the /work load: new code now and then.
 LAT_PATHS = ["/", "/hash?n=20000", "/churn?n=200&bytes=4096", "/metrics", "/sleep?ms=1", "/readyz"]
 CHURN = "/churn?n=200&bytes=4096"
+# Part 5's cost of one heap sample: 100 times CHURN's blocks, 80 MB a request, and the
+# jemalloc samples that brings at the demo's lg_prof_sample:19 (one per 512 KiB).
+CHURN_HEAVY_BLOCKS = 20000
+CHURN_HEAVY = f"/churn?n={CHURN_HEAVY_BLOCKS}&bytes=4096"
+HEAVY_SAMPLES = CHURN_HEAVY_BLOCKS * 4096 / (1 << 19)
 # Straight to 127.0.0.1, whatever http_proxy says.
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -473,13 +483,72 @@ def part3(lab, s, res):
     lab.stop(demo)
 
 
+def prof_active_switch(pid):
+    """For part 5's A/B in one process: a function that turns jemalloc's sampling on or off
+    in the running demo PID, or None where it cannot. The demo has no endpoint for the
+    `prof.active` mallctl (and no answer may change for a measurement), so this writes the
+    flag that mallctl sets, `_rjem_je_prof_active_state` (found with nm in the binary and
+    placed with /proc/PID/maps), through /proc/PID/mem: jemalloc reads it, unlocked, at
+    every allocation that reaches a sampling point."""
+    exe = os.path.realpath(f"/proc/{pid}/exe")
+    try:
+        nm = subprocess.run(["nm", exe], capture_output=True, text=True, check=True).stdout
+        with open(exe, "rb") as f:
+            pie = f.read(18)[16] == 3  # e_type ET_DYN: addresses are relative to the load base
+        base = 0
+        if pie:
+            with open(f"/proc/{pid}/maps") as maps:
+                base = next(int(l.split("-")[0], 16) for l in maps
+                            if l.split()[-1] == exe and l.split()[2] == "00000000")
+    except (OSError, subprocess.CalledProcessError, StopIteration, IndexError):
+        return None
+    sym = [int(l.split()[0], 16) for l in nm.splitlines() if l.endswith(" _rjem_je_prof_active_state")]
+    if len(sym) != 1:
+        return None
+    addr = base + sym[0]
+
+    def switch(on):
+        with open(f"/proc/{pid}/mem", "r+b", buffering=0) as mem:
+            mem.seek(addr)
+            mem.write(bytes([int(on)]))
+            mem.seek(addr)
+            if mem.read(1) != bytes([int(on)]):
+                raise Failure(f"could not set jemalloc's prof_active_state in {pid}")
+
+    return switch
+
+
+def toggled(lab, name, proc, path):
+    """One process on PATH, jemalloc's sampling off (A) and on (B) in turn, A first in odd
+    rounds: no second process whose threads, arenas or layout differ. Sampling is on after."""
+    switch = prof_active_switch(proc.pid)
+    if switch is None:
+        print(f"  {name}: skipped (cannot reach jemalloc's prof_active_state in {proc.pid})")
+        return
+    rounds = lab.s["rounds"]
+    rows = []
+    lab.overheads[sanitized(name)] = (name, rows)
+    try:
+        for r in range(1, rounds + 1):
+            got = {}
+            for on in ([False, True] if r % 2 == 1 else [True, False]):
+                switch(on)
+                time.sleep(0.2)
+                got[on] = lab.measure(proc.pid, proc.url(path))
+            rows.append(got[False] + got[True])
+            print(round_line(name, r, rounds, got[False], got[True]), flush=True)
+    finally:
+        switch(True)
+
+
 def part5(lab, s, res):
     print(f"\n== 5. jemalloc heap profiling: active (B) against inactive (A), {s['rounds']} "
           "alternations", flush=True)
     a = lab.start_demo(lab.port(), lab.port(), "prof_active:false")
     b = lab.start_demo(lab.port(), lab.port())
     c = lab.start_demo(lab.port(), lab.port(), "", "--heap-libgcc-unwinder")
-    for proc, want in [(b, "frame-pointer"), (c, "jemalloc")]:
+    d = lab.start_demo(lab.port(), lab.port(), "lg_prof_sample:20")
+    for proc, want in [(b, "frame-pointer"), (c, "jemalloc"), (d, "frame-pointer")]:
         got = fetch(proc.diag_url("/debug/pprof/heap"))[1].get("x-diag-heap-unwinder", "")
         if got != want:
             raise Failure(f"the demo on {proc.diag} unwinds heap samples with '{got}', not {want}")
@@ -487,7 +556,10 @@ def part5(lab, s, res):
     lab.pair(f"heap-prof demo /work?n={WORK_N}", a, b, f"/work?n={WORK_N}")
     lab.pair("heap-prof demo /churn", a, b, CHURN)
     lab.pair("heap-prof-libgcc demo /churn", a, c, CHURN)
-    lab.stop(c)
+    lab.pair("heap-prof-lg20 demo /churn", a, d, CHURN)
+    lab.pair("heap-prof demo /churn x100", a, b, CHURN_HEAVY)
+    toggled(lab, "heap-prof demo /churn, one process", b, CHURN)
+    lab.stop(c, d)
     fetch(b.url("/hold?mb=64"), method="POST", check=True)
     res["dumps"] = []
     for _ in range(s["dumps"]):
@@ -633,6 +705,17 @@ def latency_lines(lab, res):
           f"{res['rss2']} after {lab.s['b2b']} more back to back")
 
 
+def heap_sample_line(lab):
+    """Part 5's cost of one heap sample, from the /churn x100 pair."""
+    rows = lab.overheads.get(sanitized("heap-prof demo /churn x100"), (None, []))[1]
+    if rows:
+        per = sorted((b - a) / HEAVY_SAMPLES for a, _, b, _ in rows)
+        print(f"one heap sample (/churn x100: B - A per request over {HEAVY_SAMPLES:.0f} samples): "
+              f"median {statistics.median(per):.3f} us [{per[0]:.3f}, {per[-1]:.3f}]; "
+              f"/churn's {HEAVY_SAMPLES / 100:.2f} a request at that: "
+              f"+{statistics.median(per) * HEAVY_SAMPLES / 100:.2f} us")
+
+
 def dump_line(res):
     ms = [t * 1000 for t, _ in res["dumps"]]
     kib = [b / 1024 for _, b in res["dumps"]]
@@ -648,7 +731,8 @@ def print_summary(lab, s, res):
     print("overhead (server CPU per request B / A: demo/go = a CPU profile running / none;")
     print("  diag-idle = diag mounted and idle / not mounted;")
     print("  heap-prof = jemalloc profiling active / inactive (heap-prof-libgcc: with jemalloc's "
-          "own unwinder);")
+          "own unwinder; -lg20: one sample per MiB; x100: 100 times /churn's blocks;"
+          " one process: switched off / on in B's process);")
     print("  trace-layer = installed and idle / absent;")
     print("  trace-window = a /trace window open / none; recorder = the CPU recorder on / off;")
     print("  route-labels = RouteLabels on / off;")
@@ -661,6 +745,7 @@ def print_summary(lab, s, res):
     if "3" in s["parts"]:
         latency_lines(lab, res)
     if res.get("dumps"):
+        heap_sample_line(lab)
         dump_line(res)
     if "6" in s["parts"]:
         print(f"a 1 s /trace window under wrk on /: {res['trace_events']} (events, dropped)")

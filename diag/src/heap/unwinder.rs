@@ -4,8 +4,10 @@
 //! pointer, `experimental.hooks.prof_backtrace` (jemalloc 5.3.1, prof_sys.c:524-532): by
 //! default `prof_backtrace_impl`, a libgcc `_Unwind_Backtrace` (~5 µs a sample, which
 //! is most of what heap profiling costs an allocation-heavy service). diag can set it to
-//! [`frame_pointer_backtrace`], the walk its CPU engine runs in the signal handler
-//! (`cpu/engine/unwind.rs`), started from the hook's own frame.
+//! [`frame_pointer_backtrace`]: the chain of frame records from the hook's own frame up
+//! (`unwinder/walk.rs`), the walk the CPU engine's signal handler runs
+//! (`cpu/engine/unwind.rs`) without its search for a frameless leaf's callers, which
+//! finds nothing here.
 //!
 //! jemalloc calls the hook with none of its locks held and with the thread marked
 //! reentrant, so allocations made inside it are not sampled (prof.c:220-233); the hook
@@ -22,6 +24,7 @@
 //! off, which writes the previous hook back.
 
 mod probe;
+mod walk;
 
 use std::cell::Cell;
 use std::ffi::{c_uint, c_void};
@@ -30,8 +33,8 @@ use std::sync::{Mutex, OnceLock};
 
 use tikv_jemalloc_ctl::raw;
 
-use crate::cpu::engine::walk_own_stack;
 use probe::{probe, probe_backtrace};
+use walk::chain_from_caller;
 
 /// jemalloc's `prof_backtrace_hook_t`: fill `vec` with at most `max_len` return
 /// addresses, leaf first, and set `*len`.
@@ -147,10 +150,10 @@ unsafe fn frame_pointer_walk(vec: *mut *mut c_void, max: usize) -> usize {
     let Some((lo, hi)) = own_stack() else {
         return 0;
     };
-    // SAFETY: `[lo, hi)` is this thread's stack as glibc reports it; `walk_own_stack`
+    // SAFETY: `[lo, hi)` is this thread's stack as glibc reports it; `chain_from_caller`
     // checks that its own frame lies in it (not on an alternate signal stack), and reads
-    // only from there up, the part in use. Each index is below `max`.
-    unsafe { walk_own_stack(lo, hi, max, |i, a| *vec.add(i) = a as *mut c_void) }
+    // only from there up, the part in use. `vec` has room for `max`.
+    unsafe { chain_from_caller(lo, hi, vec, max) }
 }
 
 /// The hook diag installs: the frame-pointer walk, or the previous hook when the walk
