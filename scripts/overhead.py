@@ -42,9 +42,8 @@ Measures, printing a summary at the end (docs/performance.md quotes it):
     MiB instead of 512 KiB (B, `lg_prof_sample:20`, the documented cheaper setting);
     then what one heap sample costs: `/churn` with 100 times the blocks (about 156
     samples a request, so the request's own overhead hardly counts), B against A, the
-    difference in CPU per request over the samples per request; then `/churn` in B's
-    process alone, its sampling switched off (A) and on (B) between runs, in turn (see
-    prof_active_switch); and how long a heap dump takes and how big it is, 64 MiB held;
+    difference in CPU per request over the samples per request; and how long a heap dump
+    takes and how big it is, 64 MiB held;
  6. what diag's trace layer costs while no /trace window is open: the same CPU per
     request with the layer installed and idle (B) against without it (A,
     `--no-trace-layer`), two processes of the same binary, alternated;
@@ -82,7 +81,7 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALL_PARTS = "0 1 2 3 5 6 7 9"
 # Rough minutes per part at 10 rounds of 3 s (parts 2 and 3 do not depend on rounds).
-MINUTES = {"0": 2.2, "1": 4.5, "2": 1.2, "3": 2.0, "5": 8.0, "6": 2.2, "7": 3.0, "8": 2.2, "9": 1.2}
+MINUTES = {"0": 2.2, "1": 4.5, "2": 1.2, "3": 2.0, "5": 7.0, "6": 2.2, "7": 3.0, "8": 2.2, "9": 1.2}
 FIXED = {"2", "3"}
 WORK_N = 100000
 TCK = os.sysconf("SC_CLK_TCK")
@@ -483,64 +482,6 @@ def part3(lab, s, res):
     lab.stop(demo)
 
 
-def prof_active_switch(pid):
-    """For part 5's A/B in one process: a function that turns jemalloc's sampling on or off
-    in the running demo PID, or None where it cannot. The demo has no endpoint for the
-    `prof.active` mallctl (and no answer may change for a measurement), so this writes the
-    flag that mallctl sets, `_rjem_je_prof_active_state` (found with nm in the binary and
-    placed with /proc/PID/maps), through /proc/PID/mem: jemalloc reads it, unlocked, at
-    every allocation that reaches a sampling point."""
-    exe = os.path.realpath(f"/proc/{pid}/exe")
-    try:
-        nm = subprocess.run(["nm", exe], capture_output=True, text=True, check=True).stdout
-        with open(exe, "rb") as f:
-            pie = f.read(18)[16] == 3  # e_type ET_DYN: addresses are relative to the load base
-        base = 0
-        if pie:
-            with open(f"/proc/{pid}/maps") as maps:
-                base = next(int(l.split("-")[0], 16) for l in maps
-                            if l.split()[-1] == exe and l.split()[2] == "00000000")
-    except (OSError, subprocess.CalledProcessError, StopIteration, IndexError):
-        return None
-    sym = [int(l.split()[0], 16) for l in nm.splitlines() if l.endswith(" _rjem_je_prof_active_state")]
-    if len(sym) != 1:
-        return None
-    addr = base + sym[0]
-
-    def switch(on):
-        with open(f"/proc/{pid}/mem", "r+b", buffering=0) as mem:
-            mem.seek(addr)
-            mem.write(bytes([int(on)]))
-            mem.seek(addr)
-            if mem.read(1) != bytes([int(on)]):
-                raise Failure(f"could not set jemalloc's prof_active_state in {pid}")
-
-    return switch
-
-
-def toggled(lab, name, proc, path):
-    """One process on PATH, jemalloc's sampling off (A) and on (B) in turn, A first in odd
-    rounds: no second process whose threads, arenas or layout differ. Sampling is on after."""
-    switch = prof_active_switch(proc.pid)
-    if switch is None:
-        print(f"  {name}: skipped (cannot reach jemalloc's prof_active_state in {proc.pid})")
-        return
-    rounds = lab.s["rounds"]
-    rows = []
-    lab.overheads[sanitized(name)] = (name, rows)
-    try:
-        for r in range(1, rounds + 1):
-            got = {}
-            for on in ([False, True] if r % 2 == 1 else [True, False]):
-                switch(on)
-                time.sleep(0.2)
-                got[on] = lab.measure(proc.pid, proc.url(path))
-            rows.append(got[False] + got[True])
-            print(round_line(name, r, rounds, got[False], got[True]), flush=True)
-    finally:
-        switch(True)
-
-
 def part5(lab, s, res):
     print(f"\n== 5. jemalloc heap profiling: active (B) against inactive (A), {s['rounds']} "
           "alternations", flush=True)
@@ -558,7 +499,6 @@ def part5(lab, s, res):
     lab.pair("heap-prof-libgcc demo /churn", a, c, CHURN)
     lab.pair("heap-prof-lg20 demo /churn", a, d, CHURN)
     lab.pair("heap-prof demo /churn x100", a, b, CHURN_HEAVY)
-    toggled(lab, "heap-prof demo /churn, one process", b, CHURN)
     lab.stop(c, d)
     fetch(b.url("/hold?mb=64"), method="POST", check=True)
     res["dumps"] = []
@@ -731,8 +671,7 @@ def print_summary(lab, s, res):
     print("overhead (server CPU per request B / A: demo/go = a CPU profile running / none;")
     print("  diag-idle = diag mounted and idle / not mounted;")
     print("  heap-prof = jemalloc profiling active / inactive (heap-prof-libgcc: with jemalloc's "
-          "own unwinder; -lg20: one sample per MiB; x100: 100 times /churn's blocks;"
-          " one process: switched off / on in B's process);")
+          "own unwinder; -lg20: one sample per MiB; x100: 100 times /churn's blocks);")
     print("  trace-layer = installed and idle / absent;")
     print("  trace-window = a /trace window open / none; recorder = the CPU recorder on / off;")
     print("  route-labels = RouteLabels on / off;")
