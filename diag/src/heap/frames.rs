@@ -63,7 +63,9 @@ impl AllocatorFrames {
             .rev()
             .find_map(|(i, ip)| {
                 let lines = symbols.get(ip)?;
-                let entry = lines.iter().rposition(|l| is_allocator_entry(&l.function))?;
+                let entry = lines
+                    .iter()
+                    .rposition(|l| is_allocator_entry(&l.function))?;
                 Some((i, *ip, lines, entry))
             });
         let Some((i, ip, lines, entry)) = outermost else {
