@@ -20,20 +20,27 @@ pub static MALLOC_CONF: &[u8; 61] =
 
 const MIB: usize = 1 << 20;
 
-/// `mb` MiB in 1 MiB blocks, touched, while diag's walker unwinds.
+/// `mb` MiB in 1 MiB blocks, touched, while diag's walker unwinds. Optimized, each
+/// function must keep a frame of its own: `black_box` keeps the collect from being a tail
+/// call (which leaves no frame), and the fill bytes differ so that the two functions'
+/// code is not merged into one under one name.
 #[inline(never)]
 fn held_under_frame_pointers(mb: usize) -> Vec<Box<[u8]>> {
-    (0..mb)
-        .map(|i| vec![i as u8 | 1; MIB].into_boxed_slice())
-        .collect()
+    std::hint::black_box(
+        (0..mb)
+            .map(|i| vec![i as u8 | 1; MIB].into_boxed_slice())
+            .collect(),
+    )
 }
 
 /// The same while jemalloc's own unwinder does.
 #[inline(never)]
 fn held_under_libgcc(mb: usize) -> Vec<Box<[u8]>> {
-    (0..mb)
-        .map(|i| vec![i as u8 | 1; MIB].into_boxed_slice())
-        .collect()
+    std::hint::black_box(
+        (0..mb)
+            .map(|i| vec![i as u8 | 2; MIB].into_boxed_slice())
+            .collect(),
+    )
 }
 
 async fn server(cfg: diag::Config) -> SocketAddr {

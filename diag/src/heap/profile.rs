@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use super::dump::{Counts, Snapshot};
-use super::frames::strip_allocator_frames;
+use super::frames::AllocatorFrames;
 use super::unwinder::Unwinder;
 use crate::flamegraph;
 use crate::maps::ProcMapping;
@@ -129,18 +129,20 @@ impl HeapProfile {
     /// dropped, stacks merged and sorted.
     pub(crate) fn from_parts(
         snap: Snapshot,
-        symbols: HashMap<usize, Resolved>,
+        mut symbols: HashMap<usize, Resolved>,
         accum: bool,
         taken: Taken,
         unwinder: Unwinder,
     ) -> Self {
         let mut merged: HashMap<Vec<usize>, Counts> = HashMap::with_capacity(snap.stacks.len());
+        let mut allocator = AllocatorFrames::default();
         for (mut ips, counts) in snap.stacks {
-            strip_allocator_frames(&mut ips, &symbols);
+            allocator.strip(&mut ips, &symbols);
             if !ips.is_empty() {
                 *merged.entry(ips).or_default() += counts;
             }
         }
+        allocator.apply(&mut symbols);
         let mut stacks: Vec<_> = merged.into_iter().collect();
         stacks.sort_by(|a, b| a.0.cmp(&b.0));
         Self {

@@ -11,15 +11,19 @@ fn a_function_of_the_program() -> usize {
 #[inline(never)]
 fn return_address() -> usize {
     let frame: *const usize;
-    // SAFETY: reads the frame pointer register only.
+    // SAFETY: reads the frame pointer register only. The clobbered callee-saved register
+    // makes the asm run after this function's prologue, which saves it: an optimized
+    // build may otherwise move the frame setup off the straight path (shrink-wrapping,
+    // as it did to the panic path of the debug alignment check on the read below), and
+    // the register read there would still be the caller's (as in `walk_own_stack`).
     #[cfg(target_arch = "x86_64")]
     unsafe {
-        std::arch::asm!("mov {}, rbp", out(reg) frame, options(nomem, nostack));
+        std::arch::asm!("mov {}, rbp", out(reg) frame, out("r12") _, options(nomem, nostack));
     }
-    // SAFETY: reads the frame pointer register only.
+    // SAFETY: as above.
     #[cfg(target_arch = "aarch64")]
     unsafe {
-        std::arch::asm!("mov {}, x29", out(reg) frame, options(nomem, nostack));
+        std::arch::asm!("mov {}, x29", out(reg) frame, out("x20") _, options(nomem, nostack));
     }
     // SAFETY: with frame pointers, the word above the saved frame pointer is the return
     // address. Read without the debug alignment check: its panic path would let an
