@@ -77,6 +77,7 @@ mod endpoints;
 mod error;
 #[cfg(any(feature = "cpu", feature = "heap", feature = "taskdump"))]
 mod flamegraph;
+mod fp;
 #[cfg(test)]
 mod golden;
 #[cfg(feature = "heap")]

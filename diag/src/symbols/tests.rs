@@ -10,26 +10,11 @@ fn a_function_of_the_program() -> usize {
 /// the caller's frame (the workspace builds with frame pointers).
 #[inline(never)]
 fn return_address() -> usize {
-    let frame: *const usize;
-    // SAFETY: reads the frame pointer register only. The clobbered callee-saved register
-    // makes the asm run after this function's prologue, which saves it: an optimized
-    // build may otherwise move the frame setup off the straight path (shrink-wrapping,
-    // as it did to the panic path of the debug alignment check on the read below), and
-    // the register read there would still be the caller's (as in `walk_own_stack`).
-    #[cfg(target_arch = "x86_64")]
-    unsafe {
-        std::arch::asm!("mov {}, rbp", out(reg) frame, out("r12") _, options(nomem, nostack));
-    }
-    // SAFETY: as above.
-    #[cfg(target_arch = "aarch64")]
-    unsafe {
-        std::arch::asm!("mov {}, x29", out(reg) frame, out("x20") _, options(nomem, nostack));
-    }
+    // This function's own frame record, read after its prologue (`crate::fp`).
+    let frame = crate::fp::frame_pointer() as *const usize;
     // SAFETY: with frame pointers, the word above the saved frame pointer is the return
-    // address. Read without the debug alignment check: its panic path would let an
-    // optimized build move the frame setup there (shrink-wrapping), and `rbp` read on the
-    // straight path would then still be the caller's.
-    unsafe { frame.add(1).read_unaligned() }
+    // address.
+    unsafe { *frame.add(1) }
 }
 
 /// Inlined into its caller even without optimisation: its code, and the call to

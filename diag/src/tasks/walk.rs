@@ -10,27 +10,9 @@
 /// The most frames kept per stack.
 pub(crate) const MAX_FRAMES: usize = 128;
 
-/// The current function's frame pointer (inline, so it is the caller's frame), 0 on
-/// platforms the walk does not support.
-#[inline(always)]
-pub(crate) fn frame_pointer() -> usize {
-    let fp: usize;
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: reads a register into a local; touches no memory.
-    unsafe {
-        std::arch::asm!("mov {}, rbp", out(reg) fp, options(nomem, nostack, preserves_flags));
-    }
-    #[cfg(target_arch = "aarch64")]
-    // SAFETY: reads a register into a local; touches no memory.
-    unsafe {
-        std::arch::asm!("mov {}, x29", out(reg) fp, options(nomem, nostack, preserves_flags));
-    }
-    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-    {
-        fp = 0;
-    }
-    fp
-}
+/// The frame pointer of the function this is inlined into, 0 on platforms the walk
+/// does not support.
+pub(crate) use crate::fp::frame_pointer;
 
 /// Appends the return addresses of the frames from this call up to the frame whose frame
 /// pointer is `stop` (excluded: its own return address is its caller's), innermost first.

@@ -148,34 +148,9 @@ pub(crate) unsafe fn walk_own_stack(
     max: usize,
     put: impl FnMut(usize, usize),
 ) -> usize {
-    let fp: usize;
-    // SAFETY: reads the frame-pointer register, which every function of this build keeps
-    // pointing at its own frame record (`-C force-frame-pointers=yes`, set in
-    // .cargo/config.toml and needed by the whole engine); nothing is written. Once this
-    // function's record is set up, that is: an optimized build may move a prologue off
-    // the paths that need no frame (LLVM's shrink-wrapping), and the compiler does not
-    // know the asm reads the register, so on such a path it would read the caller's.
-    // Declaring a callee-saved register (r12, x20) clobbered makes the asm need the
-    // prologue, which saves it, and so run after it.
-    #[cfg(target_arch = "x86_64")]
-    unsafe {
-        core::arch::asm!(
-            "mov {}, rbp",
-            out(reg) fp,
-            out("r12") _,
-            options(nomem, nostack, preserves_flags)
-        );
-    }
-    // SAFETY: as above, with x29.
-    #[cfg(target_arch = "aarch64")]
-    unsafe {
-        core::arch::asm!(
-            "mov {}, x29",
-            out(reg) fp,
-            out("x20") _,
-            options(nomem, nostack, preserves_flags)
-        );
-    }
+    // This function's own frame record (`-C force-frame-pointers=yes`, needed by the
+    // whole engine), read after its prologue.
+    let fp = crate::fp::frame_pointer();
     let word = core::mem::size_of::<usize>();
     if fp < lo || fp % word != 0 || fp.checked_add(2 * word).is_none_or(|e| e > hi) {
         return 0;

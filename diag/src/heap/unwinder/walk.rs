@@ -38,19 +38,8 @@ pub(super) unsafe fn chain_from_caller(
     vec: *mut *mut c_void,
     max: usize,
 ) -> usize {
-    let fp: usize;
-    // SAFETY: reads the frame-pointer register, which every function of this build keeps
-    // pointing at its own frame record (`-C force-frame-pointers=yes`, in
-    // .cargo/config.toml, which the CPU engine needs too); nothing is written.
-    #[cfg(target_arch = "x86_64")]
-    unsafe {
-        core::arch::asm!("mov {}, rbp", out(reg) fp, options(nomem, nostack, preserves_flags));
-    }
-    // SAFETY: as above, with x29.
-    #[cfg(target_arch = "aarch64")]
-    unsafe {
-        core::arch::asm!("mov {}, x29", out(reg) fp, options(nomem, nostack, preserves_flags));
-    }
+    // This function's own frame record, read after its prologue.
+    let fp = crate::fp::frame_pointer();
     const WORD: usize = core::mem::size_of::<usize>();
     let in_stack = |fp: usize, floor: usize| {
         fp >= floor && fp % WORD == 0 && fp.checked_add(2 * WORD).is_some_and(|e| e <= hi)
