@@ -61,7 +61,8 @@ pub fn tokio_console() -> PathBuf {
 const PPROF_FETCH_TIMEOUT: &str = "-timeout=120";
 
 /// Runs `go tool pprof ARGS` and returns its stdout; panics with its stderr on failure.
-/// When a source is a URL and no `-timeout` is given, [`PPROF_FETCH_TIMEOUT`] is.
+/// When a source is a URL and no `-timeout` is given, `-timeout=120` is (pprof's own
+/// default, the window plus a few seconds, gave up on a debug demo under load).
 pub fn go_pprof(args: &[&str]) -> String {
     let fetches = args.iter().any(|a| a.starts_with("http://"));
     let timed = args.iter().any(|a| a.starts_with("-timeout"));
