@@ -28,13 +28,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAILURES = []
 
 
-def anon_mib(pid):
-    """RssAnon + RssShmem of pid, in MiB."""
+def proc_status(pid):
+    """The first word of each field of /proc/PID/status (sizes are in kB)."""
     fields = {}
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             key, _, rest = line.partition(":")
             fields[key] = rest.split()[0] if rest.split() else "0"
+    return fields
+
+
+def anon_mib(pid):
+    """RssAnon + RssShmem of pid, in MiB."""
+    fields = proc_status(pid)
     return (int(fields.get("RssAnon", 0)) + int(fields.get("RssShmem", 0))) / 1024.0
 
 
@@ -303,14 +309,6 @@ def part_dumps(demo, scale):
 CPU_AS_HEADROOM_MIB = 160
 
 
-def vm_size_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmSize:"):
-                return int(line.split()[1])
-    raise SystemExit(f"no VmSize for pid {pid}")
-
-
 def part_cpu(binary, scale):
     """A CPU profile under an address-space limit just above the idle demo's keeps it alive."""
     # The limit follows the demo's own size (416 MB of address space idle on 2026-11-26,
@@ -319,7 +317,7 @@ def part_cpu(binary, scale):
     # crashes (SIGSEGV in tcache_arena_associate with no arena), profile or not.
     probe = Demo(binary)
     time.sleep(0.5)
-    idle_kib = vm_size_kib(probe.pid)
+    idle_kib = int(proc_status(probe.pid)["VmSize"])
     probe.kill()
     limit = idle_kib * 1024 + CPU_AS_HEADROOM_MIB * 1024 * 1024
     demo = Demo(binary, prefix=["prlimit", f"--as={limit}", "--"])

@@ -95,30 +95,19 @@ async fn a_taken_console_address_is_a_clear_error() {
     drop(taken);
 }
 
-/// jemalloc's `allocated` bytes, from diag's own stats endpoint.
 /// Seconds the demo's tokio workers have spent runnable but waiting for a CPU, on
-/// average (`/proc/PID/task/TID/schedstat`'s second field, for each `tokio-rt-worker`):
-/// the console's aggregator is a task on them (`ConsoleServer::spawn`), so it cannot run
-/// sooner. 0 when no worker is found.
+/// average (their schedstat run delay): the console's aggregator is a task on them
+/// (`ConsoleServer::spawn`), so it cannot run sooner. 0 when no worker is found.
 fn workers_run_delay(pid: u32) -> f64 {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0.0;
-    };
-    let delays: Vec<f64> = tasks
-        .flatten()
-        .filter(|t| {
-            std::fs::read_to_string(t.path().join("comm"))
-                .is_ok_and(|c| c.trim_end() == "tokio-rt-worker")
-        })
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().nth(1)?.parse::<f64>().ok())
-        .collect();
-    if delays.is_empty() {
+    let workers = testkit::sched::named(pid, "tokio-rt-worker");
+    if workers.is_empty() {
         return 0.0;
     }
-    delays.iter().sum::<f64>() / delays.len() as f64 / 1e9
+    let waited: Duration = workers.iter().map(|t| t.waited).sum();
+    waited.as_secs_f64() / workers.len() as f64
 }
 
+/// jemalloc's `allocated` bytes, from diag's own stats endpoint.
 async fn allocated_mib(demo: &Demo) -> u64 {
     let text = get(&demo.diag_url("/debug/pprof/heap/stats")).await.text();
     text.lines()

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
-use testkit::{Demo, get, go_pprof_async, try_request};
+use testkit::{Demo, Reply, get, go_pprof_async, try_request};
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_demo"))
@@ -112,16 +112,7 @@ async fn a_blocked_worker_is_refused_dumps_stay_bounded_and_the_service_recovers
 
     // Refused at once, saying why, once the worker is blocked (until then a dump is
     // served: the request takes a moment to arrive).
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let (r, took) = loop {
-        let started = Instant::now();
-        let r = get(&demo.diag_url("/debug/pprof/goroutine?debug=1")).await;
-        if r.status != StatusCode::OK {
-            break (r, started.elapsed());
-        }
-        assert!(Instant::now() < deadline, "the worker never blocked");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let (r, took) = first_refused_dump(&demo).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
     assert!(r.text().contains("stayed in one poll"), "{}", r.text());
     assert!(r.text().contains("force=1"), "{}", r.text());
@@ -236,24 +227,28 @@ async fn bad_parameters_name_what_is_allowed() {
     );
 }
 
+/// Asks for plain task dumps until one is refused, which is how a test knows the worker
+/// is blocked (until the blocking request arrives a dump is served); returns the refusal
+/// and how long it took to answer. Fails after 60 s.
+async fn first_refused_dump(demo: &Demo) -> (Reply, Duration) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let started = Instant::now();
+        let r = get(&demo.diag_url("/debug/pprof/goroutine?debug=1")).await;
+        if r.status != StatusCode::OK {
+            return (r, started.elapsed());
+        }
+        assert!(Instant::now() < deadline, "the worker never blocked");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// CPU time of each thread of `pid` in ns (from schedstat), by thread id and name.
 fn thread_cpu(pid: u32) -> Vec<(u32, String, u64)> {
-    let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return out;
-    };
-    for t in dir.flatten() {
-        let Some(tid) = t.file_name().to_str().and_then(|s| s.parse().ok()) else {
-            continue;
-        };
-        let name = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-        let ns = std::fs::read_to_string(t.path().join("schedstat"))
-            .ok()
-            .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
-            .unwrap_or(0);
-        out.push((tid, name.trim_end().to_owned(), ns));
-    }
-    out
+    testkit::sched::threads(pid)
+        .into_iter()
+        .map(|t| (t.tid, t.name, t.on_cpu.as_nanos() as u64))
+        .collect()
 }
 
 /// The hardening issue's item 1: with a request blocking a worker for 3 s, a forced dump
@@ -277,15 +272,7 @@ async fn a_forced_dump_beside_a_blocked_worker_never_wedges_shutdown() {
             tokio::spawn(async move { try_request(Method::GET, &url, &[], b"").await })
         };
         // The forced dump comes once the worker is blocked: a plain dump is refused then.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while get(&demo.diag_url("/debug/pprof/goroutine?debug=1"))
-            .await
-            .status
-            == StatusCode::OK
-        {
-            assert!(Instant::now() < deadline, "the worker never blocked");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        first_refused_dump(&demo).await;
         let dump = {
             let url = demo.diag_url("/debug/pprof/goroutine?debug=1&force=1");
             tokio::spawn(async move { try_request(Method::GET, &url, &[], b"").await })
@@ -348,17 +335,9 @@ async fn timed_out_dumps_leave_no_thread_behind_and_nothing_spinning() {
         tokio::spawn(async move { try_request(Method::GET, &url, &[], b"").await })
     };
     // The dumps start once the worker is blocked: a plain dump is refused then.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while get(&demo.diag_url("/debug/pprof/goroutine?debug=1"))
-        .await
-        .status
-        == StatusCode::OK
-    {
-        assert!(Instant::now() < deadline, "the worker never blocked");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let threads_before = thread_cpu(pid).len();
+    first_refused_dump(&demo).await;
     let cpu_before = thread_cpu(pid);
+    let threads_before = cpu_before.len();
     let mut replies = Vec::new();
     for _ in 0..5 {
         let t = Instant::now();

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use http::StatusCode;
-use testkit::{get, go_pprof, profile_running, request, temp_dir};
+use testkit::{get, go_pprof, profile_running, request, temp_dir, thread_cpu};
 
 /// Burns CPU under a name the profiles must show.
 #[inline(never)]
@@ -71,33 +71,16 @@ async fn server_with(cfg: diag::Config) -> (tokio::sync::MutexGuard<'static, ()>
     (serial, addr)
 }
 
-/// CPU time of this process's threads named `name` (`schedstat`'s time on CPU).
-fn threads_cpu(name: &str) -> Duration {
-    let mut ns = 0;
-    for t in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
-        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-        if comm.trim_end() == name {
-            let stat = std::fs::read_to_string(t.path().join("schedstat")).unwrap_or_default();
-            ns += stat
-                .split_whitespace()
-                .next()
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0);
-        }
-    }
-    Duration::from_nanos(ns)
-}
-
 /// Waits until the threads named `name` have used `cpu` of CPU time from now: a fixed
 /// amount of work, however little of the machine a loaded CI gives them per second.
 async fn burnt(name: &str, cpu: Duration) {
-    let start = threads_cpu(name);
+    let start = testkit::sched::named_cpu(std::process::id(), name);
     let deadline = std::time::Instant::now() + Duration::from_secs(250);
-    while threads_cpu(name).saturating_sub(start) < cpu {
+    while testkit::sched::named_cpu(std::process::id(), name).saturating_sub(start) < cpu {
         assert!(
             std::time::Instant::now() < deadline,
             "{name} used {:?} of CPU in 250 s",
-            threads_cpu(name).saturating_sub(start)
+            testkit::sched::named_cpu(std::process::id(), name).saturating_sub(start)
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -734,17 +717,6 @@ async fn a_sample_inside_write_names_its_rust_caller() {
         named * 100 >= total * 95,
         "{named} of {total} writer samples name write_to_dev_null_in_a_loop:\n{report}"
     );
-}
-
-/// This thread's CPU time.
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec to fill.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

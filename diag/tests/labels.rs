@@ -14,18 +14,7 @@ use axum::Router;
 use axum::routing::get as route_get;
 use diag::labels::{self, LabelSet};
 use http::StatusCode;
-use testkit::{get, go_pprof, temp_dir};
-
-/// This thread's CPU time.
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid clock id and a valid out pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
+use testkit::{get, go_pprof, temp_dir, thread_cpu};
 
 macro_rules! burner {
     ($name:ident, $salt:expr) => {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use diag::config::CpuRecorder;
 use diag::{Config, Shutdown};
 use http::StatusCode;
-use testkit::{get, go_pprof_async};
+use testkit::{get, go_pprof_async, thread_cpu};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -84,17 +84,6 @@ fn spin_cpu(n: u64) -> u64 {
         x = x.wrapping_mul(6364136223846793005).wrapping_add(i);
     }
     x
-}
-
-/// This thread's CPU time.
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec to fill.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// `go tool pprof -top -cum` of `url`: the cum seconds of the line naming `name` (0 when
@@ -466,25 +455,6 @@ async fn old_buckets_are_dropped_and_memory_does_not_grow_with_uptime() {
     stop(addr, &shutdown).await;
 }
 
-/// CPU nanoseconds of this process's threads named `name` (`schedstat`'s time on CPU).
-fn thread_cpu_ns(name: &str) -> u64 {
-    let mut ns = 0;
-    for e in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
-        let dir = e.path();
-        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
-        if comm.trim_end() != name {
-            continue;
-        }
-        let stat = std::fs::read_to_string(dir.join("schedstat")).unwrap_or_default();
-        ns += stat
-            .split_whitespace()
-            .next()
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0);
-    }
-    ns
-}
-
 /// A measurement, not a check (run with `--ignored --nocapture`): the `diag-sampler`
 /// thread's CPU time with only the recorder at 19 Hz, beside the process's, over 60 s
 /// with two threads burning. The samples' own cost is in the burning threads (the
@@ -495,9 +465,15 @@ async fn measure_the_sampler_threads_cost_at_19_hz() {
     let (_serial, addr, shutdown) = server(CpuRecorder::default()).await;
     let on = distinct_stacks(2);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (s0, p0) = (thread_cpu_ns("diag-sampler"), process_ticks());
+    let (s0, p0) = (
+        testkit::sched::named_cpu(std::process::id(), "diag-sampler").as_nanos() as u64,
+        process_ticks(),
+    );
     tokio::time::sleep(Duration::from_secs(60)).await;
-    let (s1, p1) = (thread_cpu_ns("diag-sampler"), process_ticks());
+    let (s1, p1) = (
+        testkit::sched::named_cpu(std::process::id(), "diag-sampler").as_nanos() as u64,
+        process_ticks(),
+    );
     on.store(false, Ordering::Relaxed);
     let sampler_ms = (s1 - s0) as f64 / 1e6;
     let process_ms = (p1 - p0) as f64 * 10.0;

@@ -368,23 +368,10 @@ fn dump_cost() {
     }
 }
 
-/// CPU time of this process's tokio worker threads, in ms (from schedstat, in ns).
+/// CPU time of this process's tokio worker threads, in ms (from schedstat).
 fn worker_cpu_ms() -> f64 {
-    let mut total = 0.0;
-    for t in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
-        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-        if comm.trim_end() != "tokio-rt-worker" {
-            continue;
-        }
-        let stat = std::fs::read_to_string(t.path().join("schedstat")).unwrap_or_default();
-        let ns: f64 = stat
-            .split_whitespace()
-            .next()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0);
-        total += ns / 1e6;
-    }
-    total
+    let cpu = testkit::sched::named_cpu(std::process::id(), "tokio-rt-worker");
+    cpu.as_secs_f64() * 1e3
 }
 
 /// What a traced poll costs between dumps: one task polled 1,000,000 times (it wakes
