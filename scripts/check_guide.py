@@ -17,10 +17,10 @@ running are handled as a reader would:
 - `go tool pprof -http=...` gets `-no_browser`, and the page it serves must answer.
 
 In scratch blocks `cargo add` gets `--offline` (the crates come from cargo's cache).
-The guide names the demo's default ports (8080, 6060, 6669); the check takes three free
-ports instead, gives them to the demo through its environment (DEMO_LISTEN,
-DEMO_DIAG_LISTEN, DEMO_CONSOLE_LISTEN) and rewrites each command and expectation to them,
-so it runs beside anything else on the machine.
+The guide names the demo's default ports (8080, 6060, 6669), a second demo's 8081 and
+Redis's 6390; the check takes five free ports instead, gives the first three to the demo
+through its environment (DEMO_LISTEN, DEMO_DIAG_LISTEN, DEMO_CONSOLE_LISTEN) and rewrites
+each command and expectation to them, so it runs beside anything else on the machine.
 """
 
 import os
@@ -85,8 +85,11 @@ def free_ports(n):
             s.close()
 
 
-# The guide's ports, and the demo setting that moves each one.
-GUIDE_PORTS = [(8080, "DEMO_LISTEN"), (6060, "DEMO_DIAG_LISTEN"), (6669, "DEMO_CONSOLE_LISTEN")]
+# The guide's ports, and the demo setting that moves each one (None: the port is only ever
+# named on the command line, the second demo's 8081 and Redis's 6390, so moving the text is
+# enough).
+GUIDE_PORTS = [(8080, "DEMO_LISTEN"), (6060, "DEMO_DIAG_LISTEN"), (6669, "DEMO_CONSOLE_LISTEN"),
+               (8081, None), (6390, None)]
 
 
 def wait_http(url, seconds=60):
@@ -111,7 +114,8 @@ class Checker:
         self.ports = {}
         for (guide, var), free in zip(GUIDE_PORTS, free_ports(len(GUIDE_PORTS))):
             self.ports[guide] = free
-            os.environ[var] = f"127.0.0.1:{free}"
+            if var:
+                os.environ[var] = f"127.0.0.1:{free}"
         print("the guide's ports here: " + ", ".join(
             f"{g} -> {p}" for g, p in self.ports.items()), flush=True)
 
@@ -120,8 +124,9 @@ class Checker:
         if text is None:
             return None
         for guide, free in self.ports.items():
-            # 127.0.0.1:6060 in URLs, 127.0.0.1_6060 in the file names profile.sh writes.
-            text = re.sub(rf"(?<=[:_]){guide}\b", str(free), text)
+            # 127.0.0.1:6060 in URLs, 127.0.0.1_6060 in the file names profile.sh writes,
+            # and redis-server's --port 6390 and redis-cli's -p 6390.
+            text = re.sub(rf"((?<=[:_])|(?<=-p )|(?<=--port )){guide}\b", str(free), text)
         return text
 
     def fail(self, lineno, cmd, why):
