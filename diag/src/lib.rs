@@ -90,6 +90,13 @@ pub mod labels;
 pub mod layer;
 #[cfg(any(feature = "cpu", feature = "heap", feature = "taskdump"))]
 mod maps;
+#[cfg(any(
+    feature = "cpu",
+    feature = "heap",
+    feature = "taskdump",
+    feature = "trace"
+))]
+mod offload;
 mod params;
 #[cfg(any(feature = "cpu", feature = "heap", feature = "taskdump"))]
 mod proto;

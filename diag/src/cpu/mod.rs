@@ -141,14 +141,14 @@ async fn live(
     })
 }
 
-/// Symbolizes `capture` and encodes it as `format` on a blocking thread (profile.proto
+/// Symbolizes `capture` and encodes it as `format` on a thread of diag's own (`offload::run`: profile.proto
 /// with this process's mappings); `tagroot` keys root the folded and SVG stacks.
 pub(crate) async fn build(
     capture: Capture,
     tagroot: Vec<String>,
     format: Format,
 ) -> Result<(Vec<u8>, CpuProfile), CaptureError> {
-    tokio::task::spawn_blocking(move || {
+    crate::offload::run(move || {
         let mut profile = CpuProfile::resolve(capture);
         profile.set_tagroot(tagroot);
         let body = match format {

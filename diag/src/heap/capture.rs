@@ -100,7 +100,7 @@ pub(crate) async fn take(
         duration: req.seconds.map(|_| mono.elapsed()),
         ended_early,
     };
-    tokio::task::spawn_blocking(move || {
+    crate::offload::run(move || {
         let profile = HeapProfile::resolve(snap, settings.accum, taken, unwinder);
         let mappings = if req.format == Format::Proto {
             crate::maps::current()
@@ -118,7 +118,7 @@ pub(crate) async fn take(
 
 /// One heap dump, taken and parsed off the async workers.
 async fn snapshot() -> Result<Snapshot, HeapError> {
-    tokio::task::spawn_blocking(|| {
+    crate::offload::run(|| {
         let text = jemalloc::dump()?;
         dump::parse(&text).map_err(|e| HeapError::Internal(format!("reading jemalloc's dump: {e}")))
     })

@@ -35,7 +35,7 @@ pub(crate) async fn symbol(
         return Ok(text(String::from("num_symbols: 1\n")));
     }
     let permit = d.heavy()?;
-    let answer = tokio::task::spawn_blocking(move || {
+    let answer = crate::offload::run(move || {
         let _permit = permit;
         lookup(&words)
     })

@@ -71,10 +71,10 @@ pub(crate) enum Wait {
     /// On the current runtime's timer: right when the dump runs on a runtime of its own
     /// (the sidecar's), whose timer no application worker can hold up.
     Timer,
-    /// On a blocking-pool thread of the current runtime, on a condition variable with a
-    /// timeout: when the dump runs on the application's own runtime, whose timer a
-    /// blocked worker can delay. The thread returns as soon as the dump ends, is
-    /// abandoned, or times out.
+    /// On a thread of diag's own (`offload::run`, not the runtime's blocking pool, which
+    /// a service in trouble may have filled), on a condition variable with a timeout:
+    /// when the dump runs on the application's own runtime, whose timer a blocked worker
+    /// can delay. The thread returns as soon as the dump ends, is abandoned, or times out.
     BlockingThread,
 }
 
@@ -104,7 +104,7 @@ pub(crate) async fn collect(timeout: Duration, wait: Wait) -> Raw {
             }
             Wait::BlockingThread => {
                 let generation = open.generation();
-                let _ = tokio::task::spawn_blocking(move || {
+                let _ = crate::offload::run(move || {
                     registry::Open::wait_blocking(generation, timeout);
                 })
                 .await;
@@ -129,8 +129,8 @@ pub(crate) async fn collect(timeout: Duration, wait: Wait) -> Raw {
 const TRACE_LEAF: &str = "tokio::runtime::task::trace::trace_leaf";
 
 /// Resolves the addresses (through diag's symbolizer) and trims each stack to what lies
-/// between the leaf future and the traced future's poll. Slow (debug info): call it on a
-/// blocking thread.
+/// between the leaf future and the traced future's poll. Slow (debug info): call it off the
+/// async workers (`offload::run`).
 pub(crate) fn symbolize(raw: Raw) -> TaskDump {
     let ips = raw
         .reports

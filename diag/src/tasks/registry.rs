@@ -167,7 +167,7 @@ struct Collector {
 
 static COLLECTOR: Mutex<Option<Collector>> = Mutex::new(None);
 /// Signalled when the last expected report arrives or the dump is closed (for a dump that
-/// waits on a blocking thread).
+/// waits on a thread).
 static DONE_CV: Condvar = Condvar::new();
 /// Signalled when the last expected report arrives (for a dump that waits asynchronously).
 static DONE: Notify = Notify::const_new();

@@ -25,7 +25,7 @@ pub(crate) async fn stuck_workers(handle: &tokio::runtime::Handle) -> Option<Str
     #[cfg(all(tokio_unstable, target_has_atomic = "64", target_os = "linux"))]
     {
         let m = handle.metrics();
-        tokio::task::spawn_blocking(move || {
+        crate::offload::run(move || {
             let n = m.num_workers();
             let before: Vec<u64> = (0..n).map(|w| m.worker_poll_count(w)).collect();
             let mut moved = vec![false; n];

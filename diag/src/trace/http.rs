@@ -49,7 +49,7 @@ pub(crate) async fn trace(State(d): State<Diag>, q: TraceQuery) -> Result<Respon
     let session = window::claim()?;
     let _permit = d.heavy()?;
     let (records, window) = session.record(q.seconds, &d.cfg().shutdown).await;
-    let body = tokio::task::spawn_blocking(move || {
+    let body = crate::offload::run(move || {
         let program = std::env::args().next().unwrap_or_default();
         render(&records, &window, std::process::id(), &program)
     })

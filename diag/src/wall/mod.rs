@@ -123,13 +123,13 @@ pub(crate) async fn sample<H: Send + 'static>(
     rx.await.map_err(|_| WallError::Failed)
 }
 
-/// Symbolizes `capture` and encodes it as `format` on a blocking thread (profile.proto
+/// Symbolizes `capture` and encodes it as `format` on a thread of diag's own (`offload::run`: profile.proto
 /// with this process's mappings and label sets).
 pub(crate) async fn build(
     capture: Capture,
     format: Format,
 ) -> Result<(Vec<u8>, WallProfile), WallError> {
-    tokio::task::spawn_blocking(move || {
+    crate::offload::run(move || {
         let profile = sampler::symbolize(capture);
         let body = match format {
             Format::Proto => {

@@ -125,7 +125,8 @@ async fn run(d: &Diag, q: DumpQuery, default_debug: DebugLevel) -> Result<Respon
     let current = tokio::runtime::Handle::current();
     let app = d.cfg().app_runtime.clone();
     // Mounted in the application (no runtime of its own), diag runs on the app's workers,
-    // whose timer a blocked worker can hold up: wait on a blocking thread then.
+    // whose timer a blocked worker can hold up: wait on a thread of diag's own then (not the
+    // application's blocking pool, which may be full when the service is in trouble).
     let wait = match &app {
         Some(app) if app.id() != current.id() => Wait::Timer,
         _ => Wait::BlockingThread,
@@ -137,7 +138,7 @@ async fn run(d: &Diag, q: DumpQuery, default_debug: DebugLevel) -> Result<Respon
     }
     let raw = dump::collect(q.timeout, wait).await;
     // Resolving addresses reads debug info: off the async workers.
-    let dump = tokio::task::spawn_blocking(move || dump::symbolize(raw))
+    let dump = crate::offload::run(move || dump::symbolize(raw))
         .await
         .map_err(|e| ApiError::Internal(format!("resolving the task dump failed: {e}")))?;
     let dump = Arc::new(dump);
