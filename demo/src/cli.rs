@@ -53,9 +53,16 @@ pub struct Args {
     /// `0s` or `off` turns it off. At most 60m.
     #[arg(long, env = "DEMO_CPU_RECORDER", default_value = "10m", value_parser = parse_recorder)]
     pub cpu_recorder: RecorderKeep,
-    /// Async worker threads of the runtime (default: one per CPU).
-    #[arg(long, env = "DEMO_WORKER_THREADS", value_parser = clap::value_parser!(usize))]
+    /// Async worker threads of the runtime, 1 to 1024 (default: one per CPU).
+    #[arg(long, env = "DEMO_WORKER_THREADS", value_parser = threads_from_1_to_1024)]
     pub worker_threads: Option<usize>,
+    /// The most threads the runtime's blocking pool keeps, 1 to 1024 (default: tokio's
+    /// 512). `/work`, `/hash`, `/churn` and `/slow`'s blocking calls run there, and so do
+    /// diag's symbolizing and encoding of profiles and dumps: a small pool makes them wait
+    /// behind long requests. The pool wakes its idle threads in turn, so under load every
+    /// thread it has grown to takes requests, each on cold caches (docs/performance.md).
+    #[arg(long, env = "DEMO_MAX_BLOCKING_THREADS", value_parser = threads_from_1_to_1024)]
+    pub max_blocking_threads: Option<usize>,
     /// Leave diag's trace layer out of the subscriber (`/debug/pprof/trace` then answers
     /// 501); for measuring what the idle layer costs.
     #[arg(long, env = "DEMO_NO_TRACE_LAYER")]
@@ -174,6 +181,17 @@ pub(crate) fn parse_recorder(s: &str) -> Result<RecorderKeep, String> {
     Ok(RecorderKeep(Some(d)))
 }
 
+/// `--worker-threads` and `--max-blocking-threads`: a count of threads from 1 to 1024
+/// (tokio refuses 0 with a panic, so it is refused here with an error instead).
+pub(crate) fn threads_from_1_to_1024(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n @ 1..=1024) => Ok(n),
+        _ => Err(format!(
+            "{s:?}: a number of threads from 1 to 1024 is required"
+        )),
+    }
+}
+
 /// Parses `250ms`, `10s`, `2m` or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -207,6 +225,16 @@ mod tests {
         assert!(parse_recorder("61m").unwrap_err().contains("1s to 60m"));
         assert!(parse_recorder("500ms").is_err());
         assert!(parse_recorder("soon").is_err());
+    }
+
+    #[test]
+    fn thread_counts_run_from_1_to_1024() {
+        assert_eq!(threads_from_1_to_1024("1"), Ok(1));
+        assert_eq!(threads_from_1_to_1024("1024"), Ok(1024));
+        for bad in ["0", "1025", "-1", "two", ""] {
+            let e = threads_from_1_to_1024(bad).unwrap_err();
+            assert!(e.contains("from 1 to 1024"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -48,6 +48,9 @@ fn main() -> ExitCode {
     if let Some(n) = args.worker_threads {
         runtime.worker_threads(n);
     }
+    if let Some(n) = args.max_blocking_threads {
+        runtime.max_blocking_threads(n);
+    }
     match runtime.build() {
         Ok(rt) => rt.block_on(start(args)),
         Err(e) => {
