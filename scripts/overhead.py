@@ -42,7 +42,10 @@ Measures, printing a summary at the end (docs/performance.md quotes it):
     MiB instead of 512 KiB (B, `lg_prof_sample:20`, the documented cheaper setting);
     then what one heap sample costs: `/churn` with 100 times the blocks (about 156
     samples a request, so the request's own overhead hardly counts), B against A, the
-    difference in CPU per request over the samples per request; and how long a heap dump
+    difference in CPU per request over the samples per request; then `/churn` active
+    against inactive again with the blocking pool held to 8 threads in both
+    (`--max-blocking-threads 8`), and that inactive process against A (what tokio's
+    pool growing to a hundred threads, woken in turn, costs); and how long a heap dump
     takes and how big it is, 64 MiB held;
  6. what diag's trace layer costs while no /trace window is open: the same CPU per
     request with the layer installed and idle (B) against without it (A,
@@ -81,7 +84,7 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALL_PARTS = "0 1 2 3 5 6 7 9"
 # Rough minutes per part at 10 rounds of 3 s (parts 2 and 3 do not depend on rounds).
-MINUTES = {"0": 2.2, "1": 4.5, "2": 1.2, "3": 2.0, "5": 7.0, "6": 2.2, "7": 3.0, "8": 2.2, "9": 1.2}
+MINUTES = {"0": 2.2, "1": 4.5, "2": 1.2, "3": 2.0, "5": 9.5, "6": 2.2, "7": 3.0, "8": 2.2, "9": 1.2}
 FIXED = {"2", "3"}
 WORK_N = 100000
 TCK = os.sysconf("SC_CLK_TCK")
@@ -95,6 +98,8 @@ CHURN = "/churn?n=200&bytes=4096"
 # jemalloc samples that brings at the demo's lg_prof_sample:19 (one per 512 KiB).
 CHURN_HEAVY_BLOCKS = 20000
 CHURN_HEAVY = f"/churn?n={CHURN_HEAVY_BLOCKS}&bytes=4096"
+# Part 5's processes with the blocking pool (where /churn runs) held to 8 threads.
+POOL8 = ["--max-blocking-threads", "8"]
 HEAVY_SAMPLES = CHURN_HEAVY_BLOCKS * 4096 / (1 << 19)
 # Straight to 127.0.0.1, whatever http_proxy says.
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -500,6 +505,14 @@ def part5(lab, s, res):
     lab.pair("heap-prof-lg20 demo /churn", a, d, CHURN)
     lab.pair("heap-prof demo /churn x100", a, b, CHURN_HEAVY)
     lab.stop(c, d)
+    # The same two settings with the blocking pool held to 8 threads: what sampling costs
+    # when /churn runs on a few threads kept warm, and what the pool's growth (tokio wakes
+    # its idle threads in turn) costs the demo with sampling inactive.
+    e = lab.start_demo(lab.port(), lab.port(), "prof_active:false", *POOL8)
+    f = lab.start_demo(lab.port(), lab.port(), "", *POOL8)
+    lab.pair("heap-prof-pool8 demo /churn", e, f, CHURN)
+    lab.pair("pool8/pool512 inactive /churn", a, e, CHURN)
+    lab.stop(e, f)
     fetch(b.url("/hold?mb=64"), method="POST", check=True)
     res["dumps"] = []
     for _ in range(s["dumps"]):
@@ -671,7 +684,9 @@ def print_summary(lab, s, res):
     print("overhead (server CPU per request B / A: demo/go = a CPU profile running / none;")
     print("  diag-idle = diag mounted and idle / not mounted;")
     print("  heap-prof = jemalloc profiling active / inactive (heap-prof-libgcc: with jemalloc's "
-          "own unwinder; -lg20: one sample per MiB; x100: 100 times /churn's blocks);")
+          "own unwinder; -lg20: one sample per MiB; x100: 100 times /churn's blocks;")
+    print("  -pool8: both with a blocking pool of 8 threads; pool8/pool512: 8 threads / tokio's "
+          "512, sampling inactive);")
     print("  trace-layer = installed and idle / absent;")
     print("  trace-window = a /trace window open / none; recorder = the CPU recorder on / off;")
     print("  route-labels = RouteLabels on / off;")
