@@ -348,6 +348,22 @@ async fn bad_flags_are_refused_with_a_message() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("is not `main`, `off` or an address"), "{err}");
+    // tokio panics on 0 threads of either kind: refused before, with the range.
+    for flag in ["--worker-threads", "--max-blocking-threads"] {
+        for bad in ["0", "1025", "many"] {
+            let out = std::process::Command::new(bin())
+                .args([flag, bad])
+                .output()
+                .unwrap();
+            assert_eq!(out.status.code(), Some(2), "{flag} {bad}");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                err.contains("a number of threads from 1 to 1024 is required")
+                    && !err.contains("panicked"),
+                "{flag} {bad}: {err}"
+            );
+        }
+    }
 }
 
 /// Issue 12, item 8: invented methods and paths cannot grow `/metrics`. Methods outside
@@ -445,4 +461,45 @@ async fn concurrent_holds_never_pass_the_cap_together() {
         stated.is_some(),
         "the start-up line states no /hold cap: {line}"
     );
+}
+
+/// `--max-blocking-threads` holds tokio's blocking pool, where `/work` runs: twelve
+/// concurrent requests run on at most two blocking threads (tokio's default would start
+/// one per request), and every one is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_blocking_pool_keeps_to_its_flag() {
+    let demo = Demo::start(
+        bin(),
+        &["--max-blocking-threads", "2", "--worker-threads", "2"],
+        &[],
+    );
+    let tokio_threads = |pid| {
+        testkit::sched::threads(pid)
+            .iter()
+            .filter(|t| t.name.starts_with("tokio-"))
+            .count()
+    };
+    let idle = tokio_threads(demo.pid());
+    let url = demo.url("/work?ms=300");
+    let requests: Vec<_> = (0..12)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { get(&url).await })
+        })
+        .collect();
+    let mut most = 0;
+    while !requests.iter().all(|r| r.is_finished()) {
+        most = most.max(tokio_threads(demo.pid()));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for r in requests {
+        let r = r.await.unwrap();
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    }
+    // Two workers, two blocking threads; some blocking thread was seen at work.
+    assert!(
+        most > idle,
+        "no blocking thread was ever seen ({idle} idle)"
+    );
+    assert!(most <= 4, "{most} tokio threads under load ({idle} idle)");
 }
