@@ -80,6 +80,14 @@ fn diag_answers_while_the_applications_blocking_pool_is_full() {
                 "",
                 "tokio::time::sleep",
             ),
+            // Unforced: the stuck-worker watch runs first (the workers are idle, so it
+            // lets the dump go on).
+            (
+                Method::GET,
+                "/debug/pprof/goroutine?debug=1&timeout=2",
+                "",
+                "tokio::time::sleep",
+            ),
             (
                 Method::GET,
                 "/debug/pprof/wall?seconds=1",

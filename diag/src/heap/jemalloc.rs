@@ -166,6 +166,24 @@ pub(crate) fn purge() {
     }
 }
 
+/// Returns what the calling thread's cache holds to its arena, when jemalloc is the
+/// global allocator (`thread.tcache.flush`): a thread that now waits keeps nothing cached.
+pub(crate) fn flush_thread_cache() {
+    if allocator().is_ok() {
+        // SAFETY: "thread.tcache.flush" is a documented command that takes and gives
+        // nothing: every pointer is NULL and the length 0, as jemalloc requires of it.
+        unsafe {
+            tikv_jemalloc_sys::mallctl(
+                c"thread.tcache.flush".as_ptr(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                0,
+            );
+        }
+    }
+}
+
 /// Whether the heap endpoints can answer now, for the index page.
 pub(crate) fn available() -> Result<(), String> {
     profiling().map(|_| ()).map_err(|e| e.to_string())

@@ -30,6 +30,7 @@ mod unwinder;
 
 pub(crate) use http::{allocs, heap, heap_stats};
 pub(crate) use jemalloc::available;
+pub(crate) use jemalloc::flush_thread_cache;
 #[cfg(feature = "cpu")]
 pub(crate) use jemalloc::purge;
 pub use stats::{Stats, Unavailable, stats};

@@ -104,10 +104,15 @@ pub(crate) async fn collect(timeout: Duration, wait: Wait) -> Raw {
             }
             Wait::BlockingThread => {
                 let generation = open.generation();
-                let _ = crate::offload::run(move || {
+                let waited = crate::offload::run(move || {
                     registry::Open::wait_blocking(generation, timeout);
                 })
                 .await;
+                if waited.is_err() {
+                    // No thread to wait on: the timer, which a blocked worker may delay,
+                    // rather than no wait at all.
+                    let _ = tokio::time::timeout(timeout, open.all_reported()).await;
+                }
             }
         }
     }

@@ -31,7 +31,7 @@ pub(crate) struct WallProfile {
     pub(crate) stats: Stats,
 }
 
-/// Resolves the addresses (diag's symbolizer; slow, call it on a blocking thread), trims
+/// Resolves the addresses (diag's symbolizer; slow, call it off the async workers (`offload::run`)), trims
 /// the dump machinery off each stack and merges the stacks that trim to the same frames.
 pub(crate) fn symbolize(capture: Capture) -> WallProfile {
     let resolved: HashMap<usize, Resolved> =
