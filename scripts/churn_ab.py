@@ -7,8 +7,8 @@ pair that overhead.py's part 5 measures among many, for a tighter median.
   scripts/churn_ab.py --rounds 40 --pool 32
   scripts/churn_ab.py --concurrent          A and B loaded at the same time, not in turn
 
-Four processes of the release demo (built by overhead.py or `cargo build --release -p
-demo`): A and B as in part 5 (`_RJEM_MALLOC_CONF=prof_active:false` against the demo's
+Four processes of the release demo (`cargo build --release -p demo` first, quick when
+nothing changed): A and B as in part 5 (`_RJEM_MALLOC_CONF=prof_active:false` against the demo's
 default, sampling active), and the same two with `--max-blocking-threads POOL`. Each round
 runs `wrk -t1 -c32` on `/churn?n=200&bytes=4096` against each process in a rotating
 order (reversed every four rounds), the server's CPU time per request from
@@ -62,8 +62,8 @@ def main():
     if args.rounds < 1 or args.seconds < 1 or not 1 <= args.pool <= 1024:
         ap.error("--rounds and --seconds need at least 1; --pool runs from 1 to 1024")
     o.need_deb("wrk", "wrk")
-    if not os.path.exists(os.path.join(o.ROOT, "target", "release", "demo")):
-        o.run(["cargo", "build", "--release", "-q", "-p", "demo"], cwd=o.ROOT)
+    # Built every time (quick when nothing changed): an old binary may lack the flag.
+    o.run(["cargo", "build", "--release", "-q", "-p", "demo"], cwd=o.ROOT)
     os.environ["DEMO_CPU_RECORDER"] = "off"
     lab = o.Lab("/tmp", dict(rounds=args.rounds, run_s=args.seconds))
     pool = ["--max-blocking-threads", str(args.pool)]

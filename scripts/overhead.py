@@ -298,12 +298,12 @@ class Lab:
 
     def __init__(self, out, s):
         self.out, self.s, self.procs = out, s, []
-        self.ports = free_ports(26)  # every part's, all at once, so that none is given twice
+        self.ports = free_ports(40)  # every part's, all at once, so that none is given twice
         self.demo_port, self.demo_diag = self.port(), self.port()
         self.overheads, self.bottomup = {}, {}  # sanitized name -> (name, rows) / rows
 
     def port(self):
-        # Past the first 26, a port free now (those given out are bound by their servers).
+        # Past the first 40, a port free now (those given out are bound by their servers).
         return self.ports.pop() if self.ports else free_ports(1)[0]
 
     def start_demo(self, port=None, diag=None, conf="", *flags):
@@ -508,11 +508,14 @@ def part5(lab, s, res):
     # The same two settings with the blocking pool held to 8 threads: what sampling costs
     # when /churn runs on a few threads kept warm, and what the pool's growth (tokio wakes
     # its idle threads in turn) costs the demo with sampling inactive.
+    # g: tokio's pool, inactive, started with e and f, so that the pool pair compares
+    # processes of the same age and history (a has run every load above).
     e = lab.start_demo(lab.port(), lab.port(), "prof_active:false", *POOL8)
     f = lab.start_demo(lab.port(), lab.port(), "", *POOL8)
+    g = lab.start_demo(lab.port(), lab.port(), "prof_active:false")
     lab.pair("heap-prof-pool8 demo /churn", e, f, CHURN)
-    lab.pair("pool8/pool512 inactive /churn", a, e, CHURN)
-    lab.stop(e, f)
+    lab.pair("pool8/pool512 inactive /churn", g, e, CHURN)
+    lab.stop(e, f, g)
     fetch(b.url("/hold?mb=64"), method="POST", check=True)
     res["dumps"] = []
     for _ in range(s["dumps"]):

@@ -57,10 +57,10 @@ pub struct Args {
     #[arg(long, env = "DEMO_WORKER_THREADS", value_parser = threads_from_1_to_1024)]
     pub worker_threads: Option<usize>,
     /// The most threads the runtime's blocking pool keeps, 1 to 1024 (default: tokio's
-    /// 512). `/work`, `/hash`, `/churn` and `/slow`'s blocking calls run there, and so do
-    /// diag's symbolizing and encoding of profiles and dumps: a small pool makes them wait
-    /// behind long requests. The pool wakes its idle threads in turn, so under load every
-    /// thread it has grown to takes requests, each on cold caches (docs/performance.md).
+    /// 512). `/work`, `/hash`, `/churn` and `/slow`'s blocking calls run there (diag's own
+    /// work does not): a small pool makes the ninth blocked call wait. The pool wakes its
+    /// idle threads in turn, so under load every thread it has grown to takes requests,
+    /// each on cold caches (docs/performance.md).
     #[arg(long, env = "DEMO_MAX_BLOCKING_THREADS", value_parser = threads_from_1_to_1024)]
     pub max_blocking_threads: Option<usize>,
     /// Leave diag's trace layer out of the subscriber (`/debug/pprof/trace` then answers

@@ -351,11 +351,28 @@ async fn bad_flags_are_refused_with_a_message() {
     // tokio panics on 0 threads of either kind: refused before, with the range.
     for flag in ["--worker-threads", "--max-blocking-threads"] {
         for bad in ["0", "1025", "many"] {
-            let out = std::process::Command::new(bin())
-                .args([flag, bad])
-                .output()
+            // Free ports and no diag listener: a demo that took the value would run, so
+            // it is stopped after a minute and the test fails rather than hangs.
+            let mut child = std::process::Command::new(bin())
+                .args([flag, bad, "--listen", "127.0.0.1:0", "--diag-listen", "off"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
                 .unwrap();
-            assert_eq!(out.status.code(), Some(2), "{flag} {bad}");
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let status = loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    break status;
+                }
+                if Instant::now() > deadline {
+                    child.kill().unwrap();
+                    child.wait().unwrap();
+                    panic!("{flag} {bad}: the demo started instead of refusing it");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            let out = child.wait_with_output().unwrap();
+            assert_eq!(status.code(), Some(2), "{flag} {bad}");
             let err = String::from_utf8_lossy(&out.stderr);
             assert!(
                 err.contains("a number of threads from 1 to 1024 is required")
@@ -496,10 +513,7 @@ async fn the_blocking_pool_keeps_to_its_flag() {
         let r = r.await.unwrap();
         assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     }
-    // Two workers, two blocking threads; some blocking thread was seen at work.
-    assert!(
-        most > idle,
-        "no blocking thread was ever seen ({idle} idle)"
-    );
+    // Two workers and at least one blocking thread were seen at work; never more than two.
+    assert!(most >= 3, "no blocking thread was ever seen ({most})");
     assert!(most <= 4, "{most} tokio threads under load ({idle} idle)");
 }
