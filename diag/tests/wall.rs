@@ -1,8 +1,10 @@
 //! Wall-time profiles over a real sidecar: a std thread blocked on a lock shows with its
-//! stack and its wall time; tokio's parked workers and idle blocking-pool threads do not.
+//! stack and its wall time; tokio's parked workers and idle blocking-pool threads do not;
+//! and so it does while a CPU profile runs.
 #![cfg(all(feature = "taskdump", feature = "cpu", target_os = "linux"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -53,8 +55,12 @@ fn folded(text: &str) -> Vec<(String, i64)> {
         .collect()
 }
 
+/// One wall profile at a time in this process: the tests take turns.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
 #[test]
 fn a_thread_blocked_on_a_lock_shows_with_its_wall_time_and_parked_workers_do_not() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -118,5 +124,85 @@ fn a_thread_blocked_on_a_lock_shows_with_its_wall_time_and_parked_workers_do_not
     assert!(top.contains("Type: wall"), "{top}");
     assert!(top.contains("waits_for_the_lock"), "{top}");
     assert!(top.contains("left out as tokio waiting for work"), "{top}");
+    rt.shutdown_background();
+}
+
+/// Spins until `stop`: the thread a CPU profile's signals land on.
+#[inline(never)]
+fn burns_until(stop: &AtomicBool) -> u64 {
+    let mut x = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        for i in 0..10_000u64 {
+            x = x.wrapping_mul(31).wrapping_add(i ^ (x >> 3));
+        }
+        x = std::hint::black_box(x);
+    }
+    x
+}
+
+/// A wall profile taken while a 1000 Hz CPU profile samples a burning thread: the
+/// blocked thread still shows with its whole wall time (threads were once not signalled
+/// at all while a CPU profile ran), both answers come, and the process lives (the two
+/// handlers share the threads' small alternate signal stacks).
+#[test]
+fn a_wall_profile_during_a_cpu_profile_still_samples_threads() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let sidecar = rt.block_on(async {
+        let cfg = diag::Config::default().with_min_dump_interval(Duration::ZERO);
+        diag::serve(cfg, "127.0.0.1:0").await.unwrap()
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let burner = {
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("app-burner".into())
+            .spawn(move || burns_until(&stop))
+            .unwrap()
+    };
+    let lock = Arc::new(Mutex::new(()));
+    let held = lock.lock().unwrap();
+    let waiter = {
+        let lock = lock.clone();
+        std::thread::Builder::new()
+            .name("app-waiter".into())
+            .spawn(move || waits_for_the_lock(&lock))
+            .unwrap()
+    };
+    waits_in_the_kernel("app-waiter");
+    let base = format!("http://{}/debug/pprof", sidecar.local_addr());
+    let (folded_text, cpu) = rt.block_on(async {
+        // A CPU window long enough to span the wall window and its answer.
+        let cpu = testkit::profile_running(
+            &format!("{base}/profile?seconds=12&frequency=1000&format=folded"),
+            &format!("{base}/"),
+        )
+        .await;
+        let wall = get(&format!("{base}/wall?seconds=3&format=folded")).await;
+        assert_eq!(wall.status, StatusCode::OK, "{}", wall.text());
+        assert!(
+            !cpu.is_finished(),
+            "the CPU profile ended before the wall profile answered: no overlap shown"
+        );
+        (wall.text(), cpu.await.unwrap())
+    });
+    stop.store(true, Ordering::Relaxed);
+    drop(held);
+    burner.join().unwrap();
+    waiter.join().unwrap();
+
+    assert_eq!(cpu.status, StatusCode::OK, "{}", cpu.text());
+    assert!(cpu.text().contains("burns_until"), "{}", cpu.text());
+    let waiting: i64 = folded(&folded_text)
+        .iter()
+        .filter(|(s, _)| s.starts_with("thread app-waiter;") && s.contains("waits_for_the_lock"))
+        .map(|(_, v)| v)
+        .sum();
+    let secs = waiting as f64 / 1e9;
+    assert!((2.7..=3.2).contains(&secs), "{secs} s\n{folded_text}");
     rt.shutdown_background();
 }

@@ -101,12 +101,6 @@ fn subtitle(p: &WallProfile) -> String {
             t.busy.as_secs_f64() * 1e3,
         )),
     }
-    if t.paused_ticks > 0 {
-        out.push_str(&format!(
-            "; {} samples without threads (a CPU profile was running)",
-            t.paused_ticks
-        ));
-    }
     if t.foreign > 0 {
         out.push_str(&format!(
             "; {} signals on that signal were not diag's",

@@ -142,8 +142,6 @@ pub(crate) struct ThreadStats {
     pub(crate) ip_only: u64,
     /// Threads that did not run the handler in time, or had exited.
     pub(crate) missed: u64,
-    /// Ticks without thread samples because a CPU profile was running.
-    pub(crate) paused_ticks: u64,
     /// Threads not signalled because they block diag's signal, summed over the ticks.
     pub(crate) blocking_signal: u64,
     /// Threads past [`MAX_THREADS_SAMPLED`] at a tick, summed.
