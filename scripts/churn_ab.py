@@ -91,10 +91,8 @@ def main():
                     order.reverse()
                 row = [0.0] * 4
                 for i in order:
-                    p = procs[i]
-                    c0 = o.cpu_ticks(p.pid)
-                    n = o.wrk(p.url(o.CHURN), args.seconds, 32)
-                    row[i] = (o.cpu_ticks(p.pid) - c0) * 1e6 / o.TCK / max(n, 1)
+                    # overhead.py's measure: wrk -c32 for run_s, server CPU per request.
+                    row[i] = lab.measure(procs[i].pid, procs[i].url(o.CHURN))[0]
             rows.append(row)
             print(f"round {r + 1}/{args.rounds}: us per request " +
                   " ".join(f"{x:.2f}" for x in row), flush=True)

@@ -323,7 +323,7 @@ async fn timed_out_dumps_leave_no_thread_behind_and_nothing_spinning() {
         &[],
     );
     let pid = demo.pid();
-    // One dump first, so that the sidecar's blocking thread (symbolization) exists.
+    // One dump first, so that diag's offload thread (symbolization) exists.
     assert_eq!(
         get(&demo.diag_url("/debug/pprof/goroutine?debug=1"))
             .await

@@ -55,12 +55,8 @@ fn folded(text: &str) -> Vec<(String, i64)> {
         .collect()
 }
 
-/// One wall profile at a time in this process: the tests take turns.
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-#[test]
-fn a_thread_blocked_on_a_lock_shows_with_its_wall_time_and_parked_workers_do_not() {
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+/// An application runtime with two workers and diag's sidecar serving it.
+fn runtime_and_sidecar() -> (tokio::runtime::Runtime, diag::server::Sidecar) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -70,20 +66,45 @@ fn a_thread_blocked_on_a_lock_shows_with_its_wall_time_and_parked_workers_do_not
         let cfg = diag::Config::default().with_min_dump_interval(Duration::ZERO);
         diag::serve(cfg, "127.0.0.1:0").await.unwrap()
     });
+    (rt, sidecar)
+}
+
+/// A thread named `app-waiter` waiting for `lock` (held by the caller), returned once
+/// it sleeps on it: a profile's window opens then (the kernel says so).
+fn blocked_waiter(lock: &Arc<Mutex<()>>) -> std::thread::JoinHandle<()> {
+    let lock = lock.clone();
+    let waiter = std::thread::Builder::new()
+        .name("app-waiter".into())
+        .spawn(move || waits_for_the_lock(&lock))
+        .unwrap();
+    waits_in_the_kernel("app-waiter");
+    waiter
+}
+
+/// The waiter was blocked the whole 3 s window (one tick's weight either way).
+fn assert_waited_the_window(stacks: &[(String, i64)], folded_text: &str) {
+    let waiting: i64 = stacks
+        .iter()
+        .filter(|(s, _)| s.starts_with("thread app-waiter;") && s.contains("waits_for_the_lock"))
+        .map(|(_, v)| v)
+        .sum();
+    let secs = waiting as f64 / 1e9;
+    assert!((2.7..=3.2).contains(&secs), "{secs} s\n{folded_text}");
+}
+
+/// One wall profile at a time in this process: the tests take turns.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+#[test]
+fn a_thread_blocked_on_a_lock_shows_with_its_wall_time_and_parked_workers_do_not() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (rt, sidecar) = runtime_and_sidecar();
     // A blocking-pool thread that ran a closure and is idle now, kept alive by tokio.
     rt.block_on(rt.spawn_blocking(|| ())).unwrap();
 
     let lock = Arc::new(Mutex::new(()));
     let held = lock.lock().unwrap();
-    let waiter = {
-        let lock = lock.clone();
-        std::thread::Builder::new()
-            .name("app-waiter".into())
-            .spawn(move || waits_for_the_lock(&lock))
-            .unwrap()
-    };
-    // The window opens once the waiter sleeps on the lock (the kernel says so).
-    waits_in_the_kernel("app-waiter");
+    let waiter = blocked_waiter(&lock);
     let url = format!("http://{}/debug/pprof/wall?seconds=3", sidecar.local_addr());
     let (folded_text, top) = rt.block_on(async {
         let f = get(&format!("{url}&format=folded")).await;
@@ -103,14 +124,7 @@ fn a_thread_blocked_on_a_lock_shows_with_its_wall_time_and_parked_workers_do_not
     waiter.join().unwrap();
 
     let stacks = folded(&folded_text);
-    // The waiter, blocked the whole window (3 s, one tick's weight either way).
-    let waiting: i64 = stacks
-        .iter()
-        .filter(|(s, _)| s.starts_with("thread app-waiter;") && s.contains("waits_for_the_lock"))
-        .map(|(_, v)| v)
-        .sum();
-    let secs = waiting as f64 / 1e9;
-    assert!((2.7..=3.2).contains(&secs), "{secs} s\n{folded_text}");
+    assert_waited_the_window(&stacks, &folded_text);
     // Idle workers, the idle blocking-pool thread and this thread parked in the
     // runtime's `block_on` are not in the profile: no thread stack holds tokio's
     // runtime (no thread here runs a closure or a poll).
@@ -147,15 +161,7 @@ fn burns_until(stop: &AtomicBool) -> u64 {
 #[test]
 fn a_wall_profile_during_a_cpu_profile_still_samples_threads() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let sidecar = rt.block_on(async {
-        let cfg = diag::Config::default().with_min_dump_interval(Duration::ZERO);
-        diag::serve(cfg, "127.0.0.1:0").await.unwrap()
-    });
+    let (rt, sidecar) = runtime_and_sidecar();
     let stop = Arc::new(AtomicBool::new(false));
     let burner = {
         let stop = stop.clone();
@@ -166,14 +172,7 @@ fn a_wall_profile_during_a_cpu_profile_still_samples_threads() {
     };
     let lock = Arc::new(Mutex::new(()));
     let held = lock.lock().unwrap();
-    let waiter = {
-        let lock = lock.clone();
-        std::thread::Builder::new()
-            .name("app-waiter".into())
-            .spawn(move || waits_for_the_lock(&lock))
-            .unwrap()
-    };
-    waits_in_the_kernel("app-waiter");
+    let waiter = blocked_waiter(&lock);
     let base = format!("http://{}/debug/pprof", sidecar.local_addr());
     let (folded_text, cpu) = rt.block_on(async {
         // A CPU window long enough to span the wall window and its answer.
@@ -197,12 +196,6 @@ fn a_wall_profile_during_a_cpu_profile_still_samples_threads() {
 
     assert_eq!(cpu.status, StatusCode::OK, "{}", cpu.text());
     assert!(cpu.text().contains("burns_until"), "{}", cpu.text());
-    let waiting: i64 = folded(&folded_text)
-        .iter()
-        .filter(|(s, _)| s.starts_with("thread app-waiter;") && s.contains("waits_for_the_lock"))
-        .map(|(_, v)| v)
-        .sum();
-    let secs = waiting as f64 / 1e9;
-    assert!((2.7..=3.2).contains(&secs), "{secs} s\n{folded_text}");
+    assert_waited_the_window(&folded(&folded_text), &folded_text);
     rt.shutdown_background();
 }

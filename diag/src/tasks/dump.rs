@@ -75,7 +75,7 @@ pub(crate) enum Wait {
     /// a service in trouble may have filled), on a condition variable with a timeout:
     /// when the dump runs on the application's own runtime, whose timer a blocked worker
     /// can delay. The thread returns as soon as the dump ends, is abandoned, or times out.
-    BlockingThread,
+    OffloadThread,
 }
 
 /// The reports of one dump, before symbolization.
@@ -102,7 +102,7 @@ pub(crate) async fn collect(timeout: Duration, wait: Wait) -> Raw {
             Wait::Timer => {
                 let _ = tokio::time::timeout(timeout, open.all_reported()).await;
             }
-            Wait::BlockingThread => {
+            Wait::OffloadThread => {
                 let generation = open.generation();
                 let waited = crate::offload::run(move || {
                     registry::Open::wait_blocking(generation, timeout);

@@ -129,7 +129,7 @@ async fn run(d: &Diag, q: DumpQuery, default_debug: DebugLevel) -> Result<Respon
     // application's blocking pool, which may be full when the service is in trouble).
     let wait = match &app {
         Some(app) if app.id() != current.id() => Wait::Timer,
-        _ => Wait::BlockingThread,
+        _ => Wait::OffloadThread,
     };
     if !q.force {
         if let Some(stuck) = stuck_workers(app.as_ref().unwrap_or(&current)).await {
