@@ -167,6 +167,9 @@ aarch64_engine() {
 step "aarch64 engine under qemu" aarch64_engine
 step "diag without features: the 501s" cargo test -q -p diag --no-default-features --test features
 step "cargo bench --no-run" cargo bench --workspace --no-run
+# The in-process heap-sampling A/B, a few rounds: it fails unless jemalloc's samples show
+# in the active windows (about 1.56 a /churn request) and not in the inactive ones.
+step "heap_ab (sampling switched)" cargo run --release -q -p benches --example heap_ab -- --rounds 20
 build_unwinder_benches() { # one build per unwinder: their pprof-rs features exclude each other
   for features in "" frame-pointer framehop; do
     cargo bench -q --manifest-path benches/unwinders/Cargo.toml --target-dir target/unwinders \
