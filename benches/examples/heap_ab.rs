@@ -311,7 +311,9 @@ fn wrk(url: &str, o: &Opts) -> Result<Load, String> {
         .map_err(|e| format!("cannot start wrk ({e}); scripts/test.sh installs it"))
 }
 
-fn run(o: &Opts) -> Result<(), String> {
+/// The demo's application on a runtime of its own, served on a free port of 127.0.0.1,
+/// with the unwinder `o` asks for in place. The runtime must outlive the run.
+fn start(o: &Opts) -> Result<(tokio::runtime::Runtime, std::net::SocketAddr), String> {
     use tracing_subscriber::prelude::*;
     tracing_subscriber::registry()
         .with(diag::trace::layer())
@@ -351,14 +353,105 @@ fn run(o: &Opts) -> Result<(), String> {
         install_one_frame()?;
     }
     rt.spawn(serve(listener, app));
+    Ok((rt, addr))
+}
+
+/// Each round's figures: µs per request and samples per request, active and inactive.
+#[derive(Default)]
+struct Rounds {
+    on_us: Vec<f64>,
+    off_us: Vec<f64>,
+    on_samples: Vec<f64>,
+    off_samples: Vec<f64>,
+}
+
+impl Rounds {
+    /// Measures `o.rounds` rounds under the load already running, printing each.
+    fn measure(o: &Opts, counter: &[u8]) -> Result<Self, String> {
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        let mut rounds = Self::default();
+        for r in 0..o.rounds {
+            let active_first = rng.next() % 2 == 0;
+            let round = |e: String| format!("round {r}: {e}");
+            let x = window(active_first, o, counter).map_err(round)?;
+            let y = window(!active_first, o, counter).map_err(round)?;
+            let ((on, son), (off, soff)) = if active_first { (x, y) } else { (y, x) };
+            let order = if active_first {
+                "on first"
+            } else {
+                "off first"
+            };
+            println!(
+                "round {r:3} ({order}): active {on:7.2} µs/req {son:5.2} samples/req, \
+                 inactive {off:7.2} µs/req {soff:5.2}, ratio {:.4}",
+                on / off
+            );
+            rounds.on_us.push(on);
+            rounds.off_us.push(off);
+            rounds.on_samples.push(son);
+            rounds.off_samples.push(soff);
+        }
+        Ok(rounds)
+    }
+
+    /// Prints the summary; fails when the sample counts show that the switch did not
+    /// take (on `/churn`'s default path, at one sample per `2^lg` bytes).
+    fn report(&self, o: &Opts, lg: usize) -> Result<(), String> {
+        let ratios: Vec<f64> = self
+            .on_us
+            .iter()
+            .zip(&self.off_us)
+            .map(|(a, b)| a / b)
+            .collect();
+        let (lo, hi) = interval(&ratios);
+        let min = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = ratios.iter().copied().fold(0.0, f64::max);
+        println!(
+            "active / inactive: median {:.4} [{min:.4}, {max:.4}], median's 95 % interval \
+             [{lo:.4}, {hi:.4}], over {} rounds",
+            median(&ratios),
+            ratios.len()
+        );
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        let (on_s, off_s) = (median(&self.on_samples), median(&self.off_samples));
+        println!(
+            "µs per request: active {:.2}, inactive {:.2} (medians; the ratio of their means \
+             {:.4}); samples per request: active {on_s:.3}, inactive {off_s:.3}",
+            median(&self.on_us),
+            median(&self.off_us),
+            mean(&self.on_us) / mean(&self.off_us),
+        );
+        let cost: Vec<f64> = (0..ratios.len())
+            .filter(|&i| self.on_samples[i] > self.off_samples[i])
+            .map(|i| (self.on_us[i] - self.off_us[i]) / (self.on_samples[i] - self.off_samples[i]))
+            .collect();
+        if !cost.is_empty() {
+            println!(
+                "one sample costs {:.3} µs (median of the rounds)",
+                median(&cost)
+            );
+        }
+        // /churn's default request allocates 200 blocks of 4 KiB.
+        let expected = (200 * 4096) as f64 / (1u64 << lg) as f64;
+        if o.check_samples && (on_s < expected / 2.0 || off_s > 0.05) {
+            return Err(format!(
+                "the switch did not take: {on_s:.3} samples a request active, {off_s:.3} \
+                 inactive (expected about {expected:.2} and 0)"
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn run(o: &Opts) -> Result<(), String> {
+    let (_rt, addr) = start(o)?;
     let url = format!("http://{addr}{}", o.path);
     let counter = format!("stats.arenas.4096.bins.{}.nmalloc\0", bin_of(4096)?).into_bytes();
     // SAFETY: opt.lg_prof_sample reads as size_t.
     let lg = unsafe { tikv_jemalloc_ctl::raw::read::<usize>(b"opt.lg_prof_sample\0") }
         .map_err(|e| format!("opt.lg_prof_sample: {e}"))?;
     println!(
-        "heap_ab: {url}, {} rounds of 2 × {} s, lg_prof_sample:{lg}, {}, \
-         blocking pool {}",
+        "heap_ab: {url}, {} rounds of 2 × {} s, lg_prof_sample:{lg}, {}, blocking pool {}",
         o.rounds,
         o.window,
         o.unwinder.name(),
@@ -369,76 +462,10 @@ fn run(o: &Opts) -> Result<(), String> {
     let load = wrk(&url, o)?;
     // Let the blocking pool grow to what the load makes of it before measuring.
     std::thread::sleep(Duration::from_secs(3));
-    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
-    let (mut ratios, mut cost) = (Vec::new(), Vec::new());
-    let (mut on_us, mut off_us, mut on_s, mut off_s) = (vec![], vec![], vec![], vec![]);
-    let result: Result<(), String> = (|| {
-        for r in 0..o.rounds {
-            let active_first = rng.next() % 2 == 0;
-            let round = |e: String| format!("round {r}: {e}");
-            let x = window(active_first, o, &counter).map_err(round)?;
-            let y = window(!active_first, o, &counter).map_err(round)?;
-            let ((on, son), (off, soff)) = if active_first { (x, y) } else { (y, x) };
-            println!(
-                "round {r:3} ({}): active {on:7.2} µs/req {son:5.2} samples/req, \
-                 inactive {off:7.2} µs/req {soff:5.2}, ratio {:.4}",
-                if active_first {
-                    "on first"
-                } else {
-                    "off first"
-                },
-                on / off
-            );
-            ratios.push(on / off);
-            if son - soff > 0.0 {
-                cost.push((on - off) / (son - soff));
-            }
-            on_us.push(on);
-            off_us.push(off);
-            on_s.push(son);
-            off_s.push(soff);
-        }
-        Ok(())
-    })();
+    let rounds = Rounds::measure(o, &counter);
     drop(load);
-    result?;
     set_sampling(true)?;
-    let (lo, hi) = interval(&ratios);
-    let min = ratios.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = ratios.iter().copied().fold(0.0, f64::max);
-    println!(
-        "active / inactive: median {:.4} [{min:.4}, {max:.4}], median's 95 % interval \
-         [{lo:.4}, {hi:.4}], over {} rounds",
-        median(&ratios),
-        ratios.len()
-    );
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-    println!(
-        "µs per request: active {:.2}, inactive {:.2} (medians; the ratio of their means \
-         {:.4}); samples per request: active {:.3}, inactive {:.3}",
-        median(&on_us),
-        median(&off_us),
-        mean(&on_us) / mean(&off_us),
-        median(&on_s),
-        median(&off_s)
-    );
-    if !cost.is_empty() {
-        println!(
-            "one sample costs {:.3} µs (median of the rounds)",
-            median(&cost)
-        );
-    }
-    // /churn's default request allocates 200 blocks of 4 KiB; one sample per 2^lg bytes.
-    let expected = (200 * 4096) as f64 / (1u64 << lg) as f64;
-    if o.check_samples && (median(&on_s) < expected / 2.0 || median(&off_s) > 0.05) {
-        return Err(format!(
-            "the switch did not take: {:.3} samples a request active, {:.3} inactive \
-             (expected about {expected:.2} and 0)",
-            median(&on_s),
-            median(&off_s)
-        ));
-    }
-    Ok(())
+    rounds?.report(o, lg)
 }
 
 fn main() -> ExitCode {
