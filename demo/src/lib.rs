@@ -40,6 +40,16 @@ pub use work::{
     hold_memory, nap, spin_cpu, spin_for,
 };
 
+/// jemalloc's settings for the demo's binary, which exports them as `_rjem_malloc_conf`
+/// for jemalloc to read at start: heap profiling on, one sample per 512 KiB allocated on
+/// average, cumulative counts kept (for `/allocs`), and a background thread that returns
+/// freed pages to the system when the process is idle (without it, jemalloc purges only
+/// while it allocates). The environment variable `_RJEM_MALLOC_CONF` is read after this
+/// and overrides any of them, e.g. `_RJEM_MALLOC_CONF=prof_active:false`. The benches'
+/// measurement programs export the same.
+pub const MALLOC_CONF: &[u8; 84] =
+    b"prof:true,prof_active:true,lg_prof_sample:19,prof_accum:true,background_thread:true\0";
+
 /// The shared state of one running service.
 #[derive(Clone, Debug)]
 pub struct AppState {

@@ -12,14 +12,9 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// jemalloc's settings, read by jemalloc at start: heap profiling on, one sample per
-/// 512 KiB allocated on average, cumulative counts kept (for `/allocs`), and a background
-/// thread that returns freed pages to the system when the process is idle (without it,
-/// jemalloc purges only while it allocates). The environment variable `_RJEM_MALLOC_CONF`
-/// is read after this and overrides any of them, e.g. `_RJEM_MALLOC_CONF=prof_active:false`.
+/// jemalloc's settings ([`demo::MALLOC_CONF`]), read by jemalloc at start under this name.
 #[unsafe(export_name = "_rjem_malloc_conf")]
-pub static MALLOC_CONF: &[u8; 84] =
-    b"prof:true,prof_active:true,lg_prof_sample:19,prof_accum:true,background_thread:true\0";
+pub static MALLOC_CONF: &[u8; 84] = demo::MALLOC_CONF;
 
 fn init_logging(format: LogFormat, console: Option<diag::console::ConsoleLayer>, trace: bool) {
     use tracing_subscriber::prelude::*;
