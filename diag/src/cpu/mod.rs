@@ -141,8 +141,9 @@ async fn live(
     })
 }
 
-/// Symbolizes `capture` and encodes it as `format` on a thread of diag's own (`offload::run`: profile.proto
-/// with this process's mappings); `tagroot` keys root the folded and SVG stacks.
+/// Symbolizes `capture` and encodes it as `format` (profile.proto with this process's
+/// mappings) on a thread of diag's own (`offload::run`); `tagroot` keys root the folded
+/// and SVG stacks.
 pub(crate) async fn build(
     capture: Capture,
     tagroot: Vec<String>,

@@ -147,34 +147,27 @@ pub(crate) fn profiling() -> Result<Profiling, Error> {
 }
 
 /// Returns the freed pages of every jemalloc arena to the system, when jemalloc is the
-/// global allocator (`arena.<MALLCTL_ARENAS_ALL>.purge`).
+/// global allocator (`arena.<MALLCTL_ARENAS_ALL>.purge`, 4096 naming every arena).
 pub(crate) fn purge() {
-    /// jemalloc's `MALLCTL_ARENAS_ALL`: the index that names every arena at once.
-    const ALL_ARENAS: &str = "arena.4096.purge\0";
-    if allocator().is_ok() {
-        // SAFETY: "arena.<i>.purge" is a documented command that takes and gives nothing:
-        // every pointer is NULL and the length 0, as jemalloc requires of it.
-        unsafe {
-            tikv_jemalloc_sys::mallctl(
-                ALL_ARENAS.as_ptr().cast(),
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                0,
-            );
-        }
-    }
+    command(c"arena.4096.purge");
 }
 
 /// Returns what the calling thread's cache holds to its arena, when jemalloc is the
 /// global allocator (`thread.tcache.flush`): a thread that now waits keeps nothing cached.
 pub(crate) fn flush_thread_cache() {
+    command(c"thread.tcache.flush");
+}
+
+/// Runs a jemalloc command that takes and gives nothing, when jemalloc is the global
+/// allocator; what it answers is of no use to its callers, so it is not returned.
+fn command(name: &std::ffi::CStr) {
     if allocator().is_ok() {
-        // SAFETY: "thread.tcache.flush" is a documented command that takes and gives
-        // nothing: every pointer is NULL and the length 0, as jemalloc requires of it.
+        // SAFETY: `name` is one of jemalloc's documented commands that take and give
+        // nothing (`arena.<i>.purge`, `thread.tcache.flush`): every pointer is NULL and
+        // the length 0, as jemalloc requires of them.
         unsafe {
             tikv_jemalloc_sys::mallctl(
-                c"thread.tcache.flush".as_ptr(),
+                name.as_ptr(),
                 std::ptr::null_mut(),
                 std::ptr::null_mut(),
                 std::ptr::null_mut(),

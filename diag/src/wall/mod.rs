@@ -123,8 +123,8 @@ pub(crate) async fn sample<H: Send + 'static>(
     rx.await.map_err(|_| WallError::Failed)
 }
 
-/// Symbolizes `capture` and encodes it as `format` on a thread of diag's own (`offload::run`: profile.proto
-/// with this process's mappings and label sets).
+/// Symbolizes `capture` and encodes it as `format` (profile.proto with this process's
+/// mappings and label sets) on a thread of diag's own (`offload::run`).
 pub(crate) async fn build(
     capture: Capture,
     format: Format,

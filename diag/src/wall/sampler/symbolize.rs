@@ -31,8 +31,9 @@ pub(crate) struct WallProfile {
     pub(crate) stats: Stats,
 }
 
-/// Resolves the addresses (diag's symbolizer; slow, call it off the async workers (`offload::run`)), trims
-/// the dump machinery off each stack and merges the stacks that trim to the same frames.
+/// Resolves the addresses (diag's symbolizer; slow: call it off the async workers, through
+/// `offload::run`), trims the dump machinery off each stack and merges the stacks that
+/// trim to the same frames.
 pub(crate) fn symbolize(capture: Capture) -> WallProfile {
     let resolved: HashMap<usize, Resolved> =
         symbols::resolve_all(capture.weights.keys().flat_map(|(_, p)| match p {
