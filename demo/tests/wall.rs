@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use http::{Method, StatusCode};
-use testkit::{Demo, RedisServer, get, go_pprof_async, try_request};
+use testkit::{Demo, RedisServer, folded, get, go_pprof_async, try_request};
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_demo"))
@@ -24,16 +24,6 @@ fn clients(demo: &Demo, n: usize, path: &str, for_how_long: Duration) {
             }
         });
     }
-}
-
-/// Folded lines `task;frames... VALUE` as (stack, value).
-fn folded(text: &str) -> Vec<(String, i64)> {
-    text.lines()
-        .filter_map(|l| {
-            let (stack, v) = l.rsplit_once(' ')?;
-            Some((stack.to_owned(), v.parse().ok()?))
-        })
-        .collect()
 }
 
 /// `-top`'s cum% of the line naming `function`, if any.

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::StatusCode;
-use testkit::{get, go_pprof_async};
+use testkit::{folded, get, go_pprof_async};
 
 /// Waits for `lock`: a function of its own, so the profile names it.
 #[inline(never)]
@@ -43,16 +43,6 @@ fn waits_in_the_kernel(name: &str) {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-}
-
-/// Folded lines `root;frames... VALUE` as (stack, value).
-fn folded(text: &str) -> Vec<(String, i64)> {
-    text.lines()
-        .filter_map(|l| {
-            let (stack, v) = l.rsplit_once(' ')?;
-            Some((stack.to_owned(), v.parse().ok()?))
-        })
-        .collect()
 }
 
 /// An application runtime with two workers and diag's sidecar serving it.

@@ -24,7 +24,7 @@ pub use client::{
 };
 pub use demo::Demo;
 pub use mem::rss_mib;
-pub use parsers::{json_field, pprof_cum_mib, svg_titles};
+pub use parsers::{folded, json_field, pprof_cum_mib, svg_titles};
 pub use redis::{RedisServer, Resp, redis_server_bin};
 pub use sched::thread_cpu;
 pub use temp::temp_dir;

@@ -1,5 +1,5 @@
 //! Readers of what the tools and the demo print: JSON log fields, `go tool pprof -top`
-//! columns, flamegraph SVG titles.
+//! columns, flamegraph SVG titles, folded stacks.
 
 /// The string value of a field anywhere in a JSON log line (`"name":"value"`), without
 /// a JSON dependency in this crate.
@@ -8,6 +8,16 @@ pub fn json_field(line: &str, name: &str) -> Option<String> {
     let start = line.find(&key)? + key.len();
     let end = line[start..].find('"')? + start;
     Some(line[start..end].to_owned())
+}
+
+/// Folded lines `root;frames... VALUE` as (stack, value); other lines are skipped.
+pub fn folded(text: &str) -> Vec<(String, i64)> {
+    text.lines()
+        .filter_map(|l| {
+            let (stack, v) = l.rsplit_once(' ')?;
+            Some((stack.to_owned(), v.parse().ok()?))
+        })
+        .collect()
 }
 
 /// The `cum` column, in MiB, of `go tool pprof -top -cum -unit=MB` output for the function
